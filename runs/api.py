@@ -1,0 +1,287 @@
+"""HTTP API v1 (SPEC §3): small function views over runs.services and selectors.
+
+Auth is the browser session (then POSTs need the CSRF token) or a bearer token.
+Every error is {"detail": ..., "errors": [{"loc", "msg"}]}.
+"""
+
+import base64
+import functools
+import json
+import logging
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from runs import logstore
+from runs.executors import default_executor_name
+from runs.lifecycle import IllegalTransition
+from runs.models import ApiToken, Run, RunEvent, Status
+from runs.selectors import run_for_user, runs_for_user
+from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, reproduce_run, terminate_run
+from runs.spec import SpecError
+
+log = logging.getLogger(__name__)
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
+MAX_BODY_BYTES = 256 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, errors: list[dict] | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.errors = status, detail, errors or []
+
+
+def error_response(status: int, detail: str, errors: list[dict] | None = None) -> JsonResponse:
+    response = JsonResponse({"detail": detail, "errors": errors or []}, status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="runyard"'
+    return response
+
+
+def _authenticate(request: HttpRequest):
+    """The user behind a bearer token or the session; None if neither."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "the Authorization header must be 'Bearer <token>'")
+        found = ApiToken.objects.select_related("user").filter(digest=ApiToken.digest_of(token.strip())).first()
+        if found is None or not found.user.is_active:
+            raise ApiError(401, "invalid or revoked token")
+        now = timezone.now()
+        if found.last_used_at is None or (now - found.last_used_at).total_seconds() > 60:
+            ApiToken.objects.filter(pk=found.pk).update(last_used_at=now)
+        return found.user, "token"
+    if request.user.is_authenticated:
+        return request.user, "session"
+    return None, None
+
+
+def api_view(*methods: str, public: bool = False):
+    """Method check, auth, CSRF for session POSTs, and errors as JSON."""
+
+    def decorate(view):
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs):
+            if request.method not in methods:
+                response = error_response(405, f"method {request.method} not allowed here")
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                if not public:
+                    user, how = _authenticate(request)
+                    if user is None:
+                        raise ApiError(401, "authentication required: a session or 'Authorization: Bearer <token>'")
+                    if how == "session" and request.method == "POST":
+                        rejected = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+                        if rejected is not None:
+                            raise ApiError(403, "CSRF check failed: send the csrftoken cookie's value as X-CSRFToken")
+                    request.user = user
+                return view(request, *args, **kwargs)
+            except ApiError as exc:
+                return error_response(exc.status, exc.detail, exc.errors)
+            except SpecError as exc:
+                return error_response(400, "the run spec is not valid", exc.errors)
+            except IllegalTransition as exc:
+                return error_response(409, str(exc))
+            except RunNotFinal as exc:
+                return error_response(409, str(exc))
+            except NotAllowed as exc:
+                return error_response(403, str(exc))
+            except Run.DoesNotExist:
+                return error_response(404, "run not found")
+
+        return wrapper
+
+    return decorate
+
+
+def _int_param(request: HttpRequest, name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.GET.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer", [{"loc": name, "msg": "expected an integer"}]) from None
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"{name} must be between {minimum} and {maximum}", [{"loc": name, "msg": f"must be between {minimum} and {maximum}"}])
+    return value
+
+
+def _iso(value):
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def serialize_run(run: Run) -> dict:
+    return {
+        "id": run.pk,
+        "name": run.name,
+        "description": run.description,
+        "tags": run.tags,
+        "status": run.status,
+        "status_reason": run.status_reason,
+        "exit_code": run.exit_code,
+        "owner": run.owner.get_username(),
+        "team": run.team.name,
+        "created_at": _iso(run.created_at),
+        "initializing_at": _iso(run.initializing_at),
+        "started_at": _iso(run.started_at),
+        "stopping_at": _iso(run.stopping_at),
+        "idle_at": _iso(run.idle_at),
+        "finished_at": _iso(run.finished_at),
+        "stop_deadline": _iso(run.stop_deadline),
+        "duration_seconds": run.duration_seconds,
+        "progress": run.progress,
+        "eta_seconds": None,
+        "credits": str(run.credits),
+        "preset": run.preset.name,
+        "image": run.image,
+        "image_digest": run.image_digest or None,
+        "spec": run.spec,
+        "reproduced_from": run.reproduced_from_id,
+        "executor": run.executor,
+        "log_lines": run.log_lines,
+        "url": f"/runs/{run.pk}/",
+    }
+
+
+@api_view("GET", public=True)
+def health(request):
+    try:
+        connection.ensure_connection()
+        database = connection.vendor
+        ok = True
+    except Exception as exc:
+        database, ok = f"unreachable: {exc.__class__.__name__}", False
+    broker = "in-process" if settings.RUNYARD_TASKS_IN_PROCESS else _broker_state()
+    body = {"status": "ok" if ok else "error", "executor": default_executor_name(), "database": database, "broker": broker}
+    return JsonResponse(body, status=200 if ok else 503)
+
+
+def _broker_state() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2).ping()
+        return "redis"
+    except Exception as exc:
+        return f"redis unreachable: {exc.__class__.__name__}"
+
+
+@api_view("GET", "POST")
+def runs_collection(request):
+    if request.method == "POST":
+        return _create(request)
+    return _list(request)
+
+
+def _create(request):
+    if len(request.body) > MAX_BODY_BYTES:
+        raise ApiError(400, "the spec is larger than 256 KiB")
+    content_type = request.content_type or ""
+    if content_type == "application/json":
+        try:
+            source = json.loads(request.body or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "the body is not valid JSON", [{"loc": "", "msg": f"invalid JSON: {exc}"}]) from None
+    elif content_type in YAML_TYPES or content_type == "":
+        source = request.body
+    else:
+        raise ApiError(415, f"send the spec as application/yaml or application/json, not {content_type}")
+    team = _team_param(request)
+    run = create_run(user=request.user, source=source, team=team)
+    run = Run.objects.select_related("owner", "team", "preset").get(pk=run.pk)
+    response = JsonResponse(serialize_run(run), status=201)
+    response["Location"] = f"/api/v1/runs/{run.pk}"
+    return response
+
+
+def _team_param(request):
+    name = request.GET.get("team")
+    if not name:
+        return ensure_team(request.user)
+    team = request.user.teams.filter(name=name).first()
+    if team is None:
+        raise ApiError(404, f"team {name!r} not found", [{"loc": "team", "msg": "not a team of yours"}])
+    return team
+
+
+def _list(request):
+    statuses = request.GET.getlist("status")
+    unknown = [s for s in statuses if s not in Status.values]
+    if unknown:
+        raise ApiError(400, "unknown status", [{"loc": "status", "msg": f"unknown status {s!r}; one of {', '.join(Status.values)}"} for s in unknown])
+    limit = _int_param(request, "limit", 50, 1, 200)
+    before = None
+    if request.GET.get("cursor"):
+        try:
+            before = int(base64.urlsafe_b64decode(request.GET["cursor"].encode()).decode())
+        except ValueError:
+            raise ApiError(400, "invalid cursor", [{"loc": "cursor", "msg": "pass back next_cursor exactly"}]) from None
+    runs = runs_for_user(
+        request.user, statuses=statuses, tag=request.GET.get("tag", ""), q=request.GET.get("q", ""),
+        owner=request.GET.get("owner", ""), before_id=before, limit=limit + 1,
+    )
+    page = list(runs)
+    more = len(page) > limit
+    page = page[:limit]
+    next_cursor = base64.urlsafe_b64encode(str(page[-1].pk).encode()).decode() if more and page else None
+    return JsonResponse({"items": [serialize_run(r) for r in page], "next_cursor": next_cursor})
+
+
+@api_view("GET")
+def run_detail(request, run_id: int):
+    return JsonResponse(serialize_run(run_for_user(request.user, run_id)))
+
+
+@api_view("GET")
+def run_events(request, run_id: int):
+    run = run_for_user(request.user, run_id)
+    events = RunEvent.objects.filter(run=run).order_by("at", "pk")
+    return JsonResponse(
+        [{"from": e.from_status, "to": e.to_status, "at": _iso(e.at), "actor": e.actor_name, "reason": e.reason} for e in events],
+        safe=False,
+    )
+
+
+@api_view("POST")
+def run_terminate(request, run_id: int):
+    run = run_for_user(request.user, run_id)
+    run = terminate_run(run, actor=request.user)
+    return JsonResponse(serialize_run(run_for_user(request.user, run.pk)), status=202)
+
+
+@api_view("POST")
+def run_reproduce(request, run_id: int):
+    run = run_for_user(request.user, run_id)
+    new = reproduce_run(run, actor=request.user)
+    response = JsonResponse(serialize_run(run_for_user(request.user, new.pk)), status=201)
+    response["Location"] = f"/api/v1/runs/{new.pk}"
+    return response
+
+
+@api_view("GET")
+def run_logs(request, run_id: int):
+    run = run_for_user(request.user, run_id)
+    after = _int_param(request, "after", 0, 0, 2**31)
+    limit = _int_param(request, "limit", 1000, 1, 10000)
+    return JsonResponse(logstore.read_lines(run, after=after, limit=limit))
+
+
+@api_view("GET")
+def run_logs_text(request, run_id: int):
+    run = run_for_user(request.user, run_id)
+    response = StreamingHttpResponse(logstore.iter_text(run), content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'inline; filename="run-{run.pk}.log"'
+    return response
+
+
+def not_found(request, path=""):
+    return error_response(404, f"no API endpoint at /api/v1/{path}")

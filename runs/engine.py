@@ -1,0 +1,279 @@
+"""The run engine: the work behind the Celery tasks, one function a task.
+
+Every function takes a run id and is idempotent: delivered twice, or re-run after
+its worker died, it does the work once. Work on a run is guarded by a lease on
+its row (runs.logstore.take_lease); the reconciler hands expired leases on.
+"""
+
+import logging
+import time
+import uuid
+from datetime import timedelta
+
+from django.db import connection
+from django.db.models import Q
+from django.utils import timezone
+
+from runs.executors import EXECUTOR_NAMES, get_executor
+from runs.executors.base import ExecutorError, ExitInfo, Limits
+from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
+from runs.logstore import LeaseLost, LogWriter, release_lease, renew_lease, take_lease
+from runs.models import Run, Status
+
+log = logging.getLogger(__name__)
+
+# Parts of the spec that a later version carries out; until then a run using them
+# fails at initializing, saying so, rather than running without them.
+NOT_YET_SUPPORTED = {
+    "import": "import volumes (git, dataset) are not supported by this version of Runyard yet",
+    "export": "export volumes are not supported by this version of Runyard yet",
+}
+RENEW_EVERY_SECONDS = 5.0
+MAIN_EXIT_CHECK_SECONDS = 1.0
+
+
+def _new_owner(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:16]}"
+
+
+def start_run(run_id: int) -> None:
+    """pending → initializing → running, or failed with the reason."""
+    owner = _new_owner("start")
+    if not take_lease(run_id, owner):
+        return
+    started = False
+    try:
+        run = Run.objects.select_related("preset").get(pk=run_id)
+        if run.status == Status.PENDING:
+            try:
+                run = transition(run_id, Status.INITIALIZING, reason="picked up by a worker", only_from=[Status.PENDING])
+            except IllegalTransition:
+                return
+        elif run.status != Status.INITIALIZING:
+            return
+        run = Run.objects.select_related("preset").get(pk=run_id)
+        executor = get_executor(run.executor)
+        try:
+            env = _resolve_env(run)
+            if not run.image_digest:
+                run.image_digest = executor.prepare(run)
+                Run.objects.filter(pk=run_id).update(image_digest=run.image_digest)
+            handle = executor.start(run, env, Limits(cpus=float(run.preset.cpus), memory_mb=run.preset.memory_mb))
+        except ExecutorError as exc:
+            _fail_initializing(run, executor, str(exc))
+            return
+        try:
+            transition(run_id, Status.RUNNING, reason="main process started", only_from=[Status.INITIALIZING], container_id=handle[:100])
+            started = True
+        except IllegalTransition:
+            # Terminated while we were starting it: honour the terminate now.
+            release_lease(run_id, owner)
+            stop_run(run_id)
+            return
+    finally:
+        release_lease(run_id, owner)
+    if started:
+        from runs.tasks import enqueue
+
+        enqueue("collect", run_id)
+
+
+def _resolve_env(run: Run) -> dict[str, str]:
+    for key, reason in NOT_YET_SUPPORTED.items():
+        if run.spec.get(key):
+            raise ExecutorError(reason)
+    env: dict[str, str] = {}
+    for name, value in run.spec.get("env", {}).items():
+        if isinstance(value, dict):
+            raise ExecutorError(f"env {name}: team secrets are not supported by this version of Runyard yet")
+        env[name] = value
+    env["RUNYARD_RUN_ID"] = str(run.pk)
+    return env
+
+
+def _fail_initializing(run: Run, executor, reason: str) -> None:
+    try:
+        transition(run.pk, Status.FAILED, reason=reason, only_from=[Status.INITIALIZING])
+    except IllegalTransition:
+        pass  # terminated meanwhile: that status stands
+    executor.remove(run)
+    Run.objects.filter(pk=run.pk).update(container_removed_at=timezone.now(), log_complete=True)
+
+
+def collect_run(run_id: int) -> None:
+    """Store the run's output until its main process ends, then finalize it.
+
+    Resumes exactly after the last stored line. With termination protection the
+    run turns idle when its command ends, and collection stops there.
+    """
+    owner = _new_owner("collect")
+    if not take_lease(run_id, owner):
+        return
+    try:
+        run = Run.objects.select_related("preset").get(pk=run_id)
+        if run.status in (Status.PENDING, Status.INITIALIZING) or run.container_removed_at:
+            return
+        executor = get_executor(run.executor)
+        if run.status == Status.TERMINATED:
+            remaining = (run.stop_deadline - timezone.now()).total_seconds() if run.stop_deadline else 0
+            executor.stop(run, max(0.0, remaining))
+        if run.status == Status.IDLE and executor.exists(run):
+            return  # nothing to collect until someone terminates it
+        writer = LogWriter(run, owner)
+        watch_main_exit = run.status == Status.RUNNING and run.spec.get("termination_protection", False)
+        renewed = checked = time.monotonic()
+        vanished = ""
+        try:
+            if not executor.exists(run):
+                raise ExecutorError("container disappeared")
+            for frame in executor.follow_logs(run, run.log_cursor):
+                if frame is not None:
+                    writer.add(frame)
+                if writer.due():
+                    writer.flush()
+                    renewed = time.monotonic()
+                elif time.monotonic() - renewed > RENEW_EVERY_SECONDS:
+                    renew_lease(run_id, owner)
+                    renewed = time.monotonic()
+                if watch_main_exit and frame is None and time.monotonic() - checked > MAIN_EXIT_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    code = executor.main_exit_code(run)
+                    if code is not None:
+                        writer.flush()
+                        _go_idle(run_id, code)
+                        return
+        except ExecutorError as exc:
+            vanished = str(exc)
+        writer.end_pending_lines()
+        writer.flush()
+        _finalize(run_id, executor, vanished)
+    except LeaseLost:
+        log.info("run %s: another collector took over", run_id)
+    finally:
+        release_lease(run_id, owner)
+
+
+def _go_idle(run_id: int, exit_code: int) -> None:
+    try:
+        transition(
+            run_id, Status.IDLE, reason=f"command ended with exit code {exit_code}; kept alive (termination protection)",
+            only_from=[Status.RUNNING], exit_code=exit_code,
+        )
+    except IllegalTransition:
+        pass
+
+
+def describe_exit(info: ExitInfo) -> str:
+    if info.exit_code is None:
+        return info.reason or "exit code unknown"
+    text = f"exit code {info.exit_code}"
+    return f"{text} ({info.reason})" if info.reason else text
+
+
+def _finalize(run_id: int, executor, vanished: str) -> None:
+    """The container ended and its output is stored: settle the status, remove it."""
+    run = Run.objects.get(pk=run_id)
+    info = ExitInfo(None, vanished) if vanished else executor.exit_info(run)
+    if run.status == Status.RUNNING:
+        try:
+            run = transition(run_id, Status.STOPPING, reason=describe_exit(info), only_from=[Status.RUNNING], exit_code=info.exit_code)
+        except IllegalTransition:
+            run.refresh_from_db()
+    if run.status == Status.STOPPING:
+        # Exports are copied out here (a later version); nothing to copy yet.
+        target = Status.COMPLETED if info.exit_code == 0 else Status.FAILED
+        reason = "exit code 0" if target == Status.COMPLETED else describe_exit(info)
+        try:
+            transition(run_id, target, reason=reason, only_from=[Status.STOPPING], exit_code=info.exit_code)
+        except IllegalTransition:
+            pass
+    elif run.status == Status.IDLE:
+        # The container ended on its own while idle (killed from outside, out of memory).
+        try:
+            transition(run_id, Status.TERMINATED, reason=f"container ended while idle: {describe_exit(info)}", only_from=[Status.IDLE])
+        except IllegalTransition:
+            pass
+    executor.remove(run)
+    updates = {"container_removed_at": timezone.now(), "log_complete": True}
+    Run.objects.filter(pk=run_id).update(**updates)
+    Run.objects.filter(pk=run_id, exit_code__isnull=True).update(exit_code=info.exit_code)
+
+
+def stop_run(run_id: int) -> None:
+    """After a terminate: SIGTERM, the grace, SIGKILL; then collect what is left and remove."""
+    run = Run.objects.get(pk=run_id)
+    if run.container_removed_at:
+        return
+    executor = get_executor(run.executor)
+    if run.status in (Status.PENDING, Status.INITIALIZING):
+        return
+    remaining = (run.stop_deadline - timezone.now()).total_seconds() if run.stop_deadline else run.termination_grace
+    executor.stop(run, max(0.0, remaining))
+    # If a collector is still following the output it finalizes; else this one does.
+    collect_run(run_id)
+
+
+def reconcile_runs() -> dict[str, int]:
+    """Repair what a crash left behind; run every few seconds by celery beat.
+
+    Hands runs whose worker died (lease expired) to new tasks, and removes
+    containers that belong to no live run.
+    """
+    from runs.tasks import enqueue
+
+    now = timezone.now()
+    lease_free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    counts = {"start": 0, "collect": 0, "stop": 0, "orphans": 0}
+    stale = now - timedelta(seconds=30)
+    for run_id in Run.objects.filter(lease_free, status=Status.PENDING, created_at__lt=stale).values_list("pk", flat=True):
+        enqueue("start", run_id, on_commit=False)
+        counts["start"] += 1
+    for run_id in Run.objects.filter(lease_free, status=Status.INITIALIZING).values_list("pk", flat=True):
+        enqueue("start", run_id, on_commit=False)
+        counts["start"] += 1
+    for run_id in Run.objects.filter(lease_free, status__in=[Status.RUNNING, Status.STOPPING]).values_list("pk", flat=True):
+        enqueue("collect", run_id, on_commit=False)
+        counts["collect"] += 1
+    leftover = Run.objects.filter(lease_free, status__in=FINAL, container_removed_at__isnull=True)
+    for run_id in leftover.values_list("pk", flat=True):
+        enqueue("stop", run_id, on_commit=False)
+        counts["stop"] += 1
+    for run in Run.objects.filter(lease_free, status=Status.IDLE):
+        if not get_executor(run.executor).exists(run):
+            enqueue("collect", run.pk, on_commit=False)
+    counts["orphans"] = _remove_orphans()
+    return counts
+
+
+def _remove_orphans() -> int:
+    removed = 0
+    for name in EXECUTOR_NAMES:
+        executor = get_executor(name)
+        try:
+            present = executor.live_run_ids()
+        except Exception:  # an engine that is not there has no orphans to remove
+            continue
+        if not present:
+            continue
+        keep = set(
+            Run.objects.filter(pk__in=present)
+            .filter(Q(status__in=LIVE) | Q(container_removed_at__isnull=True))
+            .values_list("pk", flat=True)
+        )
+        for run_id in present - keep:
+            log.warning("removing orphaned %s container of run %s", name, run_id)
+            executor.remove(Run(pk=run_id))
+            removed += 1
+    return removed
+
+
+def close_db_after(func):
+    """Tasks run in long-lived threads: give each one fresh database connections."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return wrapper

@@ -1,0 +1,44 @@
+"""Executors run a run's main process: Docker containers, or local processes where
+no Docker engine is reachable. Both implement runs.executors.base.Executor."""
+
+import secrets
+from functools import lru_cache
+
+from django.conf import settings
+from django.db import IntegrityError
+
+EXECUTOR_NAMES = ("docker", "local")
+
+
+@lru_cache(maxsize=1)
+def instance_id() -> str:
+    from runs.models import Installation
+
+    row = Installation.objects.first()
+    if row is None:
+        try:
+            row = Installation.objects.create(instance_id=secrets.token_hex(4))
+        except IntegrityError:
+            row = Installation.objects.first()
+    return row.instance_id
+
+
+def get_executor(name: str):
+    if name == "docker":
+        from runs.executors.docker import DockerExecutor
+
+        return DockerExecutor(instance_id())
+    if name == "local":
+        from runs.executors.local import LocalExecutor
+
+        return LocalExecutor(instance_id())
+    raise ValueError(f"unknown executor {name!r}")
+
+
+def default_executor_name() -> str:
+    """The executor new runs get: the setting, or with "auto" Docker when it answers."""
+    if settings.RUNYARD_EXECUTOR != "auto":
+        return settings.RUNYARD_EXECUTOR
+    from runs.executors.docker import engine_reachable
+
+    return "docker" if engine_reachable() else "local"

@@ -1,0 +1,93 @@
+"""What every executor does, so the lifecycle code never knows which one it drives."""
+
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+STDOUT, STDERR = 0, 1
+
+
+class ExecutorError(Exception):
+    """A failure a user should read: its message becomes the run's status reason."""
+
+
+@dataclass(frozen=True)
+class LogFrame:
+    """One piece of output as the executor recorded it: usually a whole line with
+    its newline, or part of a long line. `cursor` is the position just after it,
+    which `follow_logs(cursor=...)` resumes from."""
+
+    cursor: int
+    time: float
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int | None
+    reason: str  # "" for a plain exit, else why it ended ("killed: out of memory")
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpus: float
+    memory_mb: int
+
+
+class Executor(Protocol):
+    name: str
+
+    def prepare(self, run) -> str:
+        """Check the image is present; return its digest."""
+
+    def start(self, run, env: dict[str, str], limits: Limits) -> str:
+        """Start the run's main process (or find it already started); return its handle."""
+
+    def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
+        """Frames after `cursor`, following until the run's container ends.
+        Yields None about once a second while there is nothing new."""
+
+    def main_exit_code(self, run) -> int | None:
+        """The main command's exit code once it ended, even if the container lives on (idle)."""
+
+    def exit_info(self, run) -> ExitInfo:
+        """How the container ended."""
+
+    def exists(self, run) -> bool: ...
+
+    def stop(self, run, grace: float) -> None:
+        """SIGTERM, up to `grace` seconds, then SIGKILL."""
+
+    def remove(self, run) -> None: ...
+
+    def live_run_ids(self) -> set[int]:
+        """Runs of this installation that still have a container or process."""
+
+
+def run_script(commands: list[dict], *, protect: bool, forward_signals: bool) -> str:
+    """The POSIX shell script every run executes as its main process.
+
+    Commands run in order in one shell and the first failure ends the run. The
+    main command's exit code lands in $RUNYARD_DIR/exit_code; with termination
+    protection the script then waits (the container stays usable) until stopped.
+    Inside a container the script forwards SIGTERM to every process there.
+    """
+    lines = ['mkdir -p "$RUNYARD_DIR" 2>/dev/null', 'home_dir=$(pwd)']
+    if forward_signals:
+        # Our own PID namespace: -1 is every process in the container but init and us.
+        lines.append("trap 'kill -TERM -1 2>/dev/null' TERM INT")
+    lines.append("(")
+    for command in commands:
+        lines.append(f"cd {shlex.quote(command['workdir'])} || exit $?" if command.get("workdir") else 'cd "$home_dir"')
+        lines.append("{\n" + command["command"] + "\n} || exit $?")
+    lines.append(") &")
+    lines.append("child=$!")
+    # `wait` returns early when a trapped signal arrives: wait again until the child is gone.
+    lines.append("while :; do wait $child; code=$?; kill -0 $child 2>/dev/null || break; done")
+    lines.append('echo $code > "$RUNYARD_DIR/exit_code"')
+    if protect:
+        lines.append("sleep 2147483647 & wait $!")
+    lines.append("exit $code")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,242 @@
+"""Runs as Docker containers: one container per run, named and labelled by run id.
+
+The only module that imports `docker`.
+"""
+
+import calendar
+import math
+import queue
+import struct
+import threading
+from collections.abc import Iterator
+from functools import cached_property
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from django.conf import settings
+
+from runs.executors.base import ExecutorError, ExitInfo, Limits, LogFrame, run_script
+
+RUNYARD_DIR = "/run/runyard"
+STREAM_OF_FRAME = {1: 0, 2: 1}  # docker's frame types: 1 stdout, 2 stderr
+
+
+def engine_reachable(timeout: float = 2.0) -> bool:
+    try:
+        client = _client(timeout=timeout)
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+def _client(timeout: float = 60) -> docker.DockerClient:
+    if settings.DOCKER_HOST:
+        return docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=timeout)
+    return docker.from_env(timeout=timeout)
+
+
+class DockerExecutor:
+    name = "docker"
+
+    def __init__(self, instance_id: str):
+        self.instance_id = instance_id
+
+    @cached_property
+    def client(self) -> docker.DockerClient:
+        return _client()
+
+    def container_name(self, run) -> str:
+        return f"runyard-{self.instance_id}-run-{run.pk}"
+
+    def _container(self, run):
+        try:
+            return self.client.containers.get(self.container_name(run))
+        except NotFound:
+            return None
+
+    def prepare(self, run) -> str:
+        try:
+            image = self.client.images.get(run.image)
+        except ImageNotFound:
+            raise ExecutorError(f"image not found: {run.image}") from None
+        except (APIError, DockerException) as exc:
+            raise ExecutorError(f"docker engine error while looking up image {run.image}: {exc}") from None
+        return image.id
+
+    def start(self, run, env: dict[str, str], limits: Limits) -> str:
+        container = self._container(run)
+        if container is None:
+            script = run_script(
+                run.spec["run"], protect=run.spec.get("termination_protection", False), forward_signals=True
+            )
+            memory = f"{limits.memory_mb}m"
+            try:
+                container = self.client.containers.create(
+                    image=run.image_digest or run.image,
+                    command=["/bin/sh", "-c", script],
+                    name=self.container_name(run),
+                    labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk)},
+                    environment={**env, "RUNYARD_DIR": RUNYARD_DIR},
+                    init=True,
+                    network_mode=settings.RUNYARD_DOCKER_NETWORK,
+                    cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"],
+                    privileged=False,
+                    nano_cpus=int(limits.cpus * 1e9),
+                    mem_limit=memory,
+                    memswap_limit=memory,
+                    pids_limit=4096,
+                    tmpfs={RUNYARD_DIR: "mode=1777,size=1m"},
+                    # No rotation: every line must still be there when the collector reads it.
+                    log_config={"Type": "json-file", "Config": {}},
+                    stdin_open=False,
+                    tty=False,
+                )
+            except ImageNotFound:
+                raise ExecutorError(f"image not found: {run.image}") from None
+            except APIError as exc:
+                if exc.status_code == 409:  # a retried task raced us to the name
+                    container = self._container(run)
+                else:
+                    raise ExecutorError(f"container create error: {exc.explanation or exc}") from None
+        container.reload()
+        if container.status == "created":
+            try:
+                container.start()
+            except APIError as exc:
+                raise ExecutorError(f"container start error: {exc.explanation or exc}") from None
+        return container.id
+
+    def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
+        """Every log entry in order; the first `cursor` entries are skipped.
+
+        The cursor counts entries from the container's start rather than using a
+        time: stdout and stderr entries can be written slightly out of time order,
+        so only a count resumes exactly.
+        """
+        frames: queue.Queue = queue.Queue(maxsize=10000)
+        done = object()
+        client = _client()  # a connection of its own, held for as long as the run lasts
+        try:
+            response = client.api._get(
+                client.api._url("/containers/{0}/logs", self.container_name(run)),
+                params={"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"},
+                stream=True,
+            )
+            client.api._raise_for_status(response)
+        except NotFound:
+            client.close()
+            raise ExecutorError("container disappeared") from None
+
+        def read() -> None:
+            raw = response.raw
+            try:
+                client.api._disable_socket_timeout(client.api._get_raw_response_socket(response))
+                while True:
+                    header = raw.read(8)
+                    if len(header) < 8:
+                        break
+                    kind, length = struct.unpack(">BxxxL", header)
+                    data = raw.read(length)
+                    frames.put((kind, data))
+            except Exception as exc:  # the reader dies with the connection; say why
+                frames.put(exc)
+            finally:
+                frames.put(done)
+
+        reader = threading.Thread(target=read, name=f"logs-run-{run.pk}", daemon=True)
+        reader.start()
+        position = 0
+        try:
+            while True:
+                try:
+                    item = frames.get(timeout=1.0)
+                except queue.Empty:
+                    yield None
+                    continue
+                if item is done:
+                    return
+                if isinstance(item, Exception):
+                    raise ExecutorError(f"log stream broke: {item}")
+                position += 1
+                if position <= cursor:
+                    continue
+                kind, data = item
+                stamp, _, text = data.partition(b" ")
+                yield LogFrame(cursor=position, time=_docker_time(stamp), stream=STREAM_OF_FRAME.get(kind, 0), data=text)
+        finally:
+            response.close()
+            client.close()
+
+    def main_exit_code(self, run) -> int | None:
+        container = self._container(run)
+        if container is None or container.status != "running":
+            return None
+        try:
+            result = container.exec_run(["cat", f"{RUNYARD_DIR}/exit_code"], stdout=True, stderr=False)
+        except APIError:
+            return None
+        if result.exit_code != 0:
+            return None
+        try:
+            return int(result.output.decode().strip())
+        except ValueError:
+            return None
+
+    def exit_info(self, run) -> ExitInfo:
+        container = self._container(run)
+        if container is None:
+            return ExitInfo(None, "container disappeared")
+        state = container.attrs["State"]
+        if state.get("Running"):
+            return ExitInfo(None, "still running")
+        reason = "killed: out of memory" if state.get("OOMKilled") else ""
+        return ExitInfo(state.get("ExitCode"), reason)
+
+    def exists(self, run) -> bool:
+        return self._container(run) is not None
+
+    def stop(self, run, grace: float) -> None:
+        container = self._container(run)
+        if container is None:
+            return
+        try:
+            # Docker sends SIGTERM, waits, then SIGKILLs: exactly the grace SPEC §1 asks for.
+            container.stop(timeout=max(0, math.ceil(grace)))
+        except NotFound:
+            pass
+
+    def remove(self, run) -> None:
+        container = self._container(run)
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except NotFound:
+                pass
+
+    def live_run_ids(self) -> set[int]:
+        containers = self.client.containers.list(all=True, filters={"label": f"runyard.instance={self.instance_id}"})
+        return {int(c.labels["runyard.run"]) for c in containers if c.labels.get("runyard.run", "").isdigit()}
+
+
+_seconds_cache: dict[bytes, int] = {}
+
+
+def _docker_time(stamp: bytes) -> float:
+    """b"2026-11-25T22:05:29.123456789Z" -> unix time, without a datetime per line."""
+    whole, _, fraction = stamp.rstrip(b"Z").partition(b".")
+    seconds = _seconds_cache.get(whole)
+    if seconds is None:
+        try:
+            d, t = whole.split(b"T")
+            year, month, day = (int(x) for x in d.split(b"-"))
+            hour, minute, second = (int(x) for x in t.split(b":"))
+            seconds = calendar.timegm((year, month, day, hour, minute, second))
+        except ValueError:
+            return 0.0
+        if len(_seconds_cache) > 4096:
+            _seconds_cache.clear()
+        _seconds_cache[whole] = seconds
+    return seconds + (float(b"0." + fraction) if fraction.isdigit() else 0.0)

@@ -1,0 +1,176 @@
+"""Runs as local processes, for machines without a Docker engine (embedded default).
+
+Each run gets a directory under var/local-runs/<instance>/<run id>/ and a detached
+supervisor (runs.executors.local_supervisor) that owns its PTY and process group.
+No isolation beyond that: the processes run as the console's own user.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.conf import settings
+
+from runs.executors.base import ExecutorError, ExitInfo, Limits, LogFrame, run_script
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, instance_id: str):
+        self.instance_id = instance_id
+        self.root = Path(settings.RUNYARD_LOCAL_RUNS_DIR) / instance_id
+
+    def run_dir(self, run) -> Path:
+        return self.root / str(run.pk)
+
+    def prepare(self, run) -> str:
+        # No images here: the run uses this machine's own shell and tools.
+        return "local"
+
+    def start(self, run, env: dict[str, str], limits: Limits) -> str:
+        run_dir = self.run_dir(run)
+        if (run_dir / "supervisor.pid").exists():
+            return str(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "runyard").mkdir(exist_ok=True)
+        script = run_script(
+            run.spec["run"], protect=run.spec.get("termination_protection", False), forward_signals=False
+        )
+        (run_dir / "script.sh").write_text(script)
+        base_env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
+        base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        full_env = {**base_env, "HOME": str(run_dir / "work"), **env, "RUNYARD_DIR": str(run_dir / "runyard")}
+        (run_dir / "env.json").write_text(json.dumps(full_env))
+        try:
+            supervisor = subprocess.Popen(
+                [sys.executable, "-m", "runs.executors.local_supervisor", str(run_dir)],
+                cwd=settings.BASE_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=open(run_dir / "supervisor.log", "ab"),
+                start_new_session=True,  # survives the worker that started it
+            )
+        except OSError as exc:
+            raise ExecutorError(f"could not start the local process: {exc}") from None
+        (run_dir / "supervisor.pid").write_text(str(supervisor.pid))
+        return str(run_dir)
+
+    def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
+        path = self.run_dir(run) / "output.jsonl"
+        ended = self.run_dir(run) / "ended"
+        last_yield = time.monotonic()
+        deadline_for_output = time.monotonic() + 30
+        while not path.exists():
+            if ended.exists() or not self.run_dir(run).exists():
+                return
+            if time.monotonic() > deadline_for_output and not self._supervisor_alive(run):
+                raise ExecutorError("local process disappeared")
+            time.sleep(0.1)
+        with open(path, "rb") as f:
+            f.seek(cursor)
+            position = cursor
+            while True:
+                line = f.readline()
+                if line.endswith(b"\n"):
+                    position += len(line)
+                    t, stream, text = json.loads(line)
+                    yield LogFrame(cursor=position, time=t, stream=stream, data=text.encode("utf-8", "surrogateescape"))
+                    continue
+                f.seek(position)  # a record half-written: read it again whole
+                was_ended = ended.exists()
+                if was_ended and f.read(1) == b"":
+                    return
+                f.seek(position)
+                if not was_ended and not self._supervisor_alive(run):
+                    raise ExecutorError("local process disappeared")
+                if time.monotonic() - last_yield >= 1.0:
+                    last_yield = time.monotonic()
+                    yield None
+                time.sleep(0.05)
+
+    def _supervisor_alive(self, run) -> bool:
+        try:
+            pid = int((self.run_dir(run) / "supervisor.pid").read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return False
+        try:  # a zombie left by the worker that started it is not alive
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return True
+
+    def main_exit_code(self, run) -> int | None:
+        try:
+            return int((self.run_dir(run) / "runyard" / "exit_code").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def exit_info(self, run) -> ExitInfo:
+        try:
+            return ExitInfo(int((self.run_dir(run) / "ended").read_text()), "")
+        except FileNotFoundError:
+            if self.run_dir(run).exists():
+                return ExitInfo(None, "still running")
+            return ExitInfo(None, "local process disappeared")
+
+    def exists(self, run) -> bool:
+        return self.run_dir(run).exists()
+
+    def _pgid(self, run) -> int | None:
+        try:
+            return int((self.run_dir(run) / "pgid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, run, grace: float) -> None:
+        run_dir = self.run_dir(run)
+        if not run_dir.exists() or (run_dir / "ended").exists():
+            return
+        pgid = self._pgid(run)
+        if pgid is None:  # the supervisor has not started its child yet
+            deadline = time.monotonic() + 5
+            while pgid is None and time.monotonic() < deadline and self._supervisor_alive(run):
+                time.sleep(0.05)
+                pgid = self._pgid(run)
+        if pgid is not None:
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and not (run_dir / "ended").exists():
+                time.sleep(0.05)
+            _signal_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (run_dir / "ended").exists() and self._supervisor_alive(run):
+            time.sleep(0.05)
+
+    def remove(self, run) -> None:
+        run_dir = self.run_dir(run)
+        if not run_dir.exists():
+            return
+        if not (run_dir / "ended").exists():
+            self.stop(run, 0)
+        try:
+            pid = int((run_dir / "supervisor.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    def live_run_ids(self) -> set[int]:
+        if not self.root.exists():
+            return set()
+        return {int(p.name) for p in self.root.iterdir() if p.name.isdigit()}
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass

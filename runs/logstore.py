@@ -1,0 +1,166 @@
+"""Run logs: stored in numbered chunks, written exactly once, read by line number.
+
+Line numbers start at 1 and never change. A collector appends through LogWriter,
+whose every flush is one transaction that inserts a chunk and advances the run's
+line count and executor cursor together, guarded by compare-and-swap on the line
+count and the collector's lease: a second collector, or one resumed after a crash,
+can neither skip nor double a line.
+"""
+
+import datetime as dt
+from collections.abc import Iterator
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from runs.executors.base import LogFrame
+from runs.models import LogChunk, Run
+
+MAX_CHUNK_LINES = 2000
+# The end of the output may add a last half line per stream after a full chunk.
+CHUNK_LINES_BOUND = MAX_CHUNK_LINES + 2
+FLUSH_SECONDS = 0.25
+MAX_LINE_BYTES = 1 << 20  # a longer line is stored in parts
+STREAM_NAMES = ("stdout", "stderr")
+
+
+class LeaseLost(Exception):
+    """Another collector owns the run now: stop without writing."""
+
+
+def lease_expiry() -> dt.datetime:
+    return timezone.now() + timedelta(seconds=settings.RUNYARD_COLLECTOR_LEASE_SECONDS)
+
+
+def take_lease(run_id: int, owner: str) -> bool:
+    from django.db.models import Q
+
+    now = timezone.now()
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner)
+    return Run.objects.filter(free, pk=run_id).update(lease_owner=owner, lease_until=lease_expiry()) == 1
+
+
+def renew_lease(run_id: int, owner: str) -> None:
+    if not Run.objects.filter(pk=run_id, lease_owner=owner).update(lease_until=lease_expiry()):
+        raise LeaseLost(run_id)
+
+
+def release_lease(run_id: int, owner: str) -> None:
+    Run.objects.filter(pk=run_id, lease_owner=owner).update(lease_owner="", lease_until=None)
+
+
+def collapse_carriage_returns(text: str) -> str:
+    """A line rewritten with \\r (a progress bar) keeps only its last state."""
+    if text.endswith("\r"):
+        text = text.rstrip("\r")
+    cut = text.rfind("\r")
+    return text if cut < 0 else text[cut + 1 :]
+
+
+class LogWriter:
+    def __init__(self, run: Run, owner: str):
+        self.run_id = run.pk
+        self.owner = owner
+        self.stored_lines = run.log_lines
+        self.cursor = run.log_cursor
+        # A line begun but not ended at the last flush, per stream: [time, text].
+        self.pending: dict[int, list] = {int(k): v for k, v in (run.log_pending or {}).items()}
+        self.lines: list[list] = []
+        self.first_unflushed_at: float | None = None
+        self.flushed_at = timezone.now()
+
+    def add(self, frame: LogFrame) -> None:
+        text = frame.data.decode("utf-8", "replace")
+        self.cursor = frame.cursor
+        if self.first_unflushed_at is None:
+            self.first_unflushed_at = frame.time or 0.0
+        started = self.pending.pop(frame.stream, None)
+        if started is not None:
+            time, text = started[0], started[1] + text
+        else:
+            time = frame.time
+        if text.endswith("\n"):
+            self._append(time, frame.stream, text[:-1])
+            return
+        # Keep a half line short while it is rewritten in place.
+        cut = text.rfind("\r", 0, len(text) - 1)
+        if cut >= 0:
+            text = text[cut + 1 :]
+        if len(text.encode()) > MAX_LINE_BYTES:
+            self._append(time, frame.stream, text)
+        else:
+            self.pending[frame.stream] = [time, text]
+
+    def _append(self, time: float, stream: int, text: str) -> None:
+        self.lines.append([round(time, 6), stream, collapse_carriage_returns(text)])
+
+    def due(self) -> bool:
+        if not self.lines and self.first_unflushed_at is None:
+            return False
+        return len(self.lines) >= MAX_CHUNK_LINES or (timezone.now() - self.flushed_at).total_seconds() >= FLUSH_SECONDS
+
+    def end_pending_lines(self) -> None:
+        """The output ended: a last line without a newline is still a line."""
+        for stream, (time, text) in sorted(self.pending.items()):
+            self._append(time, stream, text)
+        self.pending.clear()
+
+    def flush(self) -> None:
+        """Store what was added, with the cursor after it, in one transaction."""
+        # The collector flushes as soon as due(): a chunk never passes the reader's bound.
+        assert len(self.lines) <= CHUNK_LINES_BOUND
+        with transaction.atomic():
+            advanced = Run.objects.filter(pk=self.run_id, log_lines=self.stored_lines, lease_owner=self.owner).update(
+                log_lines=self.stored_lines + len(self.lines),
+                log_cursor=self.cursor,
+                log_pending={str(k): v for k, v in self.pending.items()},
+                lease_until=lease_expiry(),
+            )
+            if not advanced:
+                raise LeaseLost(self.run_id)
+            if self.lines:
+                LogChunk.objects.create(
+                    run_id=self.run_id, first_line=self.stored_lines + 1, line_count=len(self.lines), lines=self.lines
+                )
+        self.stored_lines += len(self.lines)
+        self.lines = []
+        self.first_unflushed_at = None
+        self.flushed_at = timezone.now()
+
+
+def read_lines(run: Run, after: int = 0, limit: int = 1000) -> dict:
+    """Lines after line `after`, at most `limit`: the API's logs page."""
+    after = max(0, after)
+    limit = max(1, min(limit, 10000))
+    chunks = LogChunk.objects.filter(
+        run=run, first_line__gt=after - CHUNK_LINES_BOUND, first_line__lte=after + limit
+    ).order_by("first_line")
+    out = []
+    for chunk in chunks:
+        for offset, (time, stream, text) in enumerate(chunk.lines):
+            n = chunk.first_line + offset
+            if n <= after:
+                continue
+            if len(out) >= limit:
+                break
+            out.append({"n": n, "t": _iso(time), "stream": STREAM_NAMES[stream], "text": text})
+    next_after = out[-1]["n"] if out else after
+    return {"lines": out, "next": next_after, "complete": run.log_complete and next_after >= run.log_lines}
+
+
+def iter_text(run: Run) -> Iterator[str]:
+    """The whole log as text, a chunk at a time."""
+    last = 0
+    while True:
+        chunks = list(LogChunk.objects.filter(run=run, first_line__gt=last).order_by("first_line")[:20])
+        if not chunks:
+            return
+        for chunk in chunks:
+            yield "".join(text + "\n" for _, _, text in chunk.lines)
+        last = chunks[-1].first_line
+
+
+def _iso(unix_time: float) -> str:
+    return dt.datetime.fromtimestamp(unix_time, tz=dt.UTC).isoformat().replace("+00:00", "Z")

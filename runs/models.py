@@ -1,0 +1,210 @@
+import hashlib
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"
+    INITIALIZING = "initializing", "Initializing"
+    RUNNING = "running", "Running"
+    STOPPING = "stopping", "Stopping"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    IDLE = "idle", "Idle"
+    TERMINATED = "terminated", "Terminated"
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+    VIEWER = "viewer", "Viewer"
+
+
+class Team(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
+
+    def __str__(self):
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "team"], name="one_membership_per_team")]
+
+    def __str__(self):
+        return f"{self.user} in {self.team} ({self.role})"
+
+    @property
+    def can_launch(self) -> bool:
+        return self.role in (Role.ADMIN, Role.MEMBER)
+
+
+class ApiToken(models.Model):
+    """A bearer token. Only its sha256 is stored; the token itself is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    digest = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12, help_text="the first characters, to tell tokens apart")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    @staticmethod
+    def digest_of(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user) -> tuple["ApiToken", str]:
+        token = "ry_" + secrets.token_urlsafe(32)
+        return cls.objects.create(user=user, digest=cls.digest_of(token), prefix=token[:10]), token
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
+
+
+class ResourcePreset(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    cpus = models.DecimalField(max_digits=6, decimal_places=2, help_text="CPU cores")
+    memory_mb = models.PositiveIntegerField(help_text="memory limit in MiB")
+    gpus = models.PositiveSmallIntegerField(default=0)
+    credits_per_hour = models.DecimalField(max_digits=10, decimal_places=4)
+
+    def __str__(self):
+        return self.name
+
+
+class Installation(models.Model):
+    """One row: the id that labels this installation's containers, so that two
+    consoles (or a test run) on one Docker engine never touch each other's."""
+
+    instance_id = models.CharField(max_length=16, unique=True)
+
+
+class Run(models.Model):
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    # "|a|b|": lets every database filter on one tag with a plain LIKE.
+    tag_index = models.CharField(max_length=2000, blank=True, db_index=True)
+    spec = models.JSONField(help_text="the validated, resolved spec, frozen at creation")
+    image = models.CharField(max_length=500)
+    image_digest = models.CharField(max_length=200, blank=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status_reason = models.CharField(max_length=1000, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="runs")
+    preset = models.ForeignKey(ResourcePreset, on_delete=models.PROTECT, related_name="runs")
+    reproduced_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reproductions"
+    )
+    executor = models.CharField(max_length=16)
+    container_id = models.CharField(max_length=100, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    initializing_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopping_at = models.DateTimeField(null=True, blank=True)
+    idle_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Terminate asked for: the container gets SIGTERM, then SIGKILL at stop_deadline.
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    stop_deadline = models.DateTimeField(null=True, blank=True)
+    container_removed_at = models.DateTimeField(null=True, blank=True)
+
+    progress = models.FloatField(null=True, blank=True)
+
+    # Log collection state, advanced in the same transaction as the chunk it covers.
+    log_lines = models.PositiveIntegerField(default=0)
+    log_cursor = models.BigIntegerField(default=0, help_text="executor position after the last stored line")
+    log_complete = models.BooleanField(default=False)
+    # A line begun but not yet ended at the last flush, per stream: {"0": [time, text]}.
+    log_pending = models.JSONField(default=dict, blank=True)
+    # Whoever holds an unexpired lease (a start or collect task) works on the run;
+    # the reconciler hands an expired one to a new task.
+    lease_owner = models.CharField(max_length=40, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["team", "-id"], name="run_team_newest")]
+
+    def __str__(self):
+        return f"#{self.pk} {self.name}"
+
+    @property
+    def is_final(self) -> bool:
+        from runs.lifecycle import FINAL
+
+        return self.status in FINAL
+
+    @property
+    def termination_grace(self) -> float:
+        return float(self.spec.get("termination_grace_seconds", 10))
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.stopping_at or self.finished_at or timezone.now()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    @property
+    def charged_seconds(self) -> float:
+        """Seconds charged: initializing and running, then idle."""
+        if not self.initializing_at:
+            return 0.0
+        now = timezone.now()
+        active_end = self.stopping_at or self.idle_at or self.finished_at or now
+        seconds = (active_end - self.initializing_at).total_seconds()
+        if self.idle_at:
+            seconds += ((self.finished_at or now) - self.idle_at).total_seconds()
+        return max(0.0, seconds)
+
+    @property
+    def credits(self) -> Decimal:
+        rate = self.preset.credits_per_hour
+        return (rate * Decimal(self.charged_seconds) / Decimal(3600)).quantize(Decimal("0.0001"))
+
+
+class RunEvent(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, choices=Status.choices)
+    to_status = models.CharField(max_length=16, choices=Status.choices)
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_name = models.CharField(max_length=150, help_text="the user's name, or 'system'")
+    reason = models.CharField(max_length=1000, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self):
+        return f"{self.run_id}: {self.from_status} → {self.to_status}"
+
+
+class LogChunk(models.Model):
+    """A batch of consecutive log lines: first_line .. first_line + line_count - 1.
+
+    `lines` is a JSON list of [unix_time, stream, text] with stream 0 = stdout, 1 = stderr.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_chunks")
+    first_line = models.PositiveIntegerField()
+    line_count = models.PositiveIntegerField()
+    lines = models.JSONField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "first_line"], name="one_chunk_per_start_line")]
+        ordering = ["first_line"]

@@ -1,0 +1,596 @@
+"""Parse and validate run specs (VESSL-style run YAML).
+
+A spec arrives as YAML text (JSON is valid YAML, so API clients use the same
+path) or as an already-parsed dict. ``parse_spec`` turns it into a normalized,
+JSON-serializable dict with every key present, or raises ``SpecError`` listing
+every problem it could find, each with a location the UI can point at.
+
+This module deliberately imports nothing from Django so it can be used by the
+API, the worker and the tests without settings or a database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+
+__all__ = ["SpecError", "parse_spec", "dump_spec_yaml", "MAX_SPEC_BYTES"]
+
+MAX_SPEC_BYTES = 256 * 1024
+MAX_NAME_LENGTH = 200
+MAX_TAG_LENGTH = 64
+MAX_GRACE_SECONDS = 3600
+DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_CLUSTER = "default"
+DEFAULT_PRESET = "cpu-small"
+DEFAULT_GIT_REF = "HEAD"
+RESERVED_ENV_PREFIX = "RUNYARD_"
+
+# Top-level sections whose keys are user-chosen (paths, variable names), so
+# their locations are written as import["/code/"] rather than import./code/.
+_KEYED_BY_NAME = frozenset({"import", "export", "env"})
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DATASET_URI = re.compile(r"dataset://(?P<name>[A-Za-z0-9._-]+)(?:@(?P<version>.*))?", re.DOTALL)
+_VOLUME_URI = re.compile(r"volume://(?P<name>[A-Za-z0-9._-]+)")
+# Units must appear largest first, each at most once ("1m30s", "500ms").
+# The (?!s) keeps the minutes group from eating the "m" of "ms".
+_DURATION = re.compile(
+    r"(?:(?P<h>[0-9]{1,10})h)?(?:(?P<m>[0-9]{1,10})m(?!s))?(?:(?P<s>[0-9]{1,10})s)?(?:(?P<ms>[0-9]{1,10})ms)?"
+)
+_MILLIS_PER_UNIT = {"h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
+
+_MSG_STRING = "expected a string"
+_MSG_LIST = "expected a list"
+_MSG_MAPPING = "expected a mapping"
+_MSG_BOOLEAN = "expected a boolean"
+_MSG_DURATION = "expected a duration like 10s"
+_MSG_EMPTY = "must not be empty"
+_MSG_ABSOLUTE_PATH = "expected an absolute path"
+
+Error = dict[str, str]
+Errors = list[Error]
+# A field parser validates one value, appends problems to the error list and
+# returns the normalized value (None when the value is unusable).
+FieldParser = Callable[[Any, str, Errors], Any]
+
+
+class SpecError(Exception):
+    """A spec failed to parse or validate; ``errors`` holds every problem found."""
+
+    def __init__(self, errors: Errors) -> None:
+        # Passing errors to Exception keeps the exception picklable (Celery
+        # results, multiprocessing), since unpickling calls cls(*args).
+        super().__init__(errors)
+        self.errors: Errors = list(errors)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{e['loc']}: {e['msg']}" if e["loc"] else e["msg"] for e in self.errors)
+
+
+# ---------------------------------------------------------------- locations
+
+
+def _key_loc(parent: str, key: object) -> str:
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def _name_loc(parent: str, name: object) -> str:
+    return f"{parent}[{json.dumps(str(name), ensure_ascii=False)}]"
+
+
+def _index_loc(parent: str, index: int) -> str:
+    return f"{parent}[{index}]"
+
+
+def _loc_from_path(path: list[str | int]) -> str:
+    loc = ""
+    for depth, segment in enumerate(path):
+        if isinstance(segment, int):
+            loc = _index_loc(loc, segment)
+        elif depth == 1 and path[0] in _KEYED_BY_NAME:
+            loc = _name_loc(loc, segment)
+        else:
+            loc = _key_loc(loc, segment)
+    return loc
+
+
+def _add(errors: Errors, loc: str, msg: str) -> None:
+    errors.append({"loc": loc, "msg": msg})
+
+
+# ---------------------------------------------------------------- YAML loading
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, mapping_node: yaml.MappingNode, key_node: yaml.Node) -> None:
+        super().__init__("duplicate key")
+        self.mapping_node = mapping_node
+        self.key_node = key_node
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys; PyYAML silently keeps the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen_keys: set[Any] = set()
+        # Checked before SafeConstructor flattens "<<" merges, so a key that
+        # overrides a merged-in default is not mistaken for a duplicate.
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen_keys:
+                    raise _DuplicateKeyError(node, key_node)
+                seen_keys.add(key)
+            except TypeError:
+                pass  # unhashable key: SafeConstructor reports it with a mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _path_to_node(node: yaml.Node, target: yaml.Node, visited: set[int]) -> list[str | int] | None:
+    if node is target:
+        return []
+    # Aliases can make the node graph cyclic.
+    if id(node) in visited:
+        return None
+    visited.add(id(node))
+    children: list[tuple[str | int, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [(str(key_node.value), value_node) for key_node, value_node in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(enumerate(node.value))
+    for segment, child in children:
+        sub_path = _path_to_node(child, target, visited)
+        if sub_path is not None:
+            return [segment, *sub_path]
+    return None
+
+
+def _duplicate_key_error(root: yaml.Node | None, exc: _DuplicateKeyError) -> Error:
+    mapping_path = _path_to_node(root, exc.mapping_node, set()) if root is not None else None
+    key_path = [*(mapping_path or []), str(exc.key_node.value)]
+    line = exc.key_node.start_mark.line + 1
+    return {"loc": _loc_from_path(key_path), "msg": f"duplicate key (line {line})"}
+
+
+def _line_and_column(text: str, offset: int) -> str:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def _describe_yaml_error(exc: yaml.YAMLError, text: str) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        problem = exc.problem or exc.context or "syntax error"
+        return f"invalid YAML: {problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        # The reader reports a character offset rather than a mark.
+        problem = str(exc).splitlines()[0]
+        return f"invalid YAML: {problem} at {_line_and_column(text, exc.position)}"
+    return "invalid YAML: " + " ".join(str(exc).split())
+
+
+def _decode_yaml_bytes(data: bytes) -> str:
+    # YAML streams are UTF-8 or BOM-marked UTF-16. Decoding here rather than in
+    # PyYAML's reader lets every error position refer to the same text.
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        valid_prefix = data[: exc.start].decode(encoding, errors="replace")
+        position = _line_and_column(valid_prefix, len(valid_prefix))
+        raise SpecError([{"loc": "", "msg": f"invalid YAML: not valid {exc.encoding.upper()} at {position}"}]) from None
+
+
+def _load_yaml(source: str | bytes) -> Any:
+    size = len(source) if isinstance(source, bytes) else len(source.encode("utf-8", "surrogatepass"))
+    if size > MAX_SPEC_BYTES:
+        raise SpecError([{"loc": "", "msg": "spec is larger than 256 KiB"}])
+    text = _decode_yaml_bytes(source) if isinstance(source, bytes) else source
+    # Same as yaml.safe_load, but with the duplicate-key check and a clear
+    # error for multi-document streams instead of a generic ComposerError.
+    loader: _UniqueKeySafeLoader | None = None
+    root: yaml.Node | None = None
+    try:
+        # The reader already rejects control characters when it is created.
+        loader = _UniqueKeySafeLoader(text)
+        if loader.check_node():
+            root = loader.get_node()
+        if loader.check_node():
+            raise SpecError([{"loc": "", "msg": "expected a single YAML document, found several"}])
+        return None if root is None else loader.construct_document(root)
+    except _DuplicateKeyError as exc:
+        raise SpecError([_duplicate_key_error(root, exc)]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([{"loc": "", "msg": _describe_yaml_error(exc, text)}]) from None
+    except RecursionError:
+        raise SpecError([{"loc": "", "msg": "invalid YAML: nested too deeply"}]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+# ---------------------------------------------------------------- field parsers
+
+
+def _parse_fields(
+    raw: Mapping[Any, Any],
+    loc: str,
+    parsers: Mapping[str, FieldParser],
+    required: frozenset[str],
+    errors: Errors,
+) -> dict[str, Any]:
+    """Run each key's parser in document order; returns only the usable values."""
+    parsed: dict[str, Any] = {}
+    for key, value in raw.items():
+        key_loc = _key_loc(loc, key)
+        parser = parsers.get(key) if isinstance(key, str) else None
+        if parser is None:
+            _add(errors, key_loc, "unknown key")
+            continue
+        # A bare "key:" in YAML means "not set", so it falls back to the default.
+        if value is None:
+            continue
+        result = parser(value, key_loc, errors)
+        if result is not None:
+            parsed[key] = result
+    for key in parsers:
+        if key in required and raw.get(key) is None:
+            _add(errors, _key_loc(loc, key), "required")
+    return parsed
+
+
+def _parse_string(value: Any, loc: str, errors: Errors) -> str | None:
+    if not isinstance(value, str):
+        _add(errors, loc, _MSG_STRING)
+        return None
+    return value
+
+
+def _parse_non_empty_string(value: Any, loc: str, errors: Errors) -> str | None:
+    text = _parse_string(value, loc, errors)
+    if text is not None and not text.strip():
+        _add(errors, loc, _MSG_EMPTY)
+        return None
+    return text
+
+
+def _parse_name(value: Any, loc: str, errors: Errors) -> str | None:
+    name = _parse_non_empty_string(value, loc, errors)
+    if name is not None and len(name) > MAX_NAME_LENGTH:
+        _add(errors, loc, f"must be at most {MAX_NAME_LENGTH} characters")
+        return None
+    return name
+
+
+def _parse_image(value: Any, loc: str, errors: Errors) -> str | None:
+    image = _parse_non_empty_string(value, loc, errors)
+    if image is not None and any(char.isspace() for char in image):
+        _add(errors, loc, "must not contain whitespace")
+        return None
+    return image
+
+
+def _parse_tags(value: Any, loc: str, errors: Errors) -> list[str] | None:
+    if not isinstance(value, list):
+        _add(errors, loc, _MSG_LIST)
+        return None
+    unique_tags: dict[str, None] = {}  # a dict keeps first-seen order
+    for index, item in enumerate(value):
+        item_loc = _index_loc(loc, index)
+        tag = _parse_non_empty_string(item, item_loc, errors)
+        if tag is None:
+            continue
+        if len(tag) > MAX_TAG_LENGTH:
+            _add(errors, item_loc, f"must be at most {MAX_TAG_LENGTH} characters")
+            continue
+        unique_tags.setdefault(tag, None)
+    return list(unique_tags)
+
+
+def _parse_boolean(value: Any, loc: str, errors: Errors) -> bool | None:
+    if not isinstance(value, bool):
+        _add(errors, loc, _MSG_BOOLEAN)
+        return None
+    return value
+
+
+def _duration_millis(value: Any) -> int | None:
+    # bool is an int subclass; "termination_grace: yes" must not mean 1 s.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value * 1000
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.fullmatch(value)
+    if match is None or not any(match.groupdict().values()):
+        return None
+    return sum(int(amount) * _MILLIS_PER_UNIT[unit] for unit, amount in match.groupdict().items() if amount)
+
+
+def _parse_grace_seconds(value: Any, loc: str, errors: Errors) -> float | None:
+    millis = _duration_millis(value)
+    if millis is None:
+        _add(errors, loc, _MSG_DURATION)
+        return None
+    if not 0 <= millis <= MAX_GRACE_SECONDS * 1000:
+        _add(errors, loc, f"must be between 0 and {MAX_GRACE_SECONDS} seconds")
+        return None
+    # Derived from whole milliseconds so dump_spec_yaml can render it exactly.
+    return millis / 1000
+
+
+def _check_container_path(path: Any, loc: str, errors: Errors, *, allow_root: bool) -> bool:
+    if not isinstance(path, str) or not path.startswith("/"):
+        _add(errors, loc, _MSG_ABSOLUTE_PATH)
+        return False
+    if not allow_root and not path.strip("/"):
+        _add(errors, loc, "must not be the root directory")
+        return False
+    if ".." in path.split("/"):
+        _add(errors, loc, "must not contain '..'")
+        return False
+    return True
+
+
+def _parse_resources(value: Any, loc: str, errors: Errors) -> dict[str, str] | None:
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    parsers = {"cluster": _parse_non_empty_string, "preset": _parse_non_empty_string}
+    fields = _parse_fields(value, loc, parsers, frozenset(), errors)
+    return {"cluster": fields.get("cluster", DEFAULT_CLUSTER), "preset": fields.get("preset", DEFAULT_PRESET)}
+
+
+def _parse_git_source(value: Any, loc: str, errors: Errors) -> dict[str, str] | None:
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    parsers = {"url": _parse_non_empty_string, "ref": _parse_non_empty_string}
+    fields = _parse_fields(value, loc, parsers, frozenset({"url"}), errors)
+    return {"url": fields.get("url", ""), "ref": fields.get("ref", DEFAULT_GIT_REF)}
+
+
+def _parse_dataset_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    match = _DATASET_URI.fullmatch(value)
+    if match is None:
+        _add(errors, loc, "expected dataset://NAME or dataset://NAME@VERSION")
+        return None
+    version_text = match["version"]
+    if version_text is None:
+        return {"dataset": {"name": match["name"], "version": None}}
+    if not re.fullmatch(r"[0-9]{1,10}", version_text) or int(version_text) < 1:
+        _add(errors, loc, "dataset version must be a positive integer")
+        return None
+    return {"dataset": {"name": match["name"], "version": int(version_text)}}
+
+
+def _parse_import_source(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
+    if isinstance(value, str):
+        return _parse_dataset_uri(value, loc, errors)
+    if isinstance(value, dict):
+        fields = _parse_fields(value, loc, {"git": _parse_git_source}, frozenset({"git"}), errors)
+        return {"git": fields["git"]} if "git" in fields else None
+    _add(errors, loc, "expected a dataset:// string or a mapping with git")
+    return None
+
+
+def _parse_imports(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    imports: dict[str, Any] = {}
+    for path, source in value.items():
+        source_loc = _name_loc(loc, path)
+        path_ok = _check_container_path(path, source_loc, errors, allow_root=False)
+        # The source is still checked when the path is bad, to report everything at once.
+        parsed_source = _parse_import_source(source, source_loc, errors)
+        if path_ok and parsed_source is not None:
+            imports[path] = parsed_source
+    return imports
+
+
+def _parse_exports(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    exports: dict[str, Any] = {}
+    for path, target in value.items():
+        target_loc = _name_loc(loc, path)
+        path_ok = _check_container_path(path, target_loc, errors, allow_root=False)
+        uri = _parse_string(target, target_loc, errors)
+        if uri is None:
+            continue
+        match = _VOLUME_URI.fullmatch(uri)
+        if match is None:
+            _add(errors, target_loc, "expected volume://NAME")
+        elif path_ok:
+            exports[path] = {"volume": match["name"]}
+    return exports
+
+
+def _parse_workdir(value: Any, loc: str, errors: Errors) -> str | None:
+    workdir = _parse_string(value, loc, errors)
+    if workdir is not None and not _check_container_path(workdir, loc, errors, allow_root=True):
+        return None
+    return workdir
+
+
+def _parse_run_steps(value: Any, loc: str, errors: Errors) -> list[dict[str, Any]] | None:
+    if not isinstance(value, list):
+        _add(errors, loc, _MSG_LIST)
+        return None
+    if not value:
+        _add(errors, loc, _MSG_EMPTY)
+        return None
+    parsers = {"command": _parse_non_empty_string, "workdir": _parse_workdir}
+    steps: list[dict[str, Any]] = []
+    for index, item in enumerate(value):
+        item_loc = _index_loc(loc, index)
+        if not isinstance(item, dict):
+            _add(errors, item_loc, _MSG_MAPPING)
+            continue
+        fields = _parse_fields(item, item_loc, parsers, frozenset({"command"}), errors)
+        steps.append({"command": fields.get("command", ""), "workdir": fields.get("workdir")})
+    return steps
+
+
+def _parse_env_name(name: Any, loc: str, errors: Errors) -> bool:
+    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+        _add(errors, loc, "invalid variable name; use letters, digits and _, not starting with a digit")
+        return False
+    if name.startswith(RESERVED_ENV_PREFIX):
+        _add(errors, loc, f"names starting with {RESERVED_ENV_PREFIX} are reserved")
+        return False
+    return True
+
+
+def _parse_env_value(value: Any, loc: str, errors: Errors) -> str | dict[str, str] | None:
+    if isinstance(value, dict):
+        fields = _parse_fields(value, loc, {"secret": _parse_non_empty_string}, frozenset({"secret"}), errors)
+        return {"secret": fields["secret"]} if "secret" in fields else None
+    # Deliberately strict: YAML turns EPOCHS: 3 into an int and DEBUG: yes into
+    # a bool, and guessing the intended text ("3"? "3.0"? "True"?) goes wrong.
+    return _parse_string(value, loc, errors)
+
+
+def _parse_env(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    env: dict[str, Any] = {}
+    for name, raw_value in value.items():
+        value_loc = _name_loc(loc, name)
+        name_ok = _parse_env_name(name, value_loc, errors)
+        parsed_value = _parse_env_value(raw_value, value_loc, errors)
+        if name_ok and parsed_value is not None:
+            env[name] = parsed_value
+    return env
+
+
+_TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
+    "name": _parse_name,
+    "description": _parse_string,
+    "tags": _parse_tags,
+    "image": _parse_image,
+    "resources": _parse_resources,
+    "import": _parse_imports,
+    "export": _parse_exports,
+    "run": _parse_run_steps,
+    "env": _parse_env,
+    "termination_protection": _parse_boolean,
+    "termination_grace": _parse_grace_seconds,
+}
+_TOP_LEVEL_REQUIRED = frozenset({"name", "image", "run"})
+
+
+def _normalize_document(document: Any) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        raise SpecError([{"loc": "", "msg": "expected a mapping at the top level"}])
+    errors: Errors = []
+    fields = _parse_fields(document, "", _TOP_LEVEL_PARSERS, _TOP_LEVEL_REQUIRED, errors)
+    if errors:
+        raise SpecError(errors)
+    return {
+        "name": fields["name"],
+        "description": fields.get("description", ""),
+        "tags": fields.get("tags", []),
+        "image": fields["image"],
+        "resources": fields.get("resources", {"cluster": DEFAULT_CLUSTER, "preset": DEFAULT_PRESET}),
+        "import": fields.get("import", {}),
+        "export": fields.get("export", {}),
+        "run": fields["run"],
+        "env": fields.get("env", {}),
+        "termination_protection": fields.get("termination_protection", False),
+        "termination_grace_seconds": fields.get("termination_grace", DEFAULT_GRACE_SECONDS),
+    }
+
+
+def parse_spec(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a run spec and return it normalized, with every key present.
+
+    ``source`` is YAML (or JSON) text, or a dict that was already parsed, e.g.
+    from a JSON request body. Raises ``SpecError`` listing all problems found.
+    The result shares no mutable objects with ``source``.
+    """
+    if isinstance(source, bytearray | memoryview):
+        source = bytes(source)
+    document = _load_yaml(source) if isinstance(source, str | bytes) else source
+    return _normalize_document(document)
+
+
+# ---------------------------------------------------------------- dumping
+
+
+class _SpecDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    # Multi-line commands read far better as "|" blocks than as "\n" escapes;
+    # the emitter itself falls back to quoting when a block can't be exact.
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_SpecDumper.add_representer(str, _represent_str)
+
+
+def _format_duration(seconds: float) -> str:
+    remaining_millis = round(seconds * 1000)
+    parts: list[str] = []
+    for unit, unit_millis in _MILLIS_PER_UNIT.items():
+        amount, remaining_millis = divmod(remaining_millis, unit_millis)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts) or "0s"
+
+
+def _dump_import_source(source: Mapping[str, Any]) -> str | dict[str, Any]:
+    if "git" in source:
+        return {"git": {"url": source["git"]["url"], "ref": source["git"]["ref"]}}
+    dataset = source["dataset"]
+    version = dataset["version"]
+    return f"dataset://{dataset['name']}" + ("" if version is None else f"@{version}")
+
+
+def _dump_run_step(step: Mapping[str, Any]) -> dict[str, str]:
+    rendered = {"command": step["command"]}
+    if step["workdir"] is not None:
+        rendered["workdir"] = step["workdir"]
+    return rendered
+
+
+def _dump_env_value(value: str | Mapping[str, str]) -> str | dict[str, str]:
+    return value if isinstance(value, str) else {"secret": value["secret"]}
+
+
+def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
+    """Render a spec from ``parse_spec`` back into user-facing run YAML.
+
+    Empty optional fields are left out; ``parse_spec(dump_spec_yaml(s)) == s``.
+    """
+    document: dict[str, Any] = {"name": spec["name"]}
+    if spec["description"]:
+        document["description"] = spec["description"]
+    if spec["tags"]:
+        document["tags"] = list(spec["tags"])
+    document["image"] = spec["image"]
+    document["resources"] = {"cluster": spec["resources"]["cluster"], "preset": spec["resources"]["preset"]}
+    if spec["import"]:
+        document["import"] = {path: _dump_import_source(source) for path, source in spec["import"].items()}
+    if spec["export"]:
+        document["export"] = {path: f"volume://{target['volume']}" for path, target in spec["export"].items()}
+    document["run"] = [_dump_run_step(step) for step in spec["run"]]
+    if spec["env"]:
+        document["env"] = {name: _dump_env_value(value) for name, value in spec["env"].items()}
+    document["termination_protection"] = spec["termination_protection"]
+    document["termination_grace"] = _format_duration(spec["termination_grace_seconds"])
+    # A huge width keeps long commands on one line instead of folding them.
+    return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=2**16)

@@ -1,0 +1,17 @@
+from django.urls import path, re_path
+
+from runs import api, openapi
+
+urlpatterns = [
+    path("health", api.health),
+    path("openapi.json", openapi.openapi_json),
+    path("docs", openapi.docs),
+    path("runs", api.runs_collection),
+    path("runs/<int:run_id>", api.run_detail),
+    path("runs/<int:run_id>/events", api.run_events),
+    path("runs/<int:run_id>/terminate", api.run_terminate),
+    path("runs/<int:run_id>/reproduce", api.run_reproduce),
+    path("runs/<int:run_id>/logs", api.run_logs),
+    path("runs/<int:run_id>/logs.txt", api.run_logs_text),
+    re_path(r"^(?P<path>.*)$", api.not_found),
+]

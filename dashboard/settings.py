@@ -51,6 +51,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 VAR_DIR = Path(env_str("RUNYARD_VAR_DIR") or BASE_DIR / "var")
+(VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
@@ -182,6 +183,8 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
+# Serve static files straight from the source folders: no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = VAR_DIR / "files"
 

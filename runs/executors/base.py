@@ -78,6 +78,10 @@ def run_script(commands: list[dict], *, protect: bool, forward_signals: bool) ->
     if forward_signals:
         # Our own PID namespace: -1 is every process in the container but init and us.
         lines.append("trap 'kill -TERM -1 2>/dev/null' TERM INT")
+    else:
+        # The signal reaches the whole process group already; survive it to record the exit code.
+        # (A handler, not '' : an ignored signal would stay ignored in the commands too.)
+        lines.append("trap : TERM INT")
     lines.append("(")
     for command in commands:
         lines.append(f"cd {shlex.quote(command['workdir'])} || exit $?" if command.get("workdir") else 'cd "$home_dir"')

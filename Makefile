@@ -1,0 +1,46 @@
+# Runyard: `make run` starts the console on its embedded default; `make test` passes the tests.
+# Both set up what they need first and can be run again at any time.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+STAMP  := $(VENV)/.installed
+
+# The tests talk to the real PostgreSQL and Redis; these are this machine's.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/runyard
+TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
+
+.PHONY: setup run test bench images clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Images are built locally (there is no registry to pull from); skipped without an engine.
+images:
+	@if docker info >/dev/null 2>&1; then ./images/build.sh; else echo "no Docker engine reachable: runs will use local processes"; fi
+
+run: setup images
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py welcome --url http://127.0.0.1:$(PORT)/
+	$(BIN)/daphne -b 127.0.0.1 -p $(PORT) dashboard.asgi:application
+
+test: setup images
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
+	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	SECRET_KEY=$${SECRET_KEY:-runyard-tests-only} \
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup images
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
+	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	SECRET_KEY=$${SECRET_KEY:-runyard-bench-only} \
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,36 @@
+import secrets
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+from runs.executors import default_executor_name
+from runs.services import ensure_team
+
+
+class Command(BaseCommand):
+    help = "Make sure an admin can sign in (creating one on a new install) and print the URL and login."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--url", default="http://127.0.0.1:8000/")
+
+    def handle(self, url, **options):
+        User = get_user_model()
+        password_file = settings.VAR_DIR / "admin-password"
+        admin = User.objects.filter(username="admin").first()
+        if admin is None:
+            password = secrets.token_urlsafe(12)
+            admin = User.objects.create_superuser("admin", password=password)
+            ensure_team(admin)
+            password_file.write_text(password + "\n")
+            password_file.chmod(0o600)
+        if password_file.exists():
+            login = f"admin / {password_file.read_text().strip()}"
+        else:
+            login = "admin / (the password you set)"
+        self.stdout.write(
+            f"\n  Runyard is starting at {url}\n"
+            f"  Sign in:   {login}\n"
+            f"  Executor:  {default_executor_name()}\n"
+            f"  API token: .venv/bin/python manage.py createtoken admin\n"
+        )

@@ -1,0 +1,225 @@
+"""Shared fixtures. The tests talk to the real things: PostgreSQL (DATABASE_URL),
+Redis and a real Celery worker (REDIS_URL), the Docker engine.
+
+RUNYARD_REQUIRE_SERVICES=1 (set by .ci/run) turns a missing engine, database or
+broker into a failure instead of a skip.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+REQUIRE = os.environ.get("RUNYARD_REQUIRE_SERVICES") == "1"
+ROOT = Path(__file__).resolve().parent.parent
+TEST_INSTANCE = "t" + os.urandom(3).hex()
+BUSYBOX = "runyard/busybox:latest"
+
+
+def missing(what: str):
+    if REQUIRE:
+        pytest.fail(f"{what} (RUNYARD_REQUIRE_SERVICES=1)")
+    pytest.skip(what)
+
+
+def docker_reachable() -> bool:
+    from runs.executors.docker import engine_reachable
+
+    return engine_reachable()
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    if not docker_reachable():
+        missing("no Docker engine reachable")
+    import docker
+
+    client = docker.from_env()
+    try:
+        client.images.get(BUSYBOX)
+    except docker.errors.ImageNotFound:
+        missing(f"image {BUSYBOX} is missing: run images/build.sh")
+    yield client
+    for container in client.containers.list(all=True, filters={"label": f"runyard.instance={TEST_INSTANCE}"}):
+        container.remove(force=True)
+
+
+@pytest.fixture
+def defaults(db):
+    from decimal import Decimal
+
+    from runs.models import ResourcePreset, Team
+
+    ResourcePreset.objects.get_or_create(
+        name="cpu-small", defaults={"cpus": Decimal("1"), "memory_mb": 2048, "credits_per_hour": Decimal("1")}
+    )
+    ResourcePreset.objects.get_or_create(
+        name="tiny", defaults={"cpus": Decimal("0.5"), "memory_mb": 64, "credits_per_hour": Decimal("3600")}
+    )
+    _use_test_instance()
+    Team.objects.get_or_create(name="default")
+
+
+def _use_test_instance():
+    """Label this session's containers with its own id, in this process and the worker."""
+    from runs.executors import instance_id
+    from runs.models import Installation
+
+    Installation.objects.exclude(instance_id=TEST_INSTANCE).delete()
+    Installation.objects.get_or_create(instance_id=TEST_INSTANCE)
+    instance_id.cache_clear()
+
+
+def _user(username: str, team: str, role: str = "member"):
+    from django.contrib.auth import get_user_model
+
+    from runs.models import ApiToken, Membership, Team
+
+    user = get_user_model().objects.create_user(username=username, password="pw-" + username)
+    Membership.objects.filter(user=user).delete()
+    team_obj, _ = Team.objects.get_or_create(name=team)
+    Membership.objects.create(user=user, team=team_obj, role=role)
+    user.token = ApiToken.issue(user)[1]
+    return user
+
+
+@pytest.fixture
+def alice(defaults):
+    return _user("alice", "vision")
+
+
+@pytest.fixture
+def bob(defaults):
+    """alice's teammate."""
+    return _user("bob", "vision")
+
+
+@pytest.fixture
+def charlie(defaults):
+    """An outsider: another team."""
+    return _user("charlie", "speech")
+
+
+@pytest.fixture
+def viola(defaults):
+    """A viewer in alice's team."""
+    return _user("viola", "vision", role="viewer")
+
+
+class Api:
+    """Django's test client speaking to API v1 with a bearer token."""
+
+    def __init__(self, user):
+        from django.test import Client
+
+        self.client = Client()
+        self.headers = {"Authorization": f"Bearer {user.token}"} if user else {}
+
+    def get(self, path, **params):
+        return self.client.get("/api/v1" + path, params, headers=self.headers)
+
+    def post(self, path, body=None, content_type="application/yaml"):
+        return self.client.post("/api/v1" + path, body or "", content_type=content_type, headers=self.headers)
+
+
+@pytest.fixture
+def api(alice):
+    return Api(alice)
+
+
+@pytest.fixture(scope="session")
+def worker_env(django_db_setup, django_db_blocker):
+    """The environment a Celery worker needs to work on the test database."""
+    if not os.environ.get("REDIS_URL") or settings.RUNYARD_TASKS_IN_PROCESS:
+        missing("REDIS_URL is not set: the Celery worker tests need Redis")
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        missing("DATABASE_URL is not PostgreSQL")
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    with django_db_blocker.unblock():
+        _use_test_instance()
+    db = settings.DATABASES["default"]
+    url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "RUNYARD_VAR_DIR": str(settings.VAR_DIR),
+        "RUNYARD_COLLECTOR_LEASE_SECONDS": "6",
+        "RUNYARD_RECONCILE_SECONDS": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+class Worker:
+    """A real `celery worker -B` process on the test database."""
+
+    def __init__(self, env, log_dir: Path):
+        self.env, self.log_dir, self.process, self.starts = env, log_dir, None, 0
+
+    def start(self):
+        self.starts += 1
+        log = open(self.log_dir / f"worker-{self.starts}.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-B", "--pool", "threads",
+             "--concurrency", "24", "--loglevel", "INFO", "-s", str(self.log_dir / "beat-schedule")],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if b"ready." in (self.log_dir / f"worker-{self.starts}.log").read_bytes():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError("celery worker exited: " + (self.log_dir / f"worker-{self.starts}.log").read_text()[-3000:])
+            time.sleep(0.2)
+        raise RuntimeError("celery worker did not become ready in 60 s")
+
+    def kill(self):
+        """kill -9, as a crash would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(worker_env, tmp_path_factory):
+    log_dir = Path(os.environ.get("RUNYARD_TEST_ARTIFACTS", tmp_path_factory.mktemp("worker")))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    worker = Worker(worker_env, log_dir)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def engine(transactional_db, defaults, celery_worker):
+    """A live run engine: the committed test database and a real worker."""
+    return celery_worker
+
+
+def wait_for(run_id: int, statuses, timeout: float = 60.0, *, removed: bool = False):
+    """Poll until the run reaches one of `statuses` (and, if asked, its container is gone)."""
+    from runs.models import Run
+
+    if isinstance(statuses, str):
+        statuses = {statuses}
+    deadline = time.monotonic() + timeout
+    run = None
+    while time.monotonic() < deadline:
+        run = Run.objects.get(pk=run_id)
+        if run.status in statuses and (not removed or run.container_removed_at):
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} is {run.status} ({run.status_reason!r}), not {statuses} after {timeout} s")

@@ -4,10 +4,12 @@ The only module that imports `docker`.
 """
 
 import calendar
+import logging
 import math
 import queue
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from functools import cached_property
 
@@ -16,6 +18,8 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from django.conf import settings
 
 from runs.executors.base import ExecutorError, ExitInfo, Limits, LogFrame, run_script
+
+log = logging.getLogger(__name__)
 
 RUNYARD_DIR = "/run/runyard"
 STREAM_OF_FRAME = {1: 0, 2: 1}  # docker's frame types: 1 stdout, 2 stderr
@@ -35,6 +39,10 @@ def _client(timeout: float = 60) -> docker.DockerClient:
     if settings.DOCKER_HOST:
         return docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=timeout)
     return docker.from_env(timeout=timeout)
+
+
+class _StreamBroke(Exception):
+    pass
 
 
 class DockerExecutor:
@@ -116,6 +124,27 @@ class DockerExecutor:
         time: stdout and stderr entries can be written slightly out of time order,
         so only a count resumes exactly.
         """
+        position = cursor
+        while True:
+            container = self._container(run)
+            if container is None:
+                raise ExecutorError("container disappeared")
+            # The engine may end a follow when the container stops before it sent
+            # the whole file; a read begun after the stop is complete.
+            ended_before_read = container.status not in ("running", "created", "restarting", "paused")
+            try:
+                for frame in self._read_logs(run, position):
+                    if frame is not None:
+                        position = frame.cursor
+                    yield frame
+            except _StreamBroke as exc:
+                log.warning("run %s: log stream broke (%s), reading on from entry %s", run.pk, exc, position)
+                time.sleep(1)
+                continue
+            if ended_before_read:
+                return
+
+    def _read_logs(self, run, skip: int) -> Iterator[LogFrame | None]:
         frames: queue.Queue = queue.Queue(maxsize=10000)
         done = object()
         client = _client()  # a connection of its own, held for as long as the run lasts
@@ -159,9 +188,9 @@ class DockerExecutor:
                 if item is done:
                     return
                 if isinstance(item, Exception):
-                    raise ExecutorError(f"log stream broke: {item}")
+                    raise _StreamBroke(item)
                 position += 1
-                if position <= cursor:
+                if position <= skip:
                     continue
                 kind, data = item
                 stamp, _, text = data.partition(b" ")

@@ -238,8 +238,9 @@ class DockerExecutor:
             pass
 
     def remove(self, run) -> None:
-        container = self._container(run)
-        if container is not None:
+        # By label, not name: also catches a container a crashed worker left under another name.
+        labels = [f"runyard.instance={self.instance_id}", f"runyard.run={run.pk}"]
+        for container in self.client.containers.list(all=True, filters={"label": labels}):
             try:
                 container.remove(force=True)
             except NotFound:

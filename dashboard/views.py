@@ -7,10 +7,12 @@ from django.shortcuts import render
 from runs import logstore
 from runs.models import Run, RunEvent
 from runs.selectors import run_for_user, runs_for_user
+from runs.services import ensure_team
 
 
 @login_required
 def runs_list(request):
+    ensure_team(request.user)
     runs = runs_for_user(request.user, q=request.GET.get("q", ""), limit=100)
     return render(request, "dashboard/runs_list.html", {"runs": runs, "q": request.GET.get("q", "")})
 

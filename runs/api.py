@@ -56,10 +56,13 @@ def _authenticate(request: HttpRequest):
         now = timezone.now()
         if found.last_used_at is None or (now - found.last_used_at).total_seconds() > 60:
             ApiToken.objects.filter(pk=found.pk).update(last_used_at=now)
-        return found.user, "token"
-    if request.user.is_authenticated:
-        return request.user, "session"
-    return None, None
+        user, how = found.user, "token"
+    elif request.user.is_authenticated:
+        user, how = request.user, "session"
+    else:
+        return None, None
+    ensure_team(user)
+    return user, how
 
 
 def api_view(*methods: str, public: bool = False):
@@ -183,18 +186,19 @@ def runs_collection(request):
 
 
 def _create(request):
+    content_type = request.content_type or ""
+    # Checked before the body is read: the CSRF check may have parsed a form's stream already.
+    if content_type != "application/json" and content_type not in YAML_TYPES and content_type != "":
+        raise ApiError(415, f"send the spec as application/yaml or application/json, not {content_type}")
     if len(request.body) > MAX_BODY_BYTES:
         raise ApiError(400, "the spec is larger than 256 KiB")
-    content_type = request.content_type or ""
     if content_type == "application/json":
         try:
             source = json.loads(request.body or b"null")
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "the body is not valid JSON", [{"loc": "", "msg": f"invalid JSON: {exc}"}]) from None
-    elif content_type in YAML_TYPES or content_type == "":
-        source = request.body
     else:
-        raise ApiError(415, f"send the spec as application/yaml or application/json, not {content_type}")
+        source = request.body
     team = _team_param(request)
     run = create_run(user=request.user, source=source, team=team)
     run = Run.objects.select_related("owner", "team", "preset").get(pk=run.pk)
@@ -214,7 +218,7 @@ def _team_param(request):
 
 
 def _list(request):
-    statuses = request.GET.getlist("status")
+    statuses = [s for s in request.GET.getlist("status") if s]  # an empty ?status= (a form's "any") filters nothing
     unknown = [s for s in statuses if s not in Status.values]
     if unknown:
         raise ApiError(400, "unknown status", [{"loc": "status", "msg": f"unknown status {s!r}; one of {', '.join(Status.values)}"} for s in unknown])

@@ -4,6 +4,3 @@ from django.apps import AppConfig
 class RunsConfig(AppConfig):
     name = "runs"
     default_auto_field = "django.db.models.BigAutoField"
-
-    def ready(self):
-        from runs import signals  # noqa: F401  (connects the receivers)

@@ -45,7 +45,7 @@ SPEC = {
         "/runs": {
             "post": _op(
                 "Create a run from its YAML spec",
-                {"201": _json(RUN, "created"), **ERRORS},
+                {"201": _json(RUN, "created"), **ERRORS, "415": _json(ERROR, "neither YAML nor JSON")},
                 [_param("team", description="team name; default: your first team")],
                 {"required": True, "content": {"application/yaml": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}},
             ),

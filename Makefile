@@ -37,8 +37,7 @@ test: setup images
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup images
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
-	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)_bench} \
 	SECRET_KEY=$${SECRET_KEY:-runyard-bench-only} \
 	$(BIN)/python -m benchmarks
 

@@ -1,0 +1,110 @@
+"""`make bench`: Runyard's speed against a baseline measured in the same run.
+
+log-ingest: a container prints N lines. Baseline: a bare Docker API client reads
+the container's whole log (the floor any collector stands on). Runyard: the same
+output, from the run turning `running` to every line stored in the database.
+The ratio is what Runyard's numbering, chunking and transactions cost on top.
+
+log-read: reading the last page of a 200,000-line log through the API's reader,
+against reading one chunk row by primary key (the floor of any read).
+"""
+
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+os.environ["RUNYARD_TASKS_IN_PROCESS"] = "1"
+os.environ.setdefault("SECRET_KEY", "runyard-bench-only")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.db import connection  # noqa: E402
+
+LINES = int(os.environ.get("BENCH_LINES", "200000"))
+IMAGE = "runyard/busybox:latest"
+
+
+def main() -> int:
+    from runs.executors.docker import engine_reachable
+
+    if not engine_reachable():
+        print("no Docker engine reachable: nothing to measure")
+        return 1
+    connection.creation.create_test_db(verbosity=0, keepdb=True)
+    from django.contrib.auth import get_user_model
+
+    from runs.services import create_run
+
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    results = []
+    for attempt in range(3):
+        baseline = docker_floor()
+        run = create_run(user=user, source=f"name: bench\nimage: {IMAGE}\nrun:\n  - command: seq 1 {LINES}\n", executor="docker")
+        runyard = wait_stored(run.pk)
+        results.append((baseline, runyard))
+        print(f"  log-ingest try {attempt + 1}: docker floor {baseline:.2f} s, runyard {runyard:.2f} s, ratio {runyard / baseline:.2f}")
+    floor = statistics.median(b for b, _ in results)
+    ours = statistics.median(r for _, r in results)
+    print(f"log-ingest ({LINES} lines): floor {floor:.2f} s, runyard {ours:.2f} s, "
+          f"{LINES / ours:,.0f} lines/s, ratio {ours / floor:.2f}")
+    read_bench(run.pk)
+    return 0
+
+
+def docker_floor() -> float:
+    """From the container's start to all its lines read by a bare client."""
+    import docker
+
+    client = docker.from_env()
+    container = client.containers.run(IMAGE, ["seq", "1", str(LINES)], detach=True, network_mode="none")
+    try:
+        started = time.perf_counter()
+        container.wait()
+        count = container.logs().count(b"\n")
+        elapsed = time.perf_counter() - started
+        assert count == LINES, count
+        return elapsed
+    finally:
+        container.remove(force=True)
+
+
+def wait_stored(run_id: int) -> float:
+    from runs.models import Run
+
+    while Run.objects.filter(pk=run_id, started_at__isnull=True, status__in=["pending", "initializing"]).exists():
+        time.sleep(0.01)
+    started = time.perf_counter()
+    while True:
+        run = Run.objects.get(pk=run_id)
+        if run.log_complete:
+            assert run.log_lines == LINES and run.status == "completed", (run.log_lines, run.status)
+            return time.perf_counter() - started
+        time.sleep(0.01)
+
+
+def read_bench(run_id: int) -> None:
+    from runs import logstore
+    from runs.models import LogChunk, Run
+
+    run = Run.objects.get(pk=run_id)
+    chunk_id = LogChunk.objects.filter(run=run).order_by("-first_line").values_list("pk", flat=True).first()
+
+    def timed(fn, repeat=50):
+        samples = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+        return statistics.median(samples)
+
+    floor = timed(lambda: LogChunk.objects.get(pk=chunk_id).lines)
+    ours = timed(lambda: logstore.read_lines(run, after=run.log_lines - 1000, limit=1000))
+    print(f"log-read (last 1000 of {run.log_lines} lines): floor {floor * 1000:.2f} ms, runyard {ours * 1000:.2f} ms, ratio {ours / floor:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,7 @@ can neither skip nor double a line.
 """
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -69,7 +70,7 @@ class LogWriter:
         self.pending: dict[int, list] = {int(k): v for k, v in (run.log_pending or {}).items()}
         self.lines: list[list] = []
         self.first_unflushed_at: float | None = None
-        self.flushed_at = timezone.now()
+        self.flushed_at = time.monotonic()
 
     def add(self, frame: LogFrame) -> None:
         text = frame.data.decode("utf-8", "replace")
@@ -78,33 +79,33 @@ class LogWriter:
             self.first_unflushed_at = frame.time or 0.0
         started = self.pending.pop(frame.stream, None)
         if started is not None:
-            time, text = started[0], started[1] + text
+            at, text = started[0], started[1] + text
         else:
-            time = frame.time
+            at = frame.time
         if text.endswith("\n"):
-            self._append(time, frame.stream, text[:-1])
+            self._append(at, frame.stream, text[:-1])
             return
         # Keep a half line short while it is rewritten in place.
         cut = text.rfind("\r", 0, len(text) - 1)
         if cut >= 0:
             text = text[cut + 1 :]
         if len(text.encode()) > MAX_LINE_BYTES:
-            self._append(time, frame.stream, text)
+            self._append(at, frame.stream, text)
         else:
-            self.pending[frame.stream] = [time, text]
+            self.pending[frame.stream] = [at, text]
 
-    def _append(self, time: float, stream: int, text: str) -> None:
-        self.lines.append([round(time, 6), stream, collapse_carriage_returns(text)])
+    def _append(self, at: float, stream: int, text: str) -> None:
+        self.lines.append([round(at, 6), stream, collapse_carriage_returns(text)])
 
     def due(self) -> bool:
         if not self.lines and self.first_unflushed_at is None:
             return False
-        return len(self.lines) >= MAX_CHUNK_LINES or (timezone.now() - self.flushed_at).total_seconds() >= FLUSH_SECONDS
+        return len(self.lines) >= MAX_CHUNK_LINES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
 
     def end_pending_lines(self) -> None:
         """The output ended: a last line without a newline is still a line."""
-        for stream, (time, text) in sorted(self.pending.items()):
-            self._append(time, stream, text)
+        for stream, (at, text) in sorted(self.pending.items()):
+            self._append(at, stream, text)
         self.pending.clear()
 
     def flush(self) -> None:
@@ -127,7 +128,7 @@ class LogWriter:
         self.stored_lines += len(self.lines)
         self.lines = []
         self.first_unflushed_at = None
-        self.flushed_at = timezone.now()
+        self.flushed_at = time.monotonic()
 
 
 def read_lines(run: Run, after: int = 0, limit: int = 1000) -> dict:
@@ -139,13 +140,13 @@ def read_lines(run: Run, after: int = 0, limit: int = 1000) -> dict:
     ).order_by("first_line")
     out = []
     for chunk in chunks:
-        for offset, (time, stream, text) in enumerate(chunk.lines):
+        for offset, (at, stream, text) in enumerate(chunk.lines):
             n = chunk.first_line + offset
             if n <= after:
                 continue
             if len(out) >= limit:
                 break
-            out.append({"n": n, "t": _iso(time), "stream": STREAM_NAMES[stream], "text": text})
+            out.append({"n": n, "t": _iso(at), "stream": STREAM_NAMES[stream], "text": text})
     next_after = out[-1]["n"] if out else after
     return {"lines": out, "next": next_after, "complete": run.log_complete and next_after >= run.log_lines}
 

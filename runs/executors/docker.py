@@ -6,10 +6,10 @@ The only module that imports `docker`.
 import calendar
 import logging
 import math
-import queue
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from functools import cached_property
 
@@ -22,6 +22,7 @@ from runs.executors.base import ExecutorError, ExitInfo, Limits, LogFrame, run_s
 log = logging.getLogger(__name__)
 
 RUNYARD_DIR = "/run/runyard"
+READ_AHEAD_FRAMES = 50_000
 STREAM_OF_FRAME = {1: 0, 2: 1}  # docker's frame types: 1 stdout, 2 stderr
 
 
@@ -145,8 +146,6 @@ class DockerExecutor:
                 return
 
     def _read_logs(self, run, skip: int) -> Iterator[LogFrame | None]:
-        frames: queue.Queue = queue.Queue(maxsize=10000)
-        done = object()
         client = _client()  # a connection of its own, held for as long as the run lasts
         try:
             response = client.api._get(
@@ -158,6 +157,11 @@ class DockerExecutor:
         except NotFound:
             client.close()
             raise ExecutorError("container disappeared") from None
+        # The engine sends a frame per line: a reader thread parses them into a
+        # deque and this generator takes whatever has piled up at each wake-up.
+        frames: deque = deque()
+        arrived = threading.Event()
+        outcome: list = []
 
         def read() -> None:
             raw = response.raw
@@ -168,33 +172,38 @@ class DockerExecutor:
                     if len(header) < 8:
                         break
                     kind, length = struct.unpack(">BxxxL", header)
-                    data = raw.read(length)
-                    frames.put((kind, data))
+                    frames.append((kind, raw.read(length)))
+                    if not arrived.is_set():
+                        arrived.set()
+                    while len(frames) > READ_AHEAD_FRAMES:  # the database is behind: wait for it
+                        time.sleep(0.01)
             except Exception as exc:  # the reader dies with the connection; say why
-                frames.put(exc)
+                outcome.append(exc)
             finally:
-                frames.put(done)
+                outcome.append(None)
+                arrived.set()
 
         reader = threading.Thread(target=read, name=f"logs-run-{run.pk}", daemon=True)
         reader.start()
         position = 0
         try:
             while True:
-                try:
-                    item = frames.get(timeout=1.0)
-                except queue.Empty:
+                if not arrived.wait(1.0):
                     yield None
                     continue
-                if item is done:
+                arrived.clear()
+                finished = bool(outcome)  # read before draining: nothing can follow the end
+                while frames:
+                    kind, data = frames.popleft()
+                    position += 1
+                    if position <= skip:
+                        continue
+                    stamp, _, text = data.partition(b" ")
+                    yield LogFrame(cursor=position, time=_docker_time(stamp), stream=STREAM_OF_FRAME.get(kind, 0), data=text)
+                if finished:
+                    if outcome[0] is not None:
+                        raise _StreamBroke(outcome[0])
                     return
-                if isinstance(item, Exception):
-                    raise _StreamBroke(item)
-                position += 1
-                if position <= skip:
-                    continue
-                kind, data = item
-                stamp, _, text = data.partition(b" ")
-                yield LogFrame(cursor=position, time=_docker_time(stamp), stream=STREAM_OF_FRAME.get(kind, 0), data=text)
         finally:
             response.close()
             client.close()

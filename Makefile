@@ -34,6 +34,7 @@ test: setup images
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
 	REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 	SECRET_KEY=$${SECRET_KEY:-runyard-tests-only} \
+	RUNYARD_GIT_ALLOW_FILE=1 \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup images

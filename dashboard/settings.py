@@ -200,3 +200,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {"runs": {"handlers": ["console"], "level": env_str("RUNYARD_LOG_LEVEL", "INFO")}},
 }
+
+# git imports from local paths and file:// URLs read the worker's own disk: fine for
+# one team on its own machine, not for a shared deployment.
+RUNYARD_GIT_ALLOW_FILE = env_bool("RUNYARD_GIT_ALLOW_FILE", not DATABASE_URL)
+# Key for team secrets at rest; derived from SECRET_KEY unless given.
+RUNYARD_SECRETS_KEY = env_str("RUNYARD_SECRETS_KEY")

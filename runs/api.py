@@ -8,10 +8,12 @@ import base64
 import functools
 import json
 import logging
+import posixpath
 
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.core.files.storage import default_storage
+from django.http import FileResponse, HttpRequest, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -19,7 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 from runs import logstore
 from runs.executors import default_executor_name
 from runs.lifecycle import IllegalTransition
-from runs.models import ApiToken, Run, RunEvent, Status
+from runs.models import ApiToken, Run, RunEvent, RunFile, Status
 from runs.selectors import run_for_user, runs_for_user
 from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, reproduce_run, terminate_run
 from runs.spec import SpecError
@@ -81,7 +83,7 @@ def api_view(*methods: str, public: bool = False):
                     user, how = _authenticate(request)
                     if user is None:
                         raise ApiError(401, "authentication required: a session or 'Authorization: Bearer <token>'")
-                    if how == "session" and request.method == "POST":
+                    if how == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
                         rejected = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
                         if rejected is not None:
                             raise ApiError(403, "CSRF check failed: send the csrftoken cookie's value as X-CSRFToken")
@@ -118,7 +120,7 @@ def _int_param(request: HttpRequest, name: str, default: int, minimum: int, maxi
     return value
 
 
-def _iso(value):
+def iso(value):
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -133,13 +135,13 @@ def serialize_run(run: Run) -> dict:
         "exit_code": run.exit_code,
         "owner": run.owner.get_username(),
         "team": run.team.name,
-        "created_at": _iso(run.created_at),
-        "initializing_at": _iso(run.initializing_at),
-        "started_at": _iso(run.started_at),
-        "stopping_at": _iso(run.stopping_at),
-        "idle_at": _iso(run.idle_at),
-        "finished_at": _iso(run.finished_at),
-        "stop_deadline": _iso(run.stop_deadline),
+        "created_at": iso(run.created_at),
+        "initializing_at": iso(run.initializing_at),
+        "started_at": iso(run.started_at),
+        "stopping_at": iso(run.stopping_at),
+        "idle_at": iso(run.idle_at),
+        "finished_at": iso(run.finished_at),
+        "stop_deadline": iso(run.stop_deadline),
         "duration_seconds": run.duration_seconds,
         "progress": run.progress,
         "eta_seconds": None,
@@ -151,6 +153,9 @@ def serialize_run(run: Run) -> dict:
         "reproduced_from": run.reproduced_from_id,
         "executor": run.executor,
         "log_lines": run.log_lines,
+        "imports": run.imports,
+        "changes": run.changes,
+        "exports_state": run.exports_state or None,
         "url": f"/runs/{run.pk}/",
     }
 
@@ -199,7 +204,7 @@ def _create(request):
             raise ApiError(400, "the body is not valid JSON", [{"loc": "", "msg": f"invalid JSON: {exc}"}]) from None
     else:
         source = request.body
-    team = _team_param(request)
+    team = team_param(request)
     run = create_run(user=request.user, source=source, team=team)
     run = Run.objects.select_related("owner", "team", "preset").get(pk=run.pk)
     response = JsonResponse(serialize_run(run), status=201)
@@ -207,7 +212,7 @@ def _create(request):
     return response
 
 
-def _team_param(request):
+def team_param(request):
     name = request.GET.get("team")
     if not name:
         return ensure_team(request.user)
@@ -250,7 +255,7 @@ def run_events(request, run_id: int):
     run = run_for_user(request.user, run_id)
     events = RunEvent.objects.filter(run=run).order_by("at", "pk")
     return JsonResponse(
-        [{"from": e.from_status, "to": e.to_status, "at": _iso(e.at), "actor": e.actor_name, "reason": e.reason} for e in events],
+        [{"from": e.from_status, "to": e.to_status, "at": iso(e.at), "actor": e.actor_name, "reason": e.reason} for e in events],
         safe=False,
     )
 
@@ -265,7 +270,15 @@ def run_terminate(request, run_id: int):
 @api_view("POST")
 def run_reproduce(request, run_id: int):
     run = run_for_user(request.user, run_id)
-    new = reproduce_run(run, actor=request.user)
+    overrides = None
+    if request.body:
+        if request.content_type != "application/json":
+            raise ApiError(415, "send the changes as application/json, e.g. {\"env\": {\"K\": \"V\"}}")
+        try:
+            overrides = json.loads(request.body)
+        except ValueError as exc:
+            raise ApiError(400, "the body is not valid JSON", [{"loc": "", "msg": f"invalid JSON: {exc}"}]) from None
+    new = reproduce_run(run, actor=request.user, overrides=overrides)
     response = JsonResponse(serialize_run(run_for_user(request.user, new.pk)), status=201)
     response["Location"] = f"/api/v1/runs/{new.pk}"
     return response
@@ -284,6 +297,43 @@ def run_logs_text(request, run_id: int):
     run = run_for_user(request.user, run_id)
     response = StreamingHttpResponse(logstore.iter_text(run), content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'inline; filename="run-{run.pk}.log"'
+    return response
+
+
+@api_view("GET")
+def run_files(request, run_id: int):
+    """The exported files under ?path= (default: all export roots), one level deep."""
+    run = run_for_user(request.user, run_id)
+    base = request.GET.get("path", "").rstrip("/")
+    rows = RunFile.objects.filter(run=run).values_list("path", "size", "sha256", "partial")
+    entries: dict[str, dict] = {}
+    for path, size, sha256, partial in rows:
+        if base and not path.startswith(base + "/"):
+            continue
+        rest = path[len(base) + 1 :] if base else path.lstrip("/")
+        head, sep, _ = rest.partition("/")
+        if sep:
+            child = f"{base}/{head}"
+            entry = entries.setdefault(child, {"path": child, "size": 0, "is_dir": True, "files": 0})
+            entry["size"] += size
+            entry["files"] += 1
+        else:
+            entries[path] = {"path": path, "size": size, "is_dir": False, "sha256": sha256, "partial": partial}
+    if base and not entries and not RunFile.objects.filter(run=run, path=base).exists():
+        raise ApiError(404, f"no exported files under {base}")
+    return JsonResponse({"path": base or "/", "exports_state": run.exports_state or None,
+                         "entries": sorted(entries.values(), key=lambda e: (not e["is_dir"], e["path"]))})
+
+
+@api_view("GET")
+def run_file_raw(request, run_id: int):
+    run = run_for_user(request.user, run_id)
+    found = RunFile.objects.filter(run=run, path=request.GET.get("path", "")).first()
+    if found is None:
+        raise ApiError(404, "no such exported file", [{"loc": "path", "msg": "not an exported file of this run"}])
+    response = FileResponse(default_storage.open(found.storage_name, "rb"), as_attachment=True, filename=posixpath.basename(found.path))
+    response["X-Content-SHA256"] = found.sha256
+    response["X-Content-Type-Options"] = "nosniff"
     return response
 
 

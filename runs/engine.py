@@ -14,6 +14,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from runs import exports, imports, team_secrets
 from runs.executors import EXECUTOR_NAMES, get_executor
 from runs.executors.base import ExecutorError, ExitInfo, Limits
 from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
@@ -22,12 +23,6 @@ from runs.models import Run, Status
 
 log = logging.getLogger(__name__)
 
-# Parts of the spec that a later version carries out; until then a run using them
-# fails at initializing, saying so, rather than running without them.
-NOT_YET_SUPPORTED = {
-    "import": "import volumes (git, dataset) are not supported by this version of Runyard yet",
-    "export": "export volumes are not supported by this version of Runyard yet",
-}
 RENEW_EVERY_SECONDS = 5.0
 MAIN_EXIT_CHECK_SECONDS = 1.0
 
@@ -55,10 +50,12 @@ def start_run(run_id: int) -> None:
         executor = get_executor(run.executor)
         try:
             env = _resolve_env(run)
-            if not run.image_digest:
-                run.image_digest = executor.prepare(run)
-                Run.objects.filter(pk=run_id).update(image_digest=run.image_digest)
-            handle = executor.start(run, env, Limits(cpus=float(run.preset.cpus), memory_mb=run.preset.memory_mb))
+            digest = executor.prepare(run)
+            if digest != run.image_digest:
+                run.image_digest = digest
+                Run.objects.filter(pk=run_id).update(image_digest=digest)
+            limits = Limits(cpus=float(run.preset.cpus), memory_mb=run.preset.memory_mb)
+            handle = executor.start(run, env, limits, imports.volumes_for(run))
         except ExecutorError as exc:
             _fail_initializing(run, executor, str(exc))
             return
@@ -79,14 +76,8 @@ def start_run(run_id: int) -> None:
 
 
 def _resolve_env(run: Run) -> dict[str, str]:
-    for key, reason in NOT_YET_SUPPORTED.items():
-        if run.spec.get(key):
-            raise ExecutorError(reason)
-    env: dict[str, str] = {}
-    for name, value in run.spec.get("env", {}).items():
-        if isinstance(value, dict):
-            raise ExecutorError(f"env {name}: team secrets are not supported by this version of Runyard yet")
-        env[name] = value
+    env = {name: value for name, value in run.spec.get("env", {}).items() if isinstance(value, str)}
+    env.update(team_secrets.resolve_env(run))
     env["RUNYARD_RUN_ID"] = str(run.pk)
     return env
 
@@ -119,7 +110,7 @@ def collect_run(run_id: int) -> None:
             executor.stop(run, max(0.0, remaining))
         if run.status == Status.IDLE and executor.exists(run):
             return  # nothing to collect until someone terminates it
-        writer = LogWriter(run, owner)
+        writer = LogWriter(run, owner, mask=team_secrets.values_to_mask(run))
         watch_main_exit = run.status == Status.RUNNING and run.spec.get("termination_protection", False)
         renewed = checked = time.monotonic()
         vanished = ""
@@ -180,13 +171,25 @@ def _finalize(run_id: int, executor, vanished: str) -> None:
         except IllegalTransition:
             run.refresh_from_db()
     if run.status == Status.STOPPING:
-        # Exports are copied out here (a later version); nothing to copy yet.
         target = Status.COMPLETED if info.exit_code == 0 else Status.FAILED
         reason = "exit code 0" if target == Status.COMPLETED else describe_exit(info)
+        if not vanished:
+            try:
+                exports.copy_exports(run, executor, partial=False)
+            except exports.ExportError as exc:
+                target, reason = Status.FAILED, str(exc)
+                Run.objects.filter(pk=run_id).update(exports_state="failed")
         try:
             transition(run_id, target, reason=reason, only_from=[Status.STOPPING], exit_code=info.exit_code)
         except IllegalTransition:
             pass
+    elif run.status == Status.TERMINATED and not vanished and run.started_at:
+        # What a stopped run wrote is kept; cut short mid-command, it is marked partial.
+        try:
+            exports.copy_exports(run, executor, partial=run.idle_at is None)
+        except exports.ExportError as exc:
+            log.warning("run %s: %s", run_id, exc)
+            Run.objects.filter(pk=run_id).update(exports_state="failed")
     elif run.status == Status.IDLE:
         # The container ended on its own while idle (killed from outside, out of memory).
         try:

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from runs import team_secrets
 from runs.executors.base import LogFrame
 from runs.models import LogChunk, Run
 
@@ -61,8 +62,9 @@ def collapse_carriage_returns(text: str) -> str:
 
 
 class LogWriter:
-    def __init__(self, run: Run, owner: str):
+    def __init__(self, run: Run, owner: str, mask: list[str] = ()):
         self.run_id = run.pk
+        self.mask = list(mask)  # secret values: never stored
         self.owner = owner
         self.stored_lines = run.log_lines
         self.cursor = run.log_cursor
@@ -95,7 +97,10 @@ class LogWriter:
             self.pending[frame.stream] = [at, text]
 
     def _append(self, at: float, stream: int, text: str) -> None:
-        self.lines.append([round(at, 6), stream, collapse_carriage_returns(text)])
+        text = collapse_carriage_returns(text)
+        if self.mask:
+            text = team_secrets.mask(text, self.mask)
+        self.lines.append([round(at, 6), stream, text])
 
     def due(self) -> bool:
         if not self.lines and self.first_unflushed_at is None:
@@ -116,7 +121,7 @@ class LogWriter:
             advanced = Run.objects.filter(pk=self.run_id, log_lines=self.stored_lines, lease_owner=self.owner).update(
                 log_lines=self.stored_lines + len(self.lines),
                 log_cursor=self.cursor,
-                log_pending={str(k): v for k, v in self.pending.items()},
+                log_pending={str(k): [at, team_secrets.mask(text, self.mask)] for k, (at, text) in self.pending.items()},
                 lease_until=lease_expiry(),
             )
             if not advanced:

@@ -125,6 +125,13 @@ class Run(models.Model):
     container_removed_at = models.DateTimeField(null=True, blank=True)
 
     progress = models.FloatField(null=True, blank=True)
+    # What the run read, resolved at creation: [{"path", "kind": git|dataset|code, ...}].
+    imports = models.JSONField(default=list, blank=True)
+    # A reproduction made with changes: {field: {"from": ..., "to": ...}}.
+    changes = models.JSONField(default=dict, blank=True)
+    exports_state = models.CharField(
+        max_length=16, blank=True, help_text="'' none yet, 'complete', 'partial' (stopped mid-way) or 'failed'"
+    )
 
     # Log collection state, advanced in the same transaction as the chunk it covers.
     log_lines = models.PositiveIntegerField(default=0)
@@ -208,3 +215,94 @@ class LogChunk(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "first_line"], name="one_chunk_per_start_line")]
         ordering = ["first_line"]
+
+
+class Archive(models.Model):
+    """An immutable, content-addressed tree of files: a dataset version or a code
+    snapshot. Stored once as a deterministic tar at `storage_name`; `content_hash`
+    is the sha256 of its manifest (every file's path, size and sha256)."""
+
+    content_hash = models.CharField(max_length=64, unique=True)
+    storage_name = models.CharField(max_length=200)
+    size_bytes = models.BigIntegerField()
+    file_count = models.PositiveIntegerField()
+    manifest = models.JSONField(help_text="[[path, size, sha256], ...] sorted by path")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"archive {self.content_hash[:12]}"
+
+
+class Dataset(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="one_dataset_name_per_team")]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"
+
+
+class DatasetVersion(models.Model):
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    archive = models.ForeignKey(Archive, on_delete=models.PROTECT, related_name="dataset_versions")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    # A removed version stays listed (runs name it) but can no longer be mounted.
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["dataset", "version"], name="one_row_per_dataset_version")]
+        ordering = ["dataset", "version"]
+
+    def __str__(self):
+        return f"{self.dataset.name}@{self.version}"
+
+
+class CodeSnapshot(models.Model):
+    """A directory uploaded with `runyard run create --code DIR`."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="code_snapshots")
+    archive = models.ForeignKey(Archive, on_delete=models.PROTECT, related_name="code_snapshots")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "archive"], name="one_snapshot_per_team_and_content")]
+
+
+class TeamSecret(models.Model):
+    """A value runs read from env (`{secret: NAME}`); stored encrypted, never shown."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=100)
+    ciphertext = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="one_secret_name_per_team")]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"
+
+
+class RunFile(models.Model):
+    """A file copied out of a run's export path while it was stopping."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=1000, help_text="the path inside the container, e.g. /output/model.pt")
+    storage_name = models.CharField(max_length=1200)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    partial = models.BooleanField(default=False, help_text="copied from a run stopped mid-way")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "path"], name="one_row_per_run_file")]
+        ordering = ["path"]

@@ -3,13 +3,15 @@ admin all come through here."""
 
 from datetime import timedelta
 
+import yaml
 from django.db import transaction
 from django.utils import timezone
 
+from runs import imports, team_secrets
 from runs.executors import default_executor_name
 from runs.lifecycle import FINAL, IllegalTransition, transition
 from runs.models import Membership, ResourcePreset, Role, Run, Status, Team
-from runs.spec import SpecError, parse_spec
+from runs.spec import SpecError, dump_spec_yaml, parse_spec
 from runs.tasks import enqueue
 
 DEFAULT_TEAM = "default"
@@ -47,11 +49,14 @@ def create_run(
     team: Team | None = None,
     executor: str | None = None,
     reproduced_from: Run | None = None,
+    changes: dict | None = None,
 ) -> Run:
     """Validate, resolve and freeze the spec, then queue the run. Raises SpecError.
 
-    `source` is what a user sent (YAML text or a parsed dict); `frozen_spec` is a
-    spec this code froze before (reproduce), used exactly as it is.
+    `source` is what a user sent (YAML text or a parsed dict): its imports are
+    resolved now (git ref to commit, dataset to version). `frozen_spec` is a spec
+    frozen before (reproduce): used exactly as it is, with `reproduced_from`'s
+    image digest and imports; what is gone since fails the run at initializing.
     """
     spec = frozen_spec if frozen_spec is not None else parse_spec(source)
     team = team or ensure_team(user)
@@ -65,6 +70,12 @@ def create_run(
         errors.append({"loc": "resources.preset", "msg": f"unknown preset {spec['resources']['preset']!r} (known: {known})"})
     if spec["resources"]["cluster"] not in CLUSTERS:
         errors.append({"loc": "resources.cluster", "msg": f"unknown cluster {spec['resources']['cluster']!r} (known: default)"})
+    if reproduced_from is not None:
+        read, image_digest = reproduced_from.imports, reproduced_from.image_digest
+    else:
+        spec, read, import_errors = imports.resolve(spec, team)
+        errors += import_errors + team_secrets.missing_for_spec(spec, team)
+        image_digest = ""
     if errors:
         raise SpecError(errors)
     with transaction.atomic():
@@ -79,6 +90,9 @@ def create_run(
             team=team,
             preset=preset,
             reproduced_from=reproduced_from,
+            changes=changes or {},
+            imports=read,
+            image_digest=image_digest,
             executor=executor or default_executor_name(),
         )
         enqueue("start", run.pk)
@@ -103,12 +117,45 @@ def terminate_run(run: Run, *, actor) -> Run:
     return run
 
 
-def reproduce_run(run: Run, *, actor) -> Run:
-    """A new run from the same frozen spec, pointing back at this one."""
+# What a reproduction may change; everything else (image, code, data) stays pinned.
+REPRODUCE_CHANGES = ("env", "run", "resources")
+
+
+def reproduce_run(run: Run, *, actor, overrides: dict | None = None) -> Run:
+    """A new run from the same frozen spec, pointing back at this one: the same
+    image digest, git commit, dataset version and code snapshot. `overrides` may
+    replace env entries, the commands or the resources; the differences are
+    recorded on the new run."""
     _require_launch_rights(run, actor)
     if run.status not in FINAL:
         raise RunNotFinal(run)
-    return create_run(user=actor, frozen_spec=run.spec, team=run.team, executor=run.executor, reproduced_from=run)
+    spec, changes = run.spec, {}
+    if overrides:
+        spec = _apply_overrides(run.spec, overrides)
+        changes = {key: {"from": run.spec.get(key), "to": spec.get(key)} for key in REPRODUCE_CHANGES if spec.get(key) != run.spec.get(key)}
+    return create_run(user=actor, frozen_spec=spec, team=run.team, executor=run.executor, reproduced_from=run, changes=changes)
+
+
+def _apply_overrides(frozen: dict, overrides: dict) -> dict:
+    if not isinstance(overrides, dict):
+        raise SpecError([{"loc": "", "msg": "expected a mapping of changes"}])
+    unknown = [key for key in overrides if key not in REPRODUCE_CHANGES]
+    if unknown:
+        raise SpecError([{"loc": key, "msg": f"cannot be changed when reproducing (only {', '.join(REPRODUCE_CHANGES)})"} for key in unknown])
+    # Validate the changed parts through the same parser as a new spec, in the user's shape.
+    user_shape = yaml.safe_load(dump_spec_yaml(frozen))
+    if "env" in overrides:
+        if not isinstance(overrides["env"], dict):
+            raise SpecError([{"loc": "env", "msg": "expected a mapping"}])
+        merged_env = {**user_shape.get("env", {}), **overrides["env"]}
+        user_shape["env"] = {k: v for k, v in merged_env.items() if v is not None}  # null removes a variable
+    if "run" in overrides:
+        user_shape["run"] = overrides["run"]
+    if "resources" in overrides:
+        user_shape["resources"] = {**user_shape.get("resources", {}), **(overrides["resources"] or {})}
+    checked = parse_spec(user_shape)
+    # Imports stay exactly as frozen (the parser would see only their user-facing form).
+    return {**checked, "import": frozen.get("import", {})}
 
 
 def _require_launch_rights(run: Run, user) -> None:

@@ -36,6 +36,7 @@ _KEYED_BY_NAME = frozenset({"import", "export", "env"})
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DATASET_URI = re.compile(r"dataset://(?P<name>[A-Za-z0-9._-]+)(?:@(?P<version>.*))?", re.DOTALL)
+_CODE_URI = re.compile(r"code://(?P<hash>[0-9a-f]{64})")
 _VOLUME_URI = re.compile(r"volume://(?P<name>[A-Za-z0-9._-]+)")
 # Units must appear largest first, each at most once ("1m30s", "500ms").
 # The (?!s) keeps the minutes group from eating the "m" of "ms".
@@ -371,13 +372,23 @@ def _parse_dataset_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] |
     return {"dataset": {"name": match["name"], "version": int(version_text)}}
 
 
+def _parse_code_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    match = _CODE_URI.fullmatch(value)
+    if match is None:
+        _add(errors, loc, "expected code://SNAPSHOT (the content hash `runyard run create --code` uploads)")
+        return None
+    return {"code": {"hash": match["hash"]}}
+
+
 def _parse_import_source(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
+    if isinstance(value, str) and value.startswith("code://"):
+        return _parse_code_uri(value, loc, errors)
     if isinstance(value, str):
         return _parse_dataset_uri(value, loc, errors)
     if isinstance(value, dict):
         fields = _parse_fields(value, loc, {"git": _parse_git_source}, frozenset({"git"}), errors)
         return {"git": fields["git"]} if "git" in fields else None
-    _add(errors, loc, "expected a dataset:// string or a mapping with git")
+    _add(errors, loc, "expected a dataset:// or code:// string, or a mapping with git")
     return None
 
 
@@ -554,7 +565,10 @@ def _format_duration(seconds: float) -> str:
 
 def _dump_import_source(source: Mapping[str, Any]) -> str | dict[str, Any]:
     if "git" in source:
-        return {"git": {"url": source["git"]["url"], "ref": source["git"]["ref"]}}
+        # A frozen spec pins the commit: the ref written out is that commit.
+        return {"git": {"url": source["git"]["url"], "ref": source["git"].get("commit") or source["git"]["ref"]}}
+    if "code" in source:
+        return f"code://{source['code']['hash']}"
     dataset = source["dataset"]
     version = dataset["version"]
     return f"dataset://{dataset['name']}" + ("" if version is None else f"@{version}")

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from runs import api, openapi
+from runs import api, api_inputs, openapi
 
 urlpatterns = [
     path("health", api.health),
@@ -13,5 +13,13 @@ urlpatterns = [
     path("runs/<int:run_id>/reproduce", api.run_reproduce),
     path("runs/<int:run_id>/logs", api.run_logs),
     path("runs/<int:run_id>/logs.txt", api.run_logs_text),
+    path("runs/<int:run_id>/files", api.run_files),
+    path("runs/<int:run_id>/files/raw", api.run_file_raw),
+    path("datasets", api_inputs.datasets),
+    path("datasets/<str:name>/versions", api_inputs.dataset_versions),
+    path("datasets/<str:name>/versions/<int:version>", api_inputs.dataset_version),
+    path("code", api_inputs.code_snapshots),
+    path("secrets", api_inputs.secrets),
+    path("secrets/<str:name>", api_inputs.secret),
     re_path(r"^(?P<path>.*)$", api.not_found),
 ]

@@ -151,17 +151,6 @@ def test_it_fails_a_run_whose_image_is_missing(alice, engine, docker_engine):
     assert statuses(run) == ["pending", "initializing", "failed"]
 
 
-def test_it_fails_a_run_that_uses_imports_until_they_are_supported(alice, executor):
-    run = create_run(
-        user=alice,
-        source=spec("ls /data", **{"import": {"/data/": "dataset://mnist"}}),
-        executor=executor,
-    )
-    run = wait_for(run.pk, FINAL, removed=True)
-    assert run.status == "failed"
-    assert "import volumes" in run.status_reason and "not supported" in run.status_reason
-
-
 def test_it_records_the_image_digest_and_applies_limits(alice, engine, docker_engine):
     run = launch(alice, "docker", "echo limited; sleep 30", resources={"preset": "tiny"})
     run = wait_for(run.pk, "running")

@@ -257,7 +257,7 @@ def test_it_rejects_unquoted_env_values_and_bad_or_reserved_names():
         ("import", "/data/", "s3://bucket", "expected dataset://NAME or dataset://NAME@VERSION"),
         ("import", "/data/", "dataset://mnist@0", "dataset version must be a positive integer"),
         ("import", "/data/", "dataset://mnist@latest", "dataset version must be a positive integer"),
-        ("import", "/data/", 7, "expected a dataset:// string or a mapping with git"),
+        ("import", "/data/", 7, "expected a dataset:// or code:// string, or a mapping with git"),
         ("export", "/output/", "volume://", "expected volume://NAME"),
         ("export", "/output/", {"volume": "x"}, "expected a string"),
         ("export", "output", "volume://outputs", "expected an absolute path"),

@@ -42,8 +42,12 @@ class Executor(Protocol):
     def prepare(self, run) -> str:
         """Check the image is present; return its digest."""
 
-    def start(self, run, env: dict[str, str], limits: Limits) -> str:
-        """Start the run's main process (or find it already started); return its handle."""
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
+        """Start the run's main process (or find it already started), with the
+        import volumes (runs.imports.ImportVolume) mounted read-only; return its handle."""
+
+    def read_export(self, run, path: str):
+        """A tar stream (a binary file object) of what is at `path` in the run, or None if nothing is."""
 
     def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
         """Frames after `cursor`, following until the run's container ends.

@@ -4,6 +4,7 @@ The only module that imports `docker`.
 """
 
 import calendar
+import io
 import logging
 import math
 import struct
@@ -46,6 +47,26 @@ class _StreamBroke(Exception):
     pass
 
 
+class _ChunkReader(io.RawIOBase):
+    """A file object over the engine's chunked answer, for tarfile's stream mode."""
+
+    def __init__(self, chunks):
+        self.chunks, self.pending = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            try:
+                self.pending = next(self.chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        return size
+
+
 class DockerExecutor:
     name = "docker"
 
@@ -66,17 +87,22 @@ class DockerExecutor:
             return None
 
     def prepare(self, run) -> str:
+        """The image's digest; a reproduction must find the very image its origin ran."""
+        wanted = run.image_digest or run.image
         try:
-            image = self.client.images.get(run.image)
+            image = self.client.images.get(wanted)
         except ImageNotFound:
+            if run.image_digest:
+                raise ExecutorError(f"image not found: {run.image} at {run.image_digest} (pinned by the run this reproduces)") from None
             raise ExecutorError(f"image not found: {run.image}") from None
         except (APIError, DockerException) as exc:
             raise ExecutorError(f"docker engine error while looking up image {run.image}: {exc}") from None
         return image.id
 
-    def start(self, run, env: dict[str, str], limits: Limits) -> str:
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
         container = self._container(run)
         if container is None:
+            mounts = {self._import_volume(run, item): {"bind": item.path.rstrip("/") or "/", "mode": "ro"} for item in imports}
             script = run_script(
                 run.spec["run"], protect=run.spec.get("termination_protection", False), forward_signals=True
             )
@@ -98,6 +124,7 @@ class DockerExecutor:
                     memswap_limit=memory,
                     pids_limit=4096,
                     tmpfs={RUNYARD_DIR: "mode=1777,size=1m"},
+                    volumes=mounts,
                     # No rotation: every line must still be there when the collector reads it.
                     log_config={"Type": "json-file", "Config": {}},
                     stdin_open=False,
@@ -117,6 +144,45 @@ class DockerExecutor:
             except APIError as exc:
                 raise ExecutorError(f"container start error: {exc.explanation or exc}") from None
         return container.id
+
+    def _import_volume(self, run, item) -> str:
+        """A volume holding the import's content, filled once and reused by every run
+        that reads the same content (its name is the content's key)."""
+        name = f"runyard-import-{item.key}"[:200]
+        ready = f"{name}-ready"  # created only after a complete fill
+        try:
+            self.client.volumes.get(ready)
+            return name
+        except NotFound:
+            pass
+        self.client.volumes.create(name, labels={"runyard.import": item.key})
+        try:
+            filler = self.client.containers.create(
+                image=run.image_digest or run.image, command=["true"], network_mode="none",
+                volumes={name: {"bind": "/import", "mode": "rw"}}, labels={"runyard.filler": item.key},
+            )
+        except (ImageNotFound, APIError) as exc:
+            raise ExecutorError(f"could not prepare {item.description}: {exc}") from None
+        try:
+            with item.open_tar() as tar:
+                if not filler.put_archive("/import", tar):
+                    raise ExecutorError(f"could not copy {item.description} into its volume")
+        except APIError as exc:
+            raise ExecutorError(f"could not copy {item.description} into its volume: {exc.explanation or exc}") from None
+        finally:
+            filler.remove(force=True)
+        self.client.volumes.create(ready, labels={"runyard.import": item.key})
+        return name
+
+    def read_export(self, run, path: str):
+        container = self._container(run)
+        if container is None:
+            raise ExecutorError("container disappeared before its exports were copied")
+        try:
+            chunks, _ = container.get_archive(path)
+        except NotFound:
+            return None
+        return _ChunkReader(chunks)
 
     def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
         """Every log entry in order; the first `cursor` entries are skipped.

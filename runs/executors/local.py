@@ -34,7 +34,10 @@ class LocalExecutor:
         # No images here: the run uses this machine's own shell and tools.
         return "local"
 
-    def start(self, run, env: dict[str, str], limits: Limits) -> str:
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
+        if imports or run.spec.get("export"):
+            # A local process has no filesystem of its own to mount /code or /data in.
+            raise ExecutorError("import and export volumes need the Docker executor; this run would use local processes")
         run_dir = self.run_dir(run)
         if (run_dir / "supervisor.pid").exists():
             return str(run_dir)
@@ -61,6 +64,9 @@ class LocalExecutor:
             raise ExecutorError(f"could not start the local process: {exc}") from None
         (run_dir / "supervisor.pid").write_text(str(supervisor.pid))
         return str(run_dir)
+
+    def read_export(self, run, path: str):
+        return None  # start() refuses runs with exports
 
     def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
         path = self.run_dir(run) / "output.jsonl"

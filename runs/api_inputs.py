@@ -1,0 +1,130 @@
+"""API v1 for what runs read: datasets, code snapshots and team secrets."""
+
+import json
+import re
+
+from django.http import JsonResponse
+
+from runs.api import ApiError, api_view, iso, team_param
+from runs.archives import ArchiveError
+from runs.datasets import NAME_PATTERN, create_code_snapshot, create_version, remove_version
+from runs.models import Dataset, DatasetVersion, Role, TeamSecret
+from runs.services import membership_for
+from runs.team_secrets import SecretError, set_secret
+
+ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip", "application/octet-stream")
+
+
+def _writer_team(request):
+    team = team_param(request)
+    membership = membership_for(request.user, team)
+    if not request.user.is_superuser and (membership is None or not membership.can_launch):
+        raise ApiError(403, f"viewers cannot change team {team.name}")
+    return team
+
+
+def _archive_body(request):
+    if request.content_type not in ARCHIVE_TYPES:
+        raise ApiError(415, f"send an archive ({', '.join(ARCHIVE_TYPES[:3])}), not {request.content_type or 'nothing'}")
+    return request
+
+
+def _version_json(version: DatasetVersion) -> dict:
+    archive = version.archive
+    return {
+        "name": version.dataset.name,
+        "version": version.version,
+        "content_hash": archive.content_hash,
+        "size_bytes": archive.size_bytes,
+        "file_count": archive.file_count,
+        "created_at": iso(version.created_at),
+        "removed": version.removed_at is not None,
+    }
+
+
+@api_view("GET")
+def datasets(request):
+    team = team_param(request)
+    versions = DatasetVersion.objects.filter(dataset__team=team).select_related("dataset", "archive").order_by("dataset__name", "version")
+    items: dict[str, dict] = {}
+    for version in versions:
+        item = items.setdefault(version.dataset.name, {"name": version.dataset.name, "latest_version": None, "versions": []})
+        item["versions"].append(_version_json(version))
+        if version.removed_at is None:
+            item["latest_version"] = version.version
+    return JsonResponse({"items": list(items.values())})
+
+
+@api_view("GET", "POST")
+def dataset_versions(request, name: str):
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ApiError(400, "invalid dataset name", [{"loc": "name", "msg": "letters, digits, . _ - only, at most 100"}])
+    if request.method == "GET":
+        team = team_param(request)
+        dataset = Dataset.objects.filter(team=team, name=name).first()
+        if dataset is None:
+            raise ApiError(404, f"dataset {name!r} not found")
+        versions = dataset.versions.select_related("dataset", "archive").order_by("version")
+        return JsonResponse({"name": name, "versions": [_version_json(v) for v in versions]})
+    team = _writer_team(request)
+    try:
+        version, created = create_version(team, name, _archive_body(request), request.content_type, request.user)
+    except ArchiveError as exc:
+        raise ApiError(400, f"the upload is not a usable archive: {exc}", [{"loc": "body", "msg": str(exc)}]) from None
+    return JsonResponse(_version_json(version), status=201 if created else 200)
+
+
+@api_view("DELETE")
+def dataset_version(request, name: str, version: int):
+    team = _writer_team(request)
+    found = DatasetVersion.objects.select_related("dataset", "archive").filter(dataset__team=team, dataset__name=name, version=version).first()
+    if found is None:
+        raise ApiError(404, f"dataset {name}@{version} not found")
+    remove_version(found)
+    found.refresh_from_db()
+    return JsonResponse(_version_json(found))
+
+
+@api_view("POST")
+def code_snapshots(request):
+    team = _writer_team(request)
+    try:
+        snapshot, created = create_code_snapshot(team, _archive_body(request), request.content_type, request.user)
+    except ArchiveError as exc:
+        raise ApiError(400, f"the upload is not a usable archive: {exc}", [{"loc": "body", "msg": str(exc)}]) from None
+    archive = snapshot.archive
+    body = {"hash": archive.content_hash, "size_bytes": archive.size_bytes, "file_count": archive.file_count}
+    return JsonResponse(body, status=201 if created else 200)
+
+
+@api_view("GET")
+def secrets(request):
+    team = team_param(request)
+    rows = TeamSecret.objects.filter(team=team).select_related("updated_by").order_by("name")
+    return JsonResponse({"items": [
+        {"name": s.name, "updated_at": iso(s.updated_at), "updated_by": s.updated_by.get_username() if s.updated_by else None}
+        for s in rows
+    ]})
+
+
+@api_view("PUT", "DELETE")
+def secret(request, name: str):
+    team = team_param(request)
+    membership = membership_for(request.user, team)
+    if not request.user.is_superuser and (membership is None or membership.role == Role.VIEWER):
+        raise ApiError(403, "viewers cannot change secrets")
+    if request.method == "DELETE":
+        deleted, _ = TeamSecret.objects.filter(team=team, name=name).delete()
+        if not deleted:
+            raise ApiError(404, f"secret {name!r} not found")
+        return JsonResponse({"name": name, "deleted": True})
+    try:
+        value = json.loads(request.body or b"null").get("value")
+    except (ValueError, AttributeError):
+        raise ApiError(400, 'send {"value": "..."} as JSON', [{"loc": "value", "msg": "required"}]) from None
+    try:
+        stored = set_secret(team, name, value, request.user)
+    except SecretError as exc:
+        raise ApiError(400, str(exc), [{"loc": "value" if "value" in str(exc) else "name", "msg": str(exc)}]) from None
+    # The value is never sent back.
+    return JsonResponse({"name": stored.name, "updated_at": iso(stored.updated_at)})

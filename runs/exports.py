@@ -1,0 +1,77 @@
+"""Export volumes (SPEC §2 `export`): while a run is stopping, what is under each
+export path is copied out of its container into the run's file storage, with
+path, size and sha256 per file. Rows appear only once every file is stored."""
+
+import hashlib
+import logging
+import posixpath
+import tarfile
+import tempfile
+
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from runs.models import Run, RunFile
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+class ExportError(Exception):
+    pass
+
+
+def storage_prefix(run_id: int) -> str:
+    return f"runs/{run_id}/files"
+
+
+def copy_exports(run: Run, executor, *, partial: bool) -> int:
+    """Copy every export path out of the run; returns the number of files.
+
+    Raises ExportError naming the path that failed; then no row is written.
+    """
+    stored: list[RunFile] = []
+    for path in run.spec.get("export", {}):
+        try:
+            stream = executor.read_export(run, path)
+        except Exception as exc:
+            raise ExportError(f"export {path} failed: {exc}") from None
+        if stream is None:
+            log.info("run %s: nothing at export path %s", run.pk, path)
+            continue
+        try:
+            stored.extend(_store_tar(run, path, stream, partial))
+        except (tarfile.TarError, OSError) as exc:
+            raise ExportError(f"export {path} failed: {exc}") from None
+    with transaction.atomic():
+        RunFile.objects.filter(run=run).delete()
+        RunFile.objects.bulk_create(stored, batch_size=500)
+        Run.objects.filter(pk=run.pk).update(exports_state="partial" if partial else "complete")
+    return len(stored)
+
+
+def _store_tar(run: Run, export_path: str, stream, partial: bool) -> list[RunFile]:
+    # The engine names entries after the export directory itself: "output/a.txt" for /output/.
+    parent = posixpath.dirname(export_path.rstrip("/")) or "/"
+    files = []
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            container_path = posixpath.normpath(posixpath.join(parent, member.name))
+            if not container_path.startswith("/") or "/../" in container_path + "/":
+                continue
+            name = f"{storage_prefix(run.pk)}{container_path}"
+            digest = hashlib.sha256()
+            with tempfile.TemporaryFile() as spool:
+                source = tar.extractfile(member)
+                for block in iter(lambda: source.read(CHUNK), b""):
+                    digest.update(block)
+                    spool.write(block)
+                spool.seek(0)
+                if default_storage.exists(name):
+                    default_storage.delete(name)
+                saved = default_storage.save(name, File(spool))
+            files.append(RunFile(run=run, path=container_path, storage_name=saved, size=member.size, sha256=digest.hexdigest(), partial=partial))
+    return files

@@ -1,0 +1,1 @@
+"""Runyard's client side: the CLI, and later the in-run reporter."""

@@ -180,12 +180,12 @@ class Client:
         except Exception:
             body = None
         if isinstance(body, dict) and body.get("detail"):
-            message = str(body["detail"])
+            message = one_line(body["detail"])
             details = []
             for item in body.get("errors") or []:
                 if isinstance(item, dict):
-                    loc, msg = item.get("loc") or "", item.get("msg") or ""
-                    details.append(f"{loc}: {msg}" if loc else str(msg))
+                    loc, msg = one_line(item.get("loc") or ""), one_line(item.get("msg") or "")
+                    details.append(f"{loc}: {msg}" if loc else msg)
         else:
             message = f"HTTP {exc.code} {exc.reason} from {exc.geturl() or self.url}"
             details = []
@@ -210,6 +210,10 @@ def note(text: str) -> None:
 
 def print_json(value) -> None:
     out(json.dumps(value, indent=2, sort_keys=False))
+
+
+def one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 def human_size(size) -> str:
@@ -308,7 +312,7 @@ def upload(client: Client, what: str, api_path: str, source: str, content_type: 
         else:
             body = open(source, "rb")
         try:
-            length = os.fstat(body.fileno()).st_size
+            length = body.seek(0, os.SEEK_END)
             body.seek(0)
             progress = Progress(f"uploading {what}", length)
             try:

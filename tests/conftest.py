@@ -120,11 +120,11 @@ class Api:
         self.client = Client()
         self.headers = {"Authorization": f"Bearer {user.token}"} if user else {}
 
-    def get(self, path, **params):
-        return self.client.get("/api/v1" + path, params, headers=self.headers)
+    def get(self, endpoint, **params):
+        return self.client.get("/api/v1" + endpoint, params, headers=self.headers)
 
-    def post(self, path, body=None, content_type="application/yaml"):
-        return self.client.post("/api/v1" + path, body or "", content_type=content_type, headers=self.headers)
+    def post(self, endpoint, body=None, content_type="application/yaml"):
+        return self.client.post("/api/v1" + endpoint, body or "", content_type=content_type, headers=self.headers)
 
 
 @pytest.fixture

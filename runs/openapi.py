@@ -63,13 +63,43 @@ SPEC = {
         "/runs/{id}": {"get": _op("One run", {"200": _json(RUN), **ERRORS}, [RUN_ID])},
         "/runs/{id}/events": {"get": _op("Status history, oldest first", {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Event"}}), **ERRORS}, [RUN_ID])},
         "/runs/{id}/terminate": {"post": _op("Terminate a live run", {"202": _json(RUN, "accepted"), "409": _json(ERROR, "already final"), **ERRORS}, [RUN_ID])},
-        "/runs/{id}/reproduce": {"post": _op("Start a new run from a final run's frozen spec", {"201": _json(RUN, "created"), "409": _json(ERROR, "not final"), **ERRORS}, [RUN_ID])},
+        "/runs/{id}/reproduce": {"post": _op(
+            "Start a new run from a final run's frozen spec (same image digest, git commit, dataset versions); "
+            "an optional JSON body changes env, run or resources and is recorded as `changes`",
+            {"201": _json(RUN, "created"), "409": _json(ERROR, "not final"), **ERRORS}, [RUN_ID],
+            {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {"env": {"type": "object"}, "run": {"type": "array"}, "resources": {"type": "object"}}}}}},
+        )},
         "/runs/{id}/logs": {
             "get": _op(
                 "Log lines after line `after`",
                 {"200": _json({"$ref": "#/components/schemas/LogPage"}), **ERRORS},
                 [RUN_ID, _param("after", schema={"type": "integer", "minimum": 0}), _param("limit", schema={"type": "integer", "minimum": 1, "maximum": 10000})],
             )
+        },
+        "/runs/{id}/files": {"get": _op("Exported files under a path, one level deep", {"200": _json({"type": "object"}), **ERRORS}, [RUN_ID, _param("path", description="e.g. /output; default: every export root")])},
+        "/runs/{id}/files/raw": {"get": _op("One exported file's bytes", {"200": {"description": "the file", "content": {"application/octet-stream": {}}}, **ERRORS}, [RUN_ID, _param("path", required=True)])},
+        "/datasets": {"get": _op("Datasets of your team, with their versions", {"200": _json({"type": "object"}), **ERRORS}, [_param("team")])},
+        "/datasets/{name}/versions": {
+            "get": _op("A dataset's versions", {"200": _json({"type": "object"}), **ERRORS}, [_param("name", "path", required=True)]),
+            "post": _op(
+                "Upload a new version (tar, tar.gz or zip); the same content as the newest version answers 200 with it",
+                {"201": _json({"$ref": "#/components/schemas/DatasetVersion"}, "created"), "200": _json({"$ref": "#/components/schemas/DatasetVersion"}, "unchanged"), **ERRORS},
+                [_param("name", "path", required=True), _param("team")],
+                {"required": True, "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ("application/gzip", "application/x-tar", "application/zip")}},
+            ),
+        },
+        "/datasets/{name}/versions/{version}": {"delete": _op("Remove a version: still listed, never mounted again", {"200": _json({"$ref": "#/components/schemas/DatasetVersion"}), **ERRORS}, [_param("name", "path", required=True), _param("version", "path", {"type": "integer"}, required=True)])},
+        "/code": {"post": _op(
+            "Upload a code snapshot (what `runyard run create --code DIR` sends); import it as code://HASH",
+            {"201": _json({"type": "object", "properties": {"hash": {"type": "string"}, "size_bytes": {"type": "integer"}, "file_count": {"type": "integer"}}}), **ERRORS},
+            [_param("team")],
+            {"required": True, "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+        )},
+        "/secrets": {"get": _op("Names of your team's secrets (never their values)", {"200": _json({"type": "object"}), **ERRORS}, [_param("team")])},
+        "/secrets/{name}": {
+            "put": _op("Set a secret: body {\"value\": \"...\"}; runs read it with env: {VAR: {secret: NAME}}", {"200": _json({"type": "object"}), **ERRORS}, [_param("name", "path", required=True), _param("team")],
+                       {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {"value": {"type": "string"}}}}}}),
+            "delete": _op("Delete a secret", {"200": _json({"type": "object"}), **ERRORS}, [_param("name", "path", required=True), _param("team")]),
         },
         "/runs/{id}/logs.txt": {"get": _op("The whole log as text", {"200": {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}, **ERRORS}, [RUN_ID])},
     },
@@ -86,6 +116,10 @@ SPEC = {
                     "errors": {"type": "array", "items": {"type": "object", "properties": {"loc": {"type": "string"}, "msg": {"type": "string"}}}},
                 },
             },
+            "DatasetVersion": {"type": "object", "properties": {
+                "name": {"type": "string"}, "version": {"type": "integer"}, "content_hash": {"type": "string"},
+                "size_bytes": {"type": "integer"}, "file_count": {"type": "integer"}, "created_at": {"type": "string"}, "removed": {"type": "boolean"},
+            }},
             "Event": {"type": "object", "properties": {k: {"type": "string"} for k in ("from", "to", "at", "actor", "reason")}},
             "LogPage": {
                 "type": "object",
@@ -107,6 +141,8 @@ SPEC = {
                     "duration_seconds": {"type": ["number", "null"]}, "progress": {"type": ["number", "null"]},
                     "eta_seconds": {"type": ["number", "null"]}, "credits": {"type": "string"},
                     "spec": {"type": "object"}, "reproduced_from": {"type": ["integer", "null"]}, "executor": {"type": "string"},
+                    "imports": {"type": "array", "items": {"type": "object"}}, "changes": {"type": "object"},
+                    "exports_state": {"type": ["string", "null"], "enum": ["complete", "partial", "failed", None]},
                 },
             },
         },

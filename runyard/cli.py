@@ -216,6 +216,10 @@ def one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+def files(count) -> str:
+    return f"{count} file" if count == 1 else f"{count if count is not None else '?'} files"
+
+
 def human_size(size) -> str:
     size = float(size or 0)
     for unit in ("B", "KB", "MB", "GB"):
@@ -323,7 +327,7 @@ def upload(client: Client, what: str, api_path: str, source: str, content_type: 
             if body is not packed:
                 body.close()
     if isinstance(answer, dict):
-        note(f"uploaded {answer.get('file_count', '?')} files, {human_size(length)}")
+        note(f"uploaded {files(answer.get('file_count'))}, {human_size(length)}")
     return answer
 
 
@@ -348,9 +352,8 @@ def read_spec_file(path: str) -> bytes:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def spec_with_code(path: str, source: bytes, code_uri: str) -> dict:
-    """The spec with the uploaded code as an import: in place of every `code://local`,
-    else at /code/."""
+def load_spec(path: str, source: bytes) -> dict:
+    """The spec as data, to be edited before it is sent (JSON as .json, else YAML)."""
     text = source.decode("utf-8", errors="replace")
     if path.lower().endswith(".json"):
         try:
@@ -365,21 +368,26 @@ def spec_with_code(path: str, source: bytes, code_uri: str) -> dict:
         try:
             spec = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise CliError(f"{path} is not valid YAML", [" ".join(str(exc).split())]) from None
+            raise CliError(f"{path} is not valid YAML", [one_line(exc)]) from None
     if not isinstance(spec, dict):
         raise CliError(f"{path}: a run spec is a mapping (name:, image:, run:, ...)")
     imports = spec.get("import")
-    if imports is None:
-        imports = spec["import"] = {}
-    if not isinstance(imports, dict):
+    if imports is not None and not isinstance(imports, dict):
         raise CliError(f"{path}: import must be a mapping of path: source")
+    if imports and "/code/" in imports and "code://local" not in imports.values():
+        raise CliError(f"{path}: import[\"/code/\"] is taken; write `code://local` where the uploaded code goes")
+    return spec
+
+
+def put_code(spec: dict, code_uri: str) -> dict:
+    """The uploaded code as an import: in place of every `code://local`, else at /code/."""
+    imports = spec.get("import") or {}
     local = [target for target, source in imports.items() if source == "code://local"]
     for target in local:
         imports[target] = code_uri
     if not local:
-        if "/code/" in imports:
-            raise CliError(f"{path}: import[\"/code/\"] is taken; write `code://local` where the uploaded code goes")
         imports["/code/"] = code_uri
+    spec["import"] = imports
     return spec
 
 
@@ -482,8 +490,9 @@ def cmd_run_create(args) -> int:
     if args.code:
         if not os.path.isdir(args.code):
             raise CliError(f"--code {args.code}: no such directory")
+        spec = load_spec(args.file, source)  # a spec that cannot take the code fails before the upload
         snapshot = upload(client, "code", "/code", args.code)
-        spec = spec_with_code(args.file, source, f"code://{snapshot['hash']}")
+        spec = put_code(spec, f"code://{snapshot['hash']}")
         body, content_type = json.dumps(spec, default=str).encode(), "application/json"
     else:
         content_type = "application/json" if args.file.lower().endswith(".json") else "application/yaml"
@@ -629,7 +638,7 @@ def cmd_dataset_create(args) -> int:
     what = "unchanged: the same files as" if client.last_status == 200 else "new"
     out(
         f"dataset {version.get('name', args.name)}: {what} version {version.get('version')} "
-        f"({version.get('file_count')} files, {human_size(version.get('size_bytes'))})"
+        f"({files(version.get('file_count'))}, {human_size(version.get('size_bytes'))})"
     )
     return 0
 

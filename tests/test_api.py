@@ -644,10 +644,12 @@ SERVED_PATHS = {
     "/runs/{id}/events": {"get"},
     "/runs/{id}/terminate": {"post"},
     "/runs/{id}/reproduce": {"post"},
+    "/runs/{id}/files": {"get"},
+    "/runs/{id}/files/raw": {"get"},
     "/runs/{id}/logs": {"get"},
     "/runs/{id}/logs.txt": {"get"},
 }
-UNSERVED_PATHS = {"/runs/{id}/metrics", "/runs/{id}/metrics/{key}", "/runs/{id}/files", "/runs/{id}/files/raw"}
+UNSERVED_PATHS = {"/runs/{id}/metrics", "/runs/{id}/metrics/{key}"}
 
 
 def test_it_describes_the_api_in_openapi_3(db):
@@ -670,7 +672,7 @@ def test_it_describes_the_api_in_openapi_3(db):
     assert "409" in document["paths"]["/runs/{id}/reproduce"]["post"]["responses"]
 
 
-@pytest.mark.xfail(strict=True, reason="SPEC §3 metrics and files endpoints are neither served (runs/urls.py) nor described")
+@pytest.mark.xfail(strict=True, reason="SPEC §3 metrics endpoints are not built yet (no issue asks for them so far)")
 def test_it_describes_the_metrics_and_files_endpoints(db):
     assert UNSERVED_PATHS <= set(get("/openapi.json").json()["paths"])
 

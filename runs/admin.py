@@ -1,8 +1,13 @@
+from django import forms
 from django.contrib import admin, messages
+from django.shortcuts import redirect, render
 
 from runs.lifecycle import IllegalTransition
-from runs.models import ApiToken, Membership, ResourcePreset, Run, RunEvent, Team
+from runs.archives import ArchiveError
+from runs.datasets import create_version
+from runs.models import ApiToken, Dataset, DatasetVersion, Membership, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret
 from runs.services import NotAllowed, terminate_run
+from runs.team_secrets import SecretError, set_secret
 
 
 class MembershipInline(admin.TabularInline):
@@ -38,12 +43,23 @@ class RunEventInline(admin.TabularInline):
         return False
 
 
+class RunFileInline(admin.TabularInline):
+    model = RunFile
+    extra = 0
+    can_delete = False
+    fields = ["path", "size", "sha256", "partial"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "name", "status", "owner", "team", "executor", "created_at"]
     list_filter = ["status", "team", "executor"]
     search_fields = ["name"]
-    inlines = [RunEventInline]
+    inlines = [RunEventInline, RunFileInline]
     actions = ["terminate"]
     # Status changes go through the lifecycle only, never through a form.
     readonly_fields = [f.name for f in Run._meta.fields]
@@ -58,3 +74,78 @@ class RunAdmin(admin.ModelAdmin):
                 terminate_run(run, actor=request.user)
             except (IllegalTransition, NotAllowed) as exc:
                 self.message_user(request, str(exc), messages.WARNING)
+
+
+class DatasetUploadForm(forms.Form):
+    team = forms.ModelChoiceField(queryset=Team.objects.all())
+    name = forms.RegexField(regex=r"^[A-Za-z0-9._-]{1,100}$", help_text="letters, digits, . _ -")
+    archive = forms.FileField(help_text="a .tar, .tar.gz or .zip of the dataset's files")
+
+
+class DatasetVersionInline(admin.TabularInline):
+    model = DatasetVersion
+    extra = 0
+    can_delete = False
+    fields = ["version", "content_hash", "size", "files", "created_at", "removed_at"]
+    readonly_fields = fields
+
+    def content_hash(self, obj):
+        return obj.archive.content_hash
+
+    def size(self, obj):
+        return obj.archive.size_bytes
+
+    def files(self, obj):
+        return obj.archive.file_count
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "created_at"]
+    list_filter = ["team"]
+    inlines = [DatasetVersionInline]
+    readonly_fields = ["team", "name", "created_at", "created_by"]
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """Adding a dataset (or a version of one) is uploading an archive."""
+        form = DatasetUploadForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["archive"]
+            try:
+                version, created = create_version(
+                    form.cleaned_data["team"], form.cleaned_data["name"], upload, upload.content_type or "", request.user
+                )
+            except ArchiveError as exc:
+                form.add_error("archive", str(exc))
+            else:
+                word = "created" if created else "unchanged (same content as)"
+                self.message_user(request, f"{word} {version.dataset.name}@{version.version}", messages.SUCCESS)
+                return redirect("admin:runs_dataset_change", version.dataset.pk)
+        context = {**self.admin_site.each_context(request), "form": form, "title": "Upload a dataset version", "opts": self.model._meta}
+        return render(request, "admin/runs/dataset_upload.html", context)
+
+
+class TeamSecretForm(forms.ModelForm):
+    value = forms.CharField(widget=forms.PasswordInput(render_value=False), help_text="stored encrypted; never shown again")
+
+    class Meta:
+        model = TeamSecret
+        fields = ["team", "name"]
+
+
+@admin.register(TeamSecret)
+class TeamSecretAdmin(admin.ModelAdmin):
+    form = TeamSecretForm
+    list_display = ["name", "team", "updated_at", "updated_by"]
+    list_filter = ["team"]
+
+    def save_model(self, request, obj, form, change):
+        try:
+            stored = set_secret(form.cleaned_data["team"], form.cleaned_data["name"], form.cleaned_data["value"], request.user)
+        except SecretError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        obj.pk = stored.pk

@@ -253,3 +253,32 @@ def test_datasets_are_versioned_by_content_through_the_api(alice, viola):
     refused = viewer.client.post("/api/v1/datasets/mnist/versions", tar_gz({"a.txt": b"C"}).getvalue(), content_type="application/gzip", headers=viewer.headers)
     assert refused.status_code == 403
     assert DatasetVersion.objects.filter(dataset__name="mnist").count() == 2
+
+
+def test_a_dataset_version_can_be_uploaded_in_the_admin(alice, client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    alice.is_staff = alice.is_superuser = True
+    alice.save()
+    client.force_login(alice)
+    team = alice.teams.get()
+    upload = SimpleUploadedFile("cifar.tar.gz", tar_gz({"x.txt": b"pixels"}).getvalue(), content_type="application/gzip")
+    response = client.post("/admin/runs/dataset/add/", {"team": team.pk, "name": "cifar", "archive": upload})
+    assert response.status_code == 302
+    version = DatasetVersion.objects.get(dataset__name="cifar")
+    assert version.version == 1 and version.archive.manifest == [["x.txt", 6, hashlib.sha256(b"pixels").hexdigest()]]
+    page = client.get(response["Location"])
+    assert page.status_code == 200 and version.archive.content_hash in page.content.decode()
+
+
+def test_a_secret_set_in_the_admin_is_never_shown_there(alice, client):
+    alice.is_staff = alice.is_superuser = True
+    alice.save()
+    client.force_login(alice)
+    team = alice.teams.get()
+    response = client.post("/admin/runs/teamsecret/add/", {"team": team.pk, "name": "WANDB_KEY", "value": "wandb-value-123"})
+    assert response.status_code == 302
+    secret = TeamSecret.objects.get(name="WANDB_KEY")
+    change_page = client.get(f"/admin/runs/teamsecret/{secret.pk}/change/").content.decode()
+    assert "wandb-value-123" not in change_page
+    assert b"wandb-value-123" not in bytes(secret.ciphertext)

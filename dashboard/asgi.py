@@ -5,10 +5,23 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
+from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.urls import path  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from dashboard.consumers import RunLogsConsumer, RunsConsumer  # noqa: E402
+
+websockets = URLRouter([
+    path("ws/runs/", RunsConsumer.as_asgi()),
+    path("ws/runs/<int:run_id>/logs/", RunLogsConsumer.as_asgi()),
+])
+application = ProtocolTypeRouter({
+    "http": django_asgi_app,
+    # Origin must be one of ALLOWED_HOSTS: another site cannot ride the user's session.
+    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(websockets)),
+})
 
 if settings.RUNYARD_TASKS_IN_PROCESS:
     # The embedded default: this process is also the worker and the beat.

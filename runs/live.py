@@ -1,11 +1,33 @@
 """Status changes pushed to whoever watches, over the channel layer (§5 websockets)."""
 
+import asyncio
 import logging
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 log = logging.getLogger(__name__)
+
+
+# The in-memory channel layer (embedded default) lives in the server's event loop;
+# tasks in other threads must hand their messages to that loop. Consumers record it.
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    global _server_loop
+    _server_loop = loop
+
+
+def _send(group: str, message: dict) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    if isinstance(layer, InMemoryChannelLayer):
+        if _server_loop is not None and not _server_loop.is_closed():
+            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _server_loop)
+        return  # nobody is listening yet
+    async_to_sync(layer.group_send)(group, message)
 
 
 def team_group(team_id: int) -> str:
@@ -17,9 +39,6 @@ def run_group(run_id: int) -> str:
 
 
 def announce_status(run, event) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
     message = {
         "type": "run.status",
         "run": run.pk,
@@ -29,7 +48,15 @@ def announce_status(run, event) -> None:
         "reason": event.reason,
     }
     try:
-        async_to_sync(layer.group_send)(team_group(run.team_id), message)
-        async_to_sync(layer.group_send)(run_group(run.pk), message)
+        _send(team_group(run.team_id), message)
+        _send(run_group(run.pk), message)
     except Exception:  # a watcher that cannot be told must never undo a status change
         log.warning("could not announce status of run %s", run.pk, exc_info=True)
+
+
+def announce_log(run_id: int, last_line: int) -> None:
+    """New lines are stored: whoever follows the log reads them from the database."""
+    try:
+        _send(run_group(run_id), {"type": "run.log", "last": last_line})
+    except Exception:
+        log.warning("could not announce new log lines of run %s", run_id, exc_info=True)

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs import team_secrets
+from runs.live import announce_log
 from runs.executors.base import LogFrame
 from runs.models import LogChunk, Run
 
@@ -131,6 +132,8 @@ class LogWriter:
                     run_id=self.run_id, first_line=self.stored_lines + 1, line_count=len(self.lines), lines=self.lines
                 )
         self.stored_lines += len(self.lines)
+        if self.lines:
+            announce_log(self.run_id, self.stored_lines)
         self.lines = []
         self.first_unflushed_at = None
         self.flushed_at = time.monotonic()

@@ -1,0 +1,93 @@
+"""Websockets (SPEC §5): live log lines and status changes, checked against the
+session user and the Origin, over the real channel layer (Redis) and worker."""
+
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+
+from dashboard.asgi import application
+from tests.conftest import wait_for
+from tests.test_engine import launch
+
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+def session_cookie(user) -> bytes:
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return f"sessionid={session.session_key}".encode()
+
+
+async def collect(path: str, headers, until_end=True, limit=200):
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, code = await communicator.connect(timeout=10)
+    messages = []
+    if connected:
+        try:
+            while len(messages) < limit:
+                message = await communicator.receive_json_from(timeout=30)
+                messages.append(message)
+                if message["type"] == "end" or not until_end:
+                    break
+        finally:
+            await communicator.disconnect()
+    return connected, code, messages
+
+
+def lines_of(messages) -> list[int]:
+    return [line["n"] for m in messages if m["type"] == "lines" for line in m["lines"]]
+
+
+def test_the_log_socket_streams_every_line_then_the_end(alice, engine):
+    run = launch(alice, "local", "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo line-$i; sleep 0.05; done")
+    connected, _, messages = async_to_sync(collect)(f"/ws/runs/{run.pk}/logs/?after=0", [ORIGIN, (b"cookie", session_cookie(alice))])
+    assert connected
+    assert lines_of(messages) == list(range(1, 31))
+    assert messages[-1] == {"type": "end", "status": "completed"}
+    statuses = [m["to"] for m in messages if m["type"] == "status"]
+    assert statuses[-1] == "completed"
+
+
+def test_a_reconnect_resumes_after_the_last_line_seen(alice, engine):
+    run = wait_for(launch(alice, "local", "seq 1 50").pk, "completed", removed=True)
+    _, _, messages = async_to_sync(collect)(f"/ws/runs/{run.pk}/logs/?after=37", [ORIGIN, (b"cookie", session_cookie(alice))])
+    assert lines_of(messages) == list(range(38, 51))
+
+
+def test_an_outsider_or_a_foreign_origin_is_refused(alice, charlie, engine):
+    run = launch(alice, "local", "echo secret-ish")
+    outsider = async_to_sync(collect)(f"/ws/runs/{run.pk}/logs/", [ORIGIN, (b"cookie", session_cookie(charlie))])
+    assert outsider[0] is False and outsider[1] == 4404
+    foreign = async_to_sync(collect)(f"/ws/runs/{run.pk}/logs/", [(b"origin", b"https://evil.example"), (b"cookie", session_cookie(alice))])
+    assert foreign[0] is False
+    anonymous = async_to_sync(collect)("/ws/runs/", [ORIGIN])
+    assert anonymous[0] is False and anonymous[1] == 4401
+    wait_for(run.pk, "completed", removed=True)
+
+
+def test_the_runs_socket_tells_the_team_about_status_changes(alice, bob, charlie, engine):
+    bob_cookie, charlie_cookie = session_cookie(bob), session_cookie(charlie)
+
+    async def watch_and_launch():
+        teammate = WebsocketCommunicator(application, "/ws/runs/", headers=[ORIGIN, (b"cookie", bob_cookie)])
+        outsider = WebsocketCommunicator(application, "/ws/runs/", headers=[ORIGIN, (b"cookie", charlie_cookie)])
+        assert (await teammate.connect())[0] and (await outsider.connect())[0]
+        from channels.db import database_sync_to_async
+
+        run = await database_sync_to_async(launch)(alice, "local", "true")
+        seen = []
+        while "completed" not in seen:
+            message = await teammate.receive_json_from(timeout=30)
+            assert message["run"] == run.pk
+            seen.append(message["to"])
+        assert await outsider.receive_nothing(timeout=1)
+        await teammate.disconnect()
+        await outsider.disconnect()
+        return seen
+
+    assert async_to_sync(watch_and_launch)() == ["initializing", "running", "stopping", "completed"]

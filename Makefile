@@ -13,13 +13,20 @@ TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
 .PHONY: setup run test bench images clean
 
-setup: $(STAMP)
+setup: $(STAMP) static/vendor/.copied
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# Front-end libraries come from npm (package-lock.json), copied where the pages load them.
+static/vendor/.copied: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p static/vendor
+	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/
+	touch $@
 
 # Images are built locally (there is no registry to pull from); skipped without an engine.
 images:

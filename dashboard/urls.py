@@ -1,11 +1,19 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from dashboard import views
+from dashboard import files_views, views
 
 urlpatterns = [
     path("", views.runs_list, name="runs-list"),
+    path("runs/new/", views.run_new, name="run-new"),
     path("runs/<int:run_id>/", views.run_summary, name="run-summary"),
+    path("runs/<int:run_id>/row/", views.run_row, name="run-row"),
+    path("runs/<int:run_id>/head/", views.run_head, name="run-head"),
+    path("runs/<int:run_id>/logs/", views.run_logs, name="run-logs"),
+    path("runs/<int:run_id>/files/", files_views.run_files, name="run-files"),
+    path("runs/<int:run_id>/files/", include(files_views.urlpatterns)),
+    path("runs/<int:run_id>/terminate/", views.run_terminate, name="run-terminate"),
+    path("runs/<int:run_id>/reproduce/", views.run_reproduce, name="run-reproduce"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("runs.urls")),

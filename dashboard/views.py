@@ -1,29 +1,210 @@
-"""The web pages (SPEC §5). Server-rendered; each view checks the run's team."""
+"""The web pages (SPEC §5). Server-rendered; every view checks the run's team
+through runs.selectors, and every action goes through runs.services."""
 
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from runs import logstore
-from runs.models import Run, RunEvent
+from runs.lifecycle import IllegalTransition
+from runs.models import Run, RunEvent, Status
 from runs.selectors import run_for_user, runs_for_user
-from runs.services import ensure_team
+from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, membership_for, reproduce_run, terminate_run
+from runs.spec import SpecError, dump_spec_yaml
+
+PAGE_SIZE = 50
+EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
+
+
+def _run_or_404(request, run_id: int) -> Run:
+    try:
+        return run_for_user(request.user, run_id)
+    except Run.DoesNotExist:
+        raise Http404("There is no run with this number in your teams.") from None
+
+
+def _can_launch(user, team) -> bool:
+    if user.is_superuser:
+        return True
+    membership = membership_for(user, team)
+    return membership is not None and membership.can_launch
 
 
 @login_required
+@require_GET
 def runs_list(request):
     ensure_team(request.user)
-    runs = runs_for_user(request.user, q=request.GET.get("q", ""), limit=100)
-    return render(request, "dashboard/runs_list.html", {"runs": runs, "q": request.GET.get("q", "")})
+    statuses = [s for s in request.GET.getlist("status") if s in Status.values]
+    filters = {"statuses": statuses, "tag": request.GET.get("tag", "").strip(),
+               "q": request.GET.get("q", "").strip(), "owner": request.GET.get("owner", "").strip()}
+    try:
+        before = int(request.GET.get("before", "")) if request.GET.get("before") else None
+    except ValueError:
+        before = None
+    page = list(runs_for_user(request.user, before_id=before, limit=PAGE_SIZE + 1, **filters))
+    more = len(page) > PAGE_SIZE
+    page = page[:PAGE_SIZE]
+    older = request.GET.copy()
+    if more:
+        older["before"] = page[-1].pk
+    context = {
+        "runs": page,
+        "filters": filters,
+        "all_statuses": Status.choices,
+        "older_query": older.urlencode() if more else "",
+        "filtered": any(filters.values()) or before is not None,
+        "any_runs": bool(page) or Run.objects.filter(team__memberships__user=request.user).exists(),
+    }
+    template = "dashboard/_runs_table.html" if request.headers.get("HX-Request") else "dashboard/runs_list.html"
+    return render(request, template, context)
 
 
 @login_required
+@require_GET
+def run_row(request, run_id: int):
+    """One row of the runs list: what the live list swaps in on a status change."""
+    return render(request, "dashboard/_run_row.html", {"run": _run_or_404(request, run_id)})
+
+
+def _examples() -> list[dict]:
+    return [{"name": path.stem, "yaml": path.read_text()} for path in sorted(EXAMPLES_DIR.glob("*.yaml"))]
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def run_new(request):
+    team = ensure_team(request.user)
+    source, errors = "", []
+    if request.method == "POST":
+        upload = request.FILES.get("file")
+        source = upload.read().decode("utf-8", "replace") if upload else request.POST.get("spec", "")
+        try:
+            run = create_run(user=request.user, source=source, team=team)
+        except SpecError as exc:
+            errors = exc.errors
+        except NotAllowed as exc:
+            errors = [{"loc": "", "msg": str(exc)}]
+        else:
+            messages.success(request, f"Run #{run.pk} {run.name} created.")
+            return redirect("run-summary", run.pk)
+    examples = _examples()
+    return render(request, "dashboard/run_new.html", {
+        "source": source or (examples[0]["yaml"] if examples and request.method == "GET" else source),
+        "errors": errors, "examples": examples, "examples_json": json.dumps({e["name"]: e["yaml"] for e in examples}),
+        "can_launch": _can_launch(request.user, team),
+    }, status=400 if errors else 200)
+
+
+def _phases(run: Run, events: list[RunEvent]) -> list[dict]:
+    """The timeline: each status entered, by whom, why, and how long it lasted."""
+    phases = []
+    for index, event in enumerate(events):
+        ended = events[index + 1].at if index + 1 < len(events) else None
+        phases.append({"event": event, "seconds": (ended - event.at).total_seconds() if ended else None})
+    return phases
+
+
+def _run_context(request, run: Run, tab: str) -> dict:
+    return {"run": run, "tab": tab, "can_launch": _can_launch(request.user, run.team)}
+
+
+@login_required
+@require_GET
 def run_summary(request, run_id: int):
+    run = _run_or_404(request, run_id)
+    events = list(RunEvent.objects.filter(run=run).order_by("at", "pk"))
+    reproductions = list(run.reproductions.order_by("pk").values_list("pk", "name", "status"))
+    return render(request, "dashboard/run_summary.html", {
+        **_run_context(request, run, "summary"),
+        "phases": _phases(run, events),
+        "reproductions": reproductions,
+        "spec_yaml": dump_spec_yaml(run.spec),
+    })
+
+
+@login_required
+@require_GET
+def run_head(request, run_id: int):
+    """The header of every run page, swapped in live when the status changes."""
+    run = _run_or_404(request, run_id)
+    return render(request, "dashboard/_run_head.html", _run_context(request, run, ""))
+
+
+@login_required
+@require_GET
+def run_logs(request, run_id: int):
+    return render(request, "dashboard/run_logs.html", _run_context(request, _run_or_404(request, run_id), "logs"))
+
+
+@login_required
+@require_POST
+def run_terminate(request, run_id: int):
+    run = _run_or_404(request, run_id)
     try:
-        run = run_for_user(request.user, run_id)
-    except Run.DoesNotExist:
-        raise Http404("No such run in your teams") from None
-    events = RunEvent.objects.filter(run=run).order_by("at", "pk")
-    tail_after = max(0, run.log_lines - 200)
-    log_page = logstore.read_lines(run, after=tail_after, limit=200)
-    return render(request, "dashboard/run_summary.html", {"run": run, "events": events, "log": log_page})
+        terminate_run(run, actor=request.user)
+        messages.success(request, f"Run #{run.pk} terminated: SIGTERM now, SIGKILL after {run.termination_grace:g} s.")
+    except (IllegalTransition, NotAllowed) as exc:
+        messages.error(request, str(exc))
+    return redirect("run-summary", run.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def run_reproduce(request, run_id: int):
+    run = _run_or_404(request, run_id)
+    errors = []
+    env_text = "\n".join(f"{k}={v}" for k, v in run.spec.get("env", {}).items() if isinstance(v, str))
+    commands_text = "\n".join(step["command"] for step in run.spec.get("run", []))
+    if request.method == "POST":
+        overrides = None
+        if request.POST.get("mode") == "changed":
+            env_text = request.POST.get("env", "")
+            commands_text = request.POST.get("commands", "")
+            overrides, errors = _overrides_from_form(run, env_text, commands_text, request.POST.get("preset", ""))
+        if not errors:
+            try:
+                new = reproduce_run(run, actor=request.user, overrides=overrides)
+            except SpecError as exc:
+                errors = exc.errors
+            except (RunNotFinal, NotAllowed) as exc:
+                errors = [{"loc": "", "msg": str(exc)}]
+            else:
+                messages.success(request, f"Run #{new.pk} reproduces #{run.pk}.")
+                return redirect("run-summary", new.pk)
+    from runs.models import ResourcePreset
+
+    return render(request, "dashboard/run_reproduce.html", {
+        **_run_context(request, run, "summary"),
+        "spec_yaml": dump_spec_yaml(run.spec), "errors": errors, "env_text": env_text, "commands_text": commands_text,
+        "presets": ResourcePreset.objects.order_by("name"), "current_preset": run.spec["resources"]["preset"],
+    }, status=400 if errors else 200)
+
+
+def _overrides_from_form(run: Run, env_text: str, commands_text: str, preset: str) -> tuple[dict, list]:
+    env, errors = {}, []
+    for number, line in enumerate(env_text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            errors.append({"loc": "env", "msg": f"line {number}: expected NAME=value"})
+        else:
+            env[name.strip()] = value
+    # Variables the form no longer lists are removed; secrets stay as they were.
+    for name, value in run.spec.get("env", {}).items():
+        if isinstance(value, str) and name not in env:
+            env[name] = None
+    commands = [{"command": line} for line in commands_text.splitlines() if line.strip()]
+    workdirs = [step.get("workdir") for step in run.spec.get("run", [])]
+    for index, step in enumerate(commands):
+        if index < len(workdirs) and workdirs[index]:
+            step["workdir"] = workdirs[index]
+    overrides = {"env": env, "run": commands}
+    if preset:
+        overrides["resources"] = {"preset": preset}
+    return overrides, errors

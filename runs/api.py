@@ -293,6 +293,17 @@ def run_logs(request, run_id: int):
 
 
 @api_view("GET")
+def run_logs_search(request, run_id: int):
+    run = run_for_user(request.user, run_id)
+    query = request.GET.get("q", "")
+    if not query.strip():
+        raise ApiError(400, "q is required", [{"loc": "q", "msg": "required"}])
+    after = _int_param(request, "after", 0, 0, 2**31)
+    limit = _int_param(request, "limit", 200, 1, 1000)
+    return JsonResponse(logstore.search(run, query, after=after, limit=limit))
+
+
+@api_view("GET")
 def run_logs_text(request, run_id: int):
     run = run_for_user(request.user, run_id)
     response = StreamingHttpResponse(logstore.iter_text(run), content_type="text/plain; charset=utf-8")

@@ -173,3 +173,23 @@ def iter_text(run: Run) -> Iterator[str]:
 
 def _iso(unix_time: float) -> str:
     return dt.datetime.fromtimestamp(unix_time, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def search(run: Run, query: str, after: int = 0, limit: int = 200) -> dict:
+    """Lines containing `query` (case-insensitive), after line `after`: the whole
+    stored log is searched on the server, not just what a page has loaded."""
+    needle = query.lower()
+    hits: list[dict] = []
+    last_scanned = after
+    chunks = LogChunk.objects.filter(run=run, first_line__gt=after - CHUNK_LINES_BOUND).order_by("first_line")
+    for chunk in chunks.iterator(chunk_size=50):
+        for offset, (at, stream, text) in enumerate(chunk.lines):
+            n = chunk.first_line + offset
+            if n <= after:
+                continue
+            last_scanned = n
+            if needle in text.lower():
+                hits.append({"n": n, "t": _iso(at), "stream": STREAM_NAMES[stream], "text": text})
+                if len(hits) >= limit:
+                    return {"hits": hits, "next": n, "done": False}
+    return {"hits": hits, "next": last_scanned, "done": True}

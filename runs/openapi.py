@@ -101,6 +101,11 @@ SPEC = {
                        {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {"value": {"type": "string"}}}}}}),
             "delete": _op("Delete a secret", {"200": _json({"type": "object"}), **ERRORS}, [_param("name", "path", required=True), _param("team")]),
         },
+        "/runs/{id}/logs/search": {"get": _op(
+            "Lines containing q (case-insensitive) after line `after`, over the whole stored log; page on with next until done",
+            {"200": _json({"type": "object", "properties": {"hits": {"type": "array"}, "next": {"type": "integer"}, "done": {"type": "boolean"}}}), **ERRORS},
+            [RUN_ID, _param("q", required=True), _param("after", schema={"type": "integer"}), _param("limit", schema={"type": "integer", "maximum": 1000})],
+        )},
         "/runs/{id}/logs.txt": {"get": _op("The whole log as text", {"200": {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}, **ERRORS}, [RUN_ID])},
     },
     "components": {

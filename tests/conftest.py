@@ -223,3 +223,86 @@ def wait_for(run_id: int, statuses, timeout: float = 60.0, *, removed: bool = Fa
             return run
         time.sleep(0.1)
     raise AssertionError(f"run {run_id} is {run.status} ({run.status_reason!r}), not {statuses} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def console_url(worker_env, tmp_path_factory):
+    """A real Daphne serving the console on the test database (as `make run` does)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("console") / "daphne.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+        cwd=ROOT, env=worker_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/v1/health", timeout=2)
+            break
+        except Exception:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the console did not start: " + log_path.read_text()[-3000:])
+            time.sleep(0.2)
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(20)
+
+
+SCREENSHOTS = Path(os.environ.get("RUNYARD_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium, driven by Playwright (its own browser download does not work here)."""
+    if not Path("/usr/bin/chromium").exists():
+        missing("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        yield browser
+        browser.close()
+
+
+class Browser:
+    """A signed-in browser page on the live console, that keeps screenshots."""
+
+    def __init__(self, page, base_url: str):
+        self.page, self.base_url = page, base_url
+
+    def goto(self, path: str):
+        return self.page.goto(self.base_url + path)
+
+    def screenshot(self, name: str):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(chromium, console_url, user, *, width=1280, height=900) -> Browser:
+    context = chromium.new_context(viewport={"width": width, "height": height}, base_url=console_url)
+    page = context.new_page()
+    page.set_default_timeout(20000)
+    page.goto(console_url + "/accounts/login/")
+    page.get_by_label("Username").fill(user.username)
+    page.get_by_label("Password").fill("pw-" + user.username)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(console_url + "/")
+    return Browser(page, console_url)
+
+
+@pytest.fixture
+def browser(chromium, console_url, alice, engine):
+    """alice, signed in to a live console with a live worker behind it."""
+    signed_in = sign_in(chromium, console_url, alice)
+    yield signed_in
+    signed_in.page.context.close()

@@ -1,0 +1,37 @@
+// The runs list follows status changes live over /ws/runs/: a changed or new
+// run's row is fetched from the server (/runs/ID/row/) and swapped in place.
+const body = () => document.getElementById("runs-body");
+const state = document.getElementById("live-state");
+let retry = 500;
+
+async function refreshRow(runId) {
+  const response = await fetch(`/runs/${runId}/row/`, { headers: { "X-Requested-With": "fetch" } });
+  if (!response.ok) return;
+  const holder = document.createElement("tbody");
+  holder.innerHTML = (await response.text()).trim();
+  const fresh = holder.firstElementChild;
+  const current = document.getElementById(`run-${runId}`);
+  if (current) {
+    current.replaceWith(fresh);
+  } else if (body() && !new URLSearchParams(location.search).has("before")) {
+    body().prepend(fresh);  // a new run: the list is newest first
+    body().closest("table").hidden = false;
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/runs/`);
+  socket.onopen = () => { retry = 500; state.textContent = "Live: status changes appear as they happen."; };
+  socket.onmessage = (event) => {
+    const message = JSON.parse(event.data);
+    if (message.type === "status") refreshRow(message.run);
+  };
+  socket.onclose = () => {
+    state.textContent = "Reconnecting…";
+    setTimeout(connect, retry);
+    retry = Math.min(retry * 2, 10000);
+  };
+}
+
+connect();

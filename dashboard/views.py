@@ -15,7 +15,7 @@ from runs.lifecycle import IllegalTransition
 from runs.models import Run, RunEvent, Status
 from runs.selectors import run_for_user, runs_for_user
 from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, membership_for, reproduce_run, terminate_run
-from runs.spec import SpecError, dump_spec_yaml
+from runs.spec import SpecError, dump_spec_yaml, line_of
 
 PAGE_SIZE = 50
 EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
@@ -86,7 +86,7 @@ def run_new(request):
         try:
             run = create_run(user=request.user, source=source, team=team)
         except SpecError as exc:
-            errors = exc.errors
+            errors = [{**error, "line": line_of(source, error["loc"])} for error in exc.errors]
         except NotAllowed as exc:
             errors = [{"loc": "", "msg": str(exc)}]
         else:
@@ -123,6 +123,7 @@ def run_summary(request, run_id: int):
         **_run_context(request, run, "summary"),
         "phases": _phases(run, events),
         "reproductions": reproductions,
+        "changes": [(key, json.dumps(change["from"]), json.dumps(change["to"])) for key, change in run.changes.items()],
         "spec_yaml": dump_spec_yaml(run.spec),
     })
 

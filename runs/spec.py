@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SpecError", "parse_spec", "dump_spec_yaml", "MAX_SPEC_BYTES"]
+__all__ = ["SpecError", "parse_spec", "dump_spec_yaml", "line_of", "MAX_SPEC_BYTES"]
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 200
@@ -608,3 +608,33 @@ def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
     document["termination_grace"] = _format_duration(spec["termination_grace_seconds"])
     # A huge width keeps long commands on one line instead of folding them.
     return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=2**16)
+
+
+_LOC_PART = re.compile(r'\["((?:[^"\\]|\\.)*)"\]|\[(\d+)\]|\.?([^.\[\]]+)')
+
+
+def line_of(source: str, loc: str) -> int | None:
+    """The 1-based line of the YAML `source` that an error's `loc` points at
+    (`run[0].workdir`, `import["/code/"].git.url`), or None if it is not there."""
+    if not loc:
+        return None
+    try:
+        node = yaml.compose(source, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    parts: list[str | int] = []
+    for quoted, index, plain in _LOC_PART.findall(loc):
+        parts.append(int(index) if index else (quoted or plain))
+    line = None
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+            if found is None:
+                return line
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

@@ -16,6 +16,9 @@ import pytest
 from django.conf import settings
 
 REQUIRE = os.environ.get("RUNYARD_REQUIRE_SERVICES") == "1"
+# Playwright's sync API keeps an event loop running in the test thread; the tests'
+# own database calls are still plain sync code in that thread.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 ROOT = Path(__file__).resolve().parent.parent
 TEST_INSTANCE = "t" + os.urandom(3).hex()
 BUSYBOX = "runyard/busybox:latest"

@@ -347,3 +347,11 @@ def test_it_roundtrips_tricky_values_and_omits_empty_optional_fields():
     assert "termination_grace: 1m30s500ms\n" in dumped_minimal
     for omitted in ("description", "tags", "import", "export", "env", "workdir"):
         assert f"{omitted}:" not in dumped_minimal
+
+
+def test_it_finds_the_line_an_error_names():
+    from runs.spec import line_of
+
+    source = 'name: x\nimage: 3\nrun:\n  - command: true\n    workdir: 5\nextra: 1\nimport:\n  /code/:\n    git: {url: 3}\n'
+    assert [line_of(source, loc) for loc in ("image", "run[0].workdir", "extra", 'import["/code/"].git.url')] == [2, 5, 6, 9]
+    assert line_of(source, "") is None and line_of("a: [", "a") is None

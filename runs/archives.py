@@ -98,8 +98,8 @@ def _unpack(upload: Path, content_type: str, into: Path) -> None:
                         shutil.copyfileobj(source, out, CHUNK)
                     os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
                 # Links, devices and fifos are left out: a dataset is files.
-    except tarfile.TarError as exc:
-        raise ArchiveError(f"not a tar, tar.gz or zip archive ({exc})") from None
+    except tarfile.TarError:
+        raise ArchiveError("not a tar, tar.gz or zip archive") from None
 
 
 def _unpack_zip(upload: Path, into: Path) -> None:
@@ -116,7 +116,7 @@ def _unpack_zip(upload: Path, into: Path) -> None:
                 with zf.open(info) as source, open(target, "wb") as out:
                     shutil.copyfileobj(source, out, CHUNK)
     except zipfile.BadZipFile as exc:
-        raise ArchiveError(f"not a valid zip archive ({exc})") from None
+        raise ArchiveError(f"not a valid zip archive ({str(exc).splitlines()[0]})") from None
 
 
 def _safe_target(root: Path, name: str) -> Path:

@@ -368,7 +368,9 @@ def load_spec(path: str, source: bytes) -> dict:
         try:
             spec = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise CliError(f"{path} is not valid YAML", [one_line(exc)]) from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise CliError(f"{path} is not valid YAML: {getattr(exc, 'problem', None) or one_line(exc)}{where}") from None
     if not isinstance(spec, dict):
         raise CliError(f"{path}: a run spec is a mapping (name:, image:, run:, ...)")
     imports = spec.get("import")

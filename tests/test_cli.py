@@ -149,8 +149,9 @@ def test_terminate_waits_until_the_container_is_gone(cli, tmp_path):
     assert result.stdout.startswith(f"run {run_id} terminated")
     run = Run.objects.get(pk=run_id)
     assert run.status == "terminated" and run.container_removed_at is not None
-    # What it printed after the SIGTERM is kept (busybox's shell may add "Terminated" for its sleep).
-    assert cli("run", "logs", str(run_id)).stdout.splitlines()[:2] == ["started", "caught SIGTERM"]
+    # What it printed after the SIGTERM is kept (busybox's shell may also report "Terminated" for its sleep).
+    lines = cli("run", "logs", str(run_id)).stdout.splitlines()
+    assert lines[0] == "started" and "caught SIGTERM" in lines
 
     again = cli("run", "terminate", str(run_id))
     assert_clean_error(again, "")

@@ -31,7 +31,7 @@ def test_a_run_created_from_yaml_goes_to_completed_on_the_list_without_reload(br
     browser.goto("/runs/new/")
     page.get_by_label("Run YAML").fill(yaml.safe_dump({
         "name": "from-the-browser", "tags": ["ui"], "image": BUSYBOX,
-        "run": [{"command": "echo hello; sleep 2; echo bye"}],
+        "run": [{"command": "echo hello; sleep 4; echo bye"}],
     }))
     browser.screenshot("run-new")
     page.get_by_role("button", name="Create run").click()

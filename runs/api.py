@@ -12,8 +12,7 @@ import posixpath
 
 from django.conf import settings
 from django.db import connection
-from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -25,6 +24,7 @@ from runs.models import ApiToken, Run, RunEvent, RunFile, Status
 from runs.selectors import run_for_user, runs_for_user
 from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, reproduce_run, terminate_run
 from runs.spec import SpecError
+from runs.streaming import storage_chunks, stream_response
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +306,8 @@ def run_logs_search(request, run_id: int):
 @api_view("GET")
 def run_logs_text(request, run_id: int):
     run = run_for_user(request.user, run_id)
-    response = StreamingHttpResponse(logstore.iter_text(run), content_type="text/plain; charset=utf-8")
-    response["Content-Disposition"] = f'inline; filename="run-{run.pk}.log"'
-    return response
+    chunks = (text.encode() for text in logstore.iter_text(run))
+    return stream_response(request, chunks, "text/plain; charset=utf-8", filename=f"run-{run.pk}.log", attachment=False, uses_database=True)
 
 
 @api_view("GET")
@@ -342,9 +341,9 @@ def run_file_raw(request, run_id: int):
     found = RunFile.objects.filter(run=run, path=request.GET.get("path", "")).first()
     if found is None:
         raise ApiError(404, "no such exported file", [{"loc": "path", "msg": "not an exported file of this run"}])
-    response = FileResponse(default_storage.open(found.storage_name, "rb"), as_attachment=True, filename=posixpath.basename(found.path))
+    response = stream_response(request, storage_chunks(found.storage_name), "application/octet-stream", filename=posixpath.basename(found.path))
+    response["Content-Length"] = str(found.size)
     response["X-Content-SHA256"] = found.sha256
-    response["X-Content-Type-Options"] = "nosniff"
     return response
 
 

@@ -27,7 +27,12 @@ def _send(group: str, message: dict) -> None:
         if _server_loop is not None and not _server_loop.is_closed():
             asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _server_loop)
         return  # nobody is listening yet
-    async_to_sync(layer.group_send)(group, message)
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(layer.group_send)(group, message)
+    else:  # called from a thread that runs an event loop: async_to_sync would refuse
+        running.create_task(layer.group_send(group, message))
 
 
 def team_group(team_id: int) -> str:

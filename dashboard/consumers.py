@@ -64,6 +64,7 @@ class RunLogsConsumer(AsyncJsonWebsocketConsumer):
         except ValueError:
             self.after = 0
         self.wake = asyncio.Event()
+        self.sending = asyncio.Lock()  # one reader of "lines after N" at a time, or lines go out twice
         await self.channel_layer.group_add(run_group(self.run_id), self.channel_name)
         await self.accept()
         self.pump = asyncio.create_task(self._pump())
@@ -99,6 +100,10 @@ class RunLogsConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_new_lines(self) -> str | None:
         """Send every stored line after self.after; the run's final status once all are sent."""
+        async with self.sending:
+            return await self._send_lines_unlocked()
+
+    async def _send_lines_unlocked(self) -> str | None:
         while True:
             page, status = await _lines_after(self.run_id, self.after)
             if page["lines"]:

@@ -23,12 +23,21 @@ BATCH_LINES = 2000
 POLL_SECONDS = 2.0  # a missed notification costs at most this long
 
 
-class RunsConsumer(AsyncJsonWebsocketConsumer):
-    async def connect(self):
+class SignedInConsumer(AsyncJsonWebsocketConsumer):
+    async def signed_in_user(self):
+        """The session's user, or None after closing the socket with 4401."""
         remember_server_loop(asyncio.get_running_loop())
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
+            return None
+        return user
+
+
+class RunsConsumer(SignedInConsumer):
+    async def connect(self):
+        user = await self.signed_in_user()
+        if user is None:
             return
         self.groups_joined = [team_group(team_id) for team_id in await _team_ids(user)]
         for group in self.groups_joined:
@@ -46,12 +55,10 @@ class RunsConsumer(AsyncJsonWebsocketConsumer):
         pass  # the list page does not show lines
 
 
-class RunLogsConsumer(AsyncJsonWebsocketConsumer):
+class RunLogsConsumer(SignedInConsumer):
     async def connect(self):
-        remember_server_loop(asyncio.get_running_loop())
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=4401)
+        user = await self.signed_in_user()
+        if user is None:
             return
         self.run_id = self.scope["url_route"]["kwargs"]["run_id"]
         run = await _run_for(user, self.run_id)

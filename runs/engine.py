@@ -106,8 +106,7 @@ def collect_run(run_id: int) -> None:
             return
         executor = get_executor(run.executor)
         if run.status == Status.TERMINATED:
-            remaining = (run.stop_deadline - timezone.now()).total_seconds() if run.stop_deadline else 0
-            executor.stop(run, max(0.0, remaining))
+            executor.stop(run, _remaining_grace(run))
         if run.status == Status.IDLE and executor.exists(run):
             return  # nothing to collect until someone terminates it
         writer = LogWriter(run, owner, mask=team_secrets.values_to_mask(run))
@@ -142,6 +141,13 @@ def collect_run(run_id: int) -> None:
         log.info("run %s: another collector took over", run_id)
     finally:
         release_lease(run_id, owner)
+
+
+def _remaining_grace(run: Run) -> float:
+    """What is left of the grace the user's terminate started (a retried stop does not restart it)."""
+    if run.stop_deadline is None:
+        return run.termination_grace
+    return max(0.0, (run.stop_deadline - timezone.now()).total_seconds())
 
 
 def _go_idle(run_id: int, exit_code: int) -> None:
@@ -210,8 +216,7 @@ def stop_run(run_id: int) -> None:
     executor = get_executor(run.executor)
     if run.status in (Status.PENDING, Status.INITIALIZING):
         return
-    remaining = (run.stop_deadline - timezone.now()).total_seconds() if run.stop_deadline else run.termination_grace
-    executor.stop(run, max(0.0, remaining))
+    executor.stop(run, _remaining_grace(run))
     # If a collector is still following the output it finalizes; else this one does.
     collect_run(run_id)
 

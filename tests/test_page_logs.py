@@ -10,7 +10,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from django.db import transaction
+from django.db import connection, transaction
 from playwright.sync_api import expect
 
 from runs.lifecycle import transition
@@ -177,8 +177,14 @@ def test_it_renders_colours_and_strips_escapes_at_390px(chromium, console_url, a
 def test_a_million_line_log_opens_at_the_tail_scrolls_searches_and_jumps(browser, alice):
     # Written from another thread: Playwright's event loop runs in this one, and the
     # status announcements (async_to_sync) refuse to run beside it.
+    def write_it():
+        try:
+            return big_log_run(alice)
+        finally:
+            connection.close()  # a connection left open would keep the test database from being dropped
+
     with ThreadPoolExecutor(1) as thread:
-        run = thread.submit(big_log_run, alice).result()
+        run = thread.submit(write_it).result()
     page = browser.page
     browser.goto(f"/runs/{run.pk}/logs/")
     expect(row(page, BIG).locator(".log-text")).to_have_text(f"line {BIG} checkpoint")

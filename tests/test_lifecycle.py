@@ -1,11 +1,13 @@
 """The lifecycle table of SPEC §1 and its one door, on the real database."""
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from threading import Barrier
 
 import pytest
 import yaml
-from django.db import connection
+from django.db import connection, transaction
+from django.utils import timezone
 
 from runs.lifecycle import FINAL, TRANSITIONS, IllegalTransition, transition
 from runs.models import Run, RunEvent, Status
@@ -89,7 +91,11 @@ def test_a_system_transition_is_recorded_as_system(alice):
 
 
 def test_concurrent_transitions_apply_once(alice, transactional_db):
-    run = move(new_run(alice), "running")
+    # Committed for the threads to see it; a lease held "by a worker" keeps a live
+    # Celery worker (from other tests) from acting on this run meanwhile.
+    with transaction.atomic():
+        run = move(new_run(alice), "running")
+        Run.objects.filter(pk=run.pk).update(lease_owner="a-busy-worker", lease_until=timezone.now() + timedelta(minutes=5))
     barrier = Barrier(20)
 
     def attempt(_):

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from runs.lifecycle import IllegalTransition
 from runs.models import Run, RunEvent, Status
 from runs.selectors import run_for_user, runs_for_user
-from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, membership_for, reproduce_run, terminate_run
+from runs.services import NotAllowed, RunNotFinal, can_change, create_run, ensure_team, reproduce_run, terminate_run
 from runs.spec import SpecError, dump_spec_yaml, line_of
 
 PAGE_SIZE = 50
@@ -26,13 +26,6 @@ def _run_or_404(request, run_id: int) -> Run:
         return run_for_user(request.user, run_id)
     except Run.DoesNotExist:
         raise Http404("There is no run with this number in your teams.") from None
-
-
-def _can_launch(user, team) -> bool:
-    if user.is_superuser:
-        return True
-    membership = membership_for(user, team)
-    return membership is not None and membership.can_launch
 
 
 @login_required
@@ -96,7 +89,7 @@ def run_new(request):
     return render(request, "dashboard/run_new.html", {
         "source": source or (examples[0]["yaml"] if examples and request.method == "GET" else source),
         "errors": errors, "examples": examples, "examples_json": json.dumps({e["name"]: e["yaml"] for e in examples}),
-        "can_launch": _can_launch(request.user, team),
+        "can_launch": can_change(request.user, team),
     }, status=400 if errors else 200)
 
 
@@ -110,7 +103,7 @@ def _phases(run: Run, events: list[RunEvent]) -> list[dict]:
 
 
 def _run_context(request, run: Run, tab: str) -> dict:
-    return {"run": run, "tab": tab, "can_launch": _can_launch(request.user, run.team)}
+    return {"run": run, "tab": tab, "can_launch": can_change(request.user, run.team)}
 
 
 @login_required

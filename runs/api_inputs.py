@@ -8,8 +8,8 @@ from django.http import JsonResponse
 from runs.api import ApiError, api_view, iso, team_param
 from runs.archives import ArchiveError
 from runs.datasets import NAME_PATTERN, create_code_snapshot, create_version, remove_version
-from runs.models import Dataset, DatasetVersion, Role, TeamSecret
-from runs.services import membership_for
+from runs.models import Dataset, DatasetVersion, TeamSecret
+from runs.services import can_change
 from runs.team_secrets import SecretError, set_secret
 
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip", "application/octet-stream")
@@ -17,8 +17,7 @@ ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", 
 
 def _writer_team(request):
     team = team_param(request)
-    membership = membership_for(request.user, team)
-    if not request.user.is_superuser and (membership is None or not membership.can_launch):
+    if not can_change(request.user, team):
         raise ApiError(403, f"viewers cannot change team {team.name}")
     return team
 
@@ -110,8 +109,7 @@ def secrets(request):
 @api_view("PUT", "DELETE")
 def secret(request, name: str):
     team = team_param(request)
-    membership = membership_for(request.user, team)
-    if not request.user.is_superuser and (membership is None or membership.role == Role.VIEWER):
+    if not can_change(request.user, team):
         raise ApiError(403, "viewers cannot change secrets")
     if request.method == "DELETE":
         deleted, _ = TeamSecret.objects.filter(team=team, name=name).delete()

@@ -158,11 +158,16 @@ def _apply_overrides(frozen: dict, overrides: dict) -> dict:
     return {**checked, "import": frozen.get("import", {})}
 
 
-def _require_launch_rights(run: Run, user) -> None:
+def can_change(user, team: Team) -> bool:
+    """May `user` launch and change runs, datasets and secrets of `team`? Viewers may not."""
     if user.is_superuser:
-        return
-    membership = membership_for(user, run.team)
-    if membership is None or not membership.can_launch:
+        return True
+    membership = membership_for(user, team)
+    return membership is not None and membership.can_launch
+
+
+def _require_launch_rights(run: Run, user) -> None:
+    if not can_change(user, run.team):
         raise NotAllowed("viewers cannot change runs")
 
 

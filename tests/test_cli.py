@@ -8,9 +8,7 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
-from pathlib import Path
 
 import pytest
 import yaml
@@ -25,47 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(worker_env, tmp_path_factory):
-    """The console's URL: Daphne serving the test database, as `make run` would."""
-    port = free_port()
-    log_path = Path(os.environ.get("RUNYARD_TEST_ARTIFACTS", tmp_path_factory.mktemp("daphne"))) / "daphne.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
-            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/api/v1/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("daphne did not start: " + log_path.read_text()[-3000:])
-        time.sleep(0.2)
-    yield url
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture
-def cli(server, alice, engine, docker_engine, tmp_path):
+def cli(console_url, alice, engine, docker_engine, tmp_path):
     """`runyard ...` as alice: returns the finished process (text stdout and stderr)."""
     home = tmp_path / "home"
     home.mkdir()
 
     def run(*args, token=None, url=None, timeout=60, extra_env=None):
-        env = {**os.environ, "HOME": str(home), "RUNYARD_URL": url or server, "RUNYARD_TOKEN": token or alice.token}
+        env = {**os.environ, "HOME": str(home), "RUNYARD_URL": url or console_url, "RUNYARD_TOKEN": token or alice.token}
         env.update(extra_env or {})
         for name, value in list(env.items()):
             if value is None:
@@ -233,15 +198,15 @@ def test_a_server_that_is_down_is_one_clear_line(cli):
     assert len(result.stderr.splitlines()) == 1
 
 
-def test_login_saves_the_url_and_token(cli, server, alice, tmp_path):
+def test_login_saves_the_url_and_token(cli, console_url, alice, tmp_path):
     # Without the environment, the command uses what login saved in $HOME.
     env = {"RUNYARD_URL": None, "RUNYARD_TOKEN": None}
-    assert_clean_error(cli("login", "--url", server, "--token", "wrong", extra_env=env), "invalid or revoked token")
-    result = cli("login", "--url", server + "/api/v1/", "--token", alice.token, extra_env=env)
+    assert_clean_error(cli("login", "--url", console_url, "--token", "wrong", extra_env=env), "invalid or revoked token")
+    result = cli("login", "--url", console_url + "/api/v1/", "--token", alice.token, extra_env=env)
     assert result.returncode == 0, result.stderr
     saved = tmp_path / "home" / ".config" / "runyard" / "config.json"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
-    assert json.loads(saved.read_text()) == {"url": server, "token": alice.token}
+    assert json.loads(saved.read_text()) == {"url": console_url, "token": alice.token}
     listed = cli("run", "list", "--json", extra_env=env)
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["items"] == []

@@ -11,7 +11,8 @@ import uuid
 from datetime import timedelta
 
 from django.db import connection
-from django.db.models import Q
+from django.db.models import F, IntegerField, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from runs import exports, imports, team_secrets
@@ -203,9 +204,11 @@ def _finalize(run_id: int, executor, vanished: str) -> None:
         except IllegalTransition:
             pass
     executor.remove(run)
-    updates = {"container_removed_at": timezone.now(), "log_complete": True}
-    Run.objects.filter(pk=run_id).update(**updates)
-    Run.objects.filter(pk=run_id, exit_code__isnull=True).update(exit_code=info.exit_code)
+    # One update: whoever sees the container gone also sees how it ended.
+    Run.objects.filter(pk=run_id).update(
+        container_removed_at=timezone.now(), log_complete=True,
+        exit_code=Coalesce(F("exit_code"), Value(info.exit_code, output_field=IntegerField())),
+    )
 
 
 def stop_run(run_id: int) -> None:

@@ -33,6 +33,9 @@ class SignedInConsumer(AsyncJsonWebsocketConsumer):
             return None
         return user
 
+    async def run_progress(self, event):
+        await self.send_json({"type": "progress", **{k: v for k, v in event.items() if k != "type"}})
+
 
 class RunsConsumer(SignedInConsumer):
     async def connect(self):

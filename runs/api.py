@@ -17,7 +17,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from runs import logstore
+from runs import logstore, metrics
 from runs.executors import default_executor_name
 from runs.lifecycle import IllegalTransition
 from runs.models import ApiToken, Run, RunEvent, RunFile, Status
@@ -144,7 +144,8 @@ def serialize_run(run: Run) -> dict:
         "stop_deadline": iso(run.stop_deadline),
         "duration_seconds": run.duration_seconds,
         "progress": run.progress,
-        "eta_seconds": None,
+        "eta_seconds": run.eta_seconds,
+        "reports_malformed": run.reports_malformed,
         "credits": str(run.credits),
         "preset": run.preset.name,
         "image": run.image,
@@ -308,6 +309,39 @@ def run_logs_text(request, run_id: int):
     run = run_for_user(request.user, run_id)
     chunks = (text.encode() for text in logstore.iter_text(run))
     return stream_response(request, chunks, "text/plain; charset=utf-8", filename=f"run-{run.pk}.log", attachment=False, uses_database=True)
+
+
+def _float_param(request: HttpRequest, name: str) -> float | None:
+    raw = request.GET.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ApiError(400, f"{name} must be a number", [{"loc": name, "msg": "expected a finite number"}])
+    return value
+
+
+@api_view("GET")
+def run_metrics(request, run_id: int):
+    run = run_for_user(request.user, run_id)
+    return JsonResponse({"keys": metrics.keys(run), "reports_malformed": run.reports_malformed})
+
+
+@api_view("GET")
+def run_metric(request, run_id: int, key: str):
+    run = run_for_user(request.user, run_id)
+    x = request.GET.get("x") or "step"
+    if x not in metrics.X_AXES:
+        raise ApiError(400, "unknown x axis", [{"loc": "x", "msg": f"one of {', '.join(metrics.X_AXES)}"}])
+    max_points = _int_param(request, "max_points", 1000, 2, 100_000)
+    found = metrics.series(run, key, x=x, max_points=max_points,
+                           x_min=_float_param(request, "x_min"), x_max=_float_param(request, "x_max"))
+    if found is None:
+        raise ApiError(404, f"run {run.pk} has no metric {key!r}")
+    return JsonResponse(found)
 
 
 @api_view("GET")

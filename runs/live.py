@@ -65,3 +65,19 @@ def announce_log(run_id: int, last_line: int) -> None:
         _send(run_group(run_id), {"type": "run.log", "last": last_line})
     except Exception:
         log.warning("could not announce new log lines of run %s", run_id, exc_info=True)
+
+
+def announce_progress(run_id: int, team_id: int, samples: list) -> None:
+    """The run reported progress: the list's badge and the summary show it with an ETA."""
+    from django.utils import timezone
+
+    from runs.reports import eta_seconds
+
+    progress = samples[-1][1]
+    message = {"type": "run.progress", "run": run_id, "progress": progress,
+               "eta_seconds": eta_seconds(samples, timezone.now().timestamp())}
+    try:
+        _send(team_group(team_id), message)
+        _send(run_group(run_id), message)
+    except Exception:
+        log.warning("could not announce progress of run %s", run_id, exc_info=True)

@@ -16,10 +16,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from runs import team_secrets
-from runs.live import announce_log
+from django.db.models import F
+
+from runs import reports, team_secrets
+from runs.live import announce_log, announce_progress
 from runs.executors.base import LogFrame
-from runs.models import LogChunk, Run
+from runs.models import LogChunk, MetricPoint, Run
 
 MAX_CHUNK_LINES = 2000
 # The end of the output may add a last half line per stream after a full chunk.
@@ -72,6 +74,12 @@ class LogWriter:
         # A line begun but not ended at the last flush, per stream: [time, text].
         self.pending: dict[int, list] = {int(k): v for k, v in (run.log_pending or {}).items()}
         self.lines: list[list] = []
+        # Reports taken out of the output since the last flush (runs/reports.py).
+        self.points: list[MetricPoint] = []
+        self.malformed = 0
+        self.progress_samples = list(run.progress_samples or [])
+        self.progress_changed = False
+        self.team_id = run.team_id
         self.first_unflushed_at: float | None = None
         self.flushed_at = time.monotonic()
 
@@ -99,14 +107,27 @@ class LogWriter:
 
     def _append(self, at: float, stream: int, text: str) -> None:
         text = collapse_carriage_returns(text)
+        if reports.is_report(text):
+            try:
+                self._take_report(at, reports.parse(text))
+                return
+            except reports.Malformed:
+                self.malformed += 1  # kept in the log below, where the user can see it
         if self.mask:
             text = team_secrets.mask(text, self.mask)
         self.lines.append([round(at, 6), stream, text])
 
+    def _take_report(self, at: float, report: reports.Report) -> None:
+        for key, value in report.metrics.items():
+            self.points.append(MetricPoint(run_id=self.run_id, key=key, step=report.step, value=value, at=at))
+        if report.progress is not None:
+            self.progress_samples = reports.add_progress_sample(self.progress_samples, at, report.progress)
+            self.progress_changed = True
+
     def due(self) -> bool:
         if not self.lines and self.first_unflushed_at is None:
             return False
-        return len(self.lines) >= MAX_CHUNK_LINES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+        return len(self.lines) + len(self.points) >= MAX_CHUNK_LINES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
 
     def end_pending_lines(self) -> None:
         """The output ended: a last line without a newline is still a line."""
@@ -118,12 +139,18 @@ class LogWriter:
         """Store what was added, with the cursor after it, in one transaction."""
         # The collector flushes as soon as due(): a chunk never passes the reader's bound.
         assert len(self.lines) <= CHUNK_LINES_BOUND
+        reported = {}
+        if self.progress_changed:
+            reported = {"progress": self.progress_samples[-1][1], "progress_samples": self.progress_samples}
+        if self.malformed:
+            reported["reports_malformed"] = F("reports_malformed") + self.malformed
         with transaction.atomic():
             advanced = Run.objects.filter(pk=self.run_id, log_lines=self.stored_lines, lease_owner=self.owner).update(
                 log_lines=self.stored_lines + len(self.lines),
                 log_cursor=self.cursor,
                 log_pending={str(k): [at, team_secrets.mask(text, self.mask)] for k, (at, text) in self.pending.items()},
                 lease_until=lease_expiry(),
+                **reported,
             )
             if not advanced:
                 raise LeaseLost(self.run_id)
@@ -131,10 +158,16 @@ class LogWriter:
                 LogChunk.objects.create(
                     run_id=self.run_id, first_line=self.stored_lines + 1, line_count=len(self.lines), lines=self.lines
                 )
+            if self.points:
+                MetricPoint.objects.bulk_create(self.points, batch_size=2000)
         self.stored_lines += len(self.lines)
         if self.lines:
             announce_log(self.run_id, self.stored_lines)
-        self.lines = []
+        if self.progress_changed:
+            announce_progress(self.run_id, self.team_id, self.progress_samples)
+        self.lines, self.points = [], []
+        self.malformed = 0
+        self.progress_changed = False
         self.first_unflushed_at = None
         self.flushed_at = time.monotonic()
 

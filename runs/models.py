@@ -124,7 +124,10 @@ class Run(models.Model):
     stop_deadline = models.DateTimeField(null=True, blank=True)
     container_removed_at = models.DateTimeField(null=True, blank=True)
 
+    # What the run reported from inside (runs/reports.py), stored with the log lines around it.
     progress = models.FloatField(null=True, blank=True)
+    progress_samples = models.JSONField(default=list, blank=True, help_text="recent [unix time, progress] pairs")
+    reports_malformed = models.PositiveIntegerField(default=0)
     # What the run read, resolved at creation: [{"path", "kind": git|dataset|code, ...}].
     imports = models.JSONField(default=list, blank=True)
     # A reproduction made with changes: {field: {"from": ..., "to": ...}}.
@@ -180,9 +183,30 @@ class Run(models.Model):
         return max(0.0, seconds)
 
     @property
+    def eta_seconds(self) -> float | None:
+        from runs.reports import eta_seconds
+
+        if self.status != Status.RUNNING:
+            return None
+        return eta_seconds(self.progress_samples, timezone.now().timestamp())
+
+    @property
     def credits(self) -> Decimal:
         rate = self.preset.credits_per_hour
         return (rate * Decimal(self.charged_seconds) / Decimal(3600)).quantize(Decimal("0.0001"))
+
+
+class MetricPoint(models.Model):
+    """One value of one metric a run reported, in the order it was reported."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metric_points")
+    key = models.CharField(max_length=100)
+    step = models.BigIntegerField(null=True, blank=True)
+    value = models.FloatField()
+    at = models.FloatField(help_text="unix time of the output line that reported it")
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "key", "id"], name="metric_run_key_order")]
 
 
 class RunEvent(models.Model):

@@ -76,6 +76,23 @@ SPEC = {
                 [RUN_ID, _param("after", schema={"type": "integer", "minimum": 0}), _param("limit", schema={"type": "integer", "minimum": 1, "maximum": 10000})],
             )
         },
+        "/runs/{id}/metrics": {"get": _op(
+            "The metric keys the run reported (runyard.log, or `#runyard name=value` lines), and how many reports were malformed",
+            {"200": _json({"type": "object", "properties": {"keys": {"type": "array", "items": {"type": "string"}}, "reports_malformed": {"type": "integer"}}}), **ERRORS},
+            [RUN_ID],
+        )},
+        "/runs/{id}/metrics/{key}": {"get": _op(
+            "One metric's series, thinned to max_points (each bucket keeps its lowest and highest point)",
+            {"200": _json({"type": "object", "properties": {
+                "x": {"type": "array"}, "y": {"type": "array", "items": {"type": "number"}},
+                "total_points": {"type": "integer"}, "downsampled": {"type": "boolean"}}}), **ERRORS},
+            [RUN_ID, _param("key", "path", required=True, description="may contain /, e.g. train/loss"),
+             _param("max_points", schema={"type": "integer", "minimum": 2, "maximum": 100000, "default": 1000}),
+             _param("x", schema={"type": "string", "enum": ["step", "relative", "wall"], "default": "step"},
+                    description="step: the reported step (else the point's position); relative: seconds since the start; wall: ISO times"),
+             _param("x_min", schema={"type": "number"}, description="only points with x at least this (unix time for x=wall)"),
+             _param("x_max", schema={"type": "number"}, description="only points with x at most this")],
+        )},
         "/runs/{id}/files": {"get": _op("Exported files under a path, one level deep", {"200": _json({"type": "object"}), **ERRORS}, [RUN_ID, _param("path", description="e.g. /output; default: every export root")])},
         "/runs/{id}/files/raw": {"get": _op("One exported file's bytes", {"200": {"description": "the file", "content": {"application/octet-stream": {}}}, **ERRORS}, [RUN_ID, _param("path", required=True)])},
         "/datasets": {"get": _op("Datasets of your team, with their versions", {"200": _json({"type": "object"}), **ERRORS}, [_param("team")])},
@@ -144,7 +161,7 @@ SPEC = {
                     "owner": {"type": "string"}, "team": {"type": "string"},
                     "created_at": {"type": "string"}, "started_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]},
                     "duration_seconds": {"type": ["number", "null"]}, "progress": {"type": ["number", "null"]},
-                    "eta_seconds": {"type": ["number", "null"]}, "credits": {"type": "string"},
+                    "eta_seconds": {"type": ["number", "null"]}, "reports_malformed": {"type": "integer"}, "credits": {"type": "string"},
                     "spec": {"type": "object"}, "reproduced_from": {"type": ["integer", "null"]}, "executor": {"type": "string"},
                     "imports": {"type": "array", "items": {"type": "object"}}, "changes": {"type": "object"},
                     "exports_state": {"type": ["string", "null"], "enum": ["complete", "partial", "failed", None]},

@@ -14,6 +14,8 @@ urlpatterns = [
     path("runs/<int:run_id>/logs", api.run_logs),
     path("runs/<int:run_id>/logs.txt", api.run_logs_text),
     path("runs/<int:run_id>/logs/search", api.run_logs_search),
+    path("runs/<int:run_id>/metrics", api.run_metrics),
+    path("runs/<int:run_id>/metrics/<path:key>", api.run_metric),
     path("runs/<int:run_id>/files", api.run_files),
     path("runs/<int:run_id>/files/raw", api.run_file_raw),
     path("datasets", api_inputs.datasets),

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from runs import logstore
-from runs.models import LogChunk, Run
+from runs.models import LogChunk, MetricPoint, Run
 from tests.conftest import wait_for
 from tests.test_engine import launch, log_texts
 
@@ -84,9 +84,11 @@ def test_a_very_long_line_is_kept_whole(alice, executor):
 
 
 def test_a_killed_worker_loses_and_doubles_no_line(alice, executor, celery_worker):
-    # About 12 s of output in bursts; the worker dies with kill -9 in the middle.
+    # About 12 s of output in bursts, a metric report every 10 lines; the worker
+    # dies with kill -9 in the middle.
     count = 30000
     run = launch(alice, executor, f"i=0; while [ $i -lt {count} ]; do i=$((i+1)); echo line-$i; "
+                                  "[ $((i % 10)) -eq 0 ] && echo \"#runyard step=$i n=$i\"; "
                                   "[ $((i % 250)) -eq 0 ] && sleep 0.1; done; exit 0")
     deadline = time.monotonic() + 60
     while Run.objects.get(pk=run.pk).log_lines < 2000:
@@ -101,3 +103,6 @@ def test_a_killed_worker_loses_and_doubles_no_line(alice, executor, celery_worke
     run = wait_for(run.pk, FINAL, timeout=180, removed=True)
     assert run.status == "completed", run.status_reason
     assert_numbered_exactly(run, [f"line-{i}" for i in range(1, count + 1)])
+    # Reports ride in the same transactions as the lines: none lost or doubled either.
+    points = list(MetricPoint.objects.filter(run=run, key="n").order_by("id").values_list("step", "value"))
+    assert points == [(i, float(i)) for i in range(10, count + 1, 10)]

@@ -2,10 +2,20 @@
 
 import shlex
 from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Protocol
 
 STDOUT, STDERR = 0, 1
+
+# `import runyard` inside a run (SPEC §4): this one stdlib-only file, put on PYTHONPATH.
+REPORTER_FILE = Path(__file__).resolve().parent.parent / "inrun" / "runyard.py"
+
+
+def with_reporter(env: dict[str, str], directory: str) -> dict[str, str]:
+    """The run's environment with the reporter's directory after the user's PYTHONPATH."""
+    own = env.get("PYTHONPATH", "")
+    return {**env, "PYTHONPATH": f"{own}:{directory}" if own else directory}
 
 
 class ExecutorError(Exception):

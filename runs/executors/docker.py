@@ -8,6 +8,7 @@ import io
 import logging
 import math
 import struct
+import tarfile
 import threading
 import time
 from collections import deque
@@ -18,11 +19,12 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from django.conf import settings
 
-from runs.executors.base import ExecutorError, ExitInfo, Limits, LogFrame, run_script
+from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter
 
 log = logging.getLogger(__name__)
 
 RUNYARD_DIR = "/run/runyard"
+REPORTER_DIR = "/opt/runyard/python"
 READ_AHEAD_FRAMES = 50_000
 STREAM_OF_FRAME = {1: 0, 2: 1}  # docker's frame types: 1 stdout, 2 stderr
 
@@ -113,7 +115,7 @@ class DockerExecutor:
                     command=["/bin/sh", "-c", script],
                     name=self.container_name(run),
                     labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk)},
-                    environment={**env, "RUNYARD_DIR": RUNYARD_DIR},
+                    environment={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR},
                     init=True,
                     network_mode=settings.RUNYARD_DOCKER_NETWORK,
                     cap_drop=["ALL"],
@@ -140,6 +142,7 @@ class DockerExecutor:
         container.reload()
         if container.status == "created":
             try:
+                container.put_archive("/", _reporter_tar())
                 container.start()
             except APIError as exc:
                 raise ExecutorError(f"container start error: {exc.explanation or exc}") from None
@@ -345,3 +348,19 @@ def _docker_time(stamp: bytes) -> float:
             _seconds_cache.clear()
         _seconds_cache[whole] = seconds
     return seconds + (float(b"0." + fraction) if fraction.isdigit() else 0.0)
+
+
+def _reporter_tar() -> bytes:
+    """The in-run reporter module as a tar for put_archive at /."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        parts = REPORTER_DIR.strip("/").split("/")
+        for depth in range(1, len(parts) + 1):
+            folder = tarfile.TarInfo("/".join(parts[:depth]))
+            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(folder)
+        data = REPORTER_FILE.read_bytes()
+        member = tarfile.TarInfo(f"{REPORTER_DIR.strip('/')}/runyard.py")
+        member.size, member.mode = len(data), 0o644
+        tar.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()

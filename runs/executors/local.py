@@ -17,7 +17,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from runs.executors.base import ExecutorError, ExitInfo, Limits, LogFrame, run_script
+from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter
 
 
 class LocalExecutor:
@@ -49,7 +49,8 @@ class LocalExecutor:
         (run_dir / "script.sh").write_text(script)
         base_env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
         base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        full_env = {**base_env, "HOME": str(run_dir / "work"), **env, "RUNYARD_DIR": str(run_dir / "runyard")}
+        full_env = {**base_env, "HOME": str(run_dir / "work"), **with_reporter(env, str(REPORTER_FILE.parent)),
+                    "RUNYARD_DIR": str(run_dir / "runyard")}
         (run_dir / "env.json").write_text(json.dumps(full_env))
         try:
             supervisor = subprocess.Popen(

@@ -1,0 +1,84 @@
+"""Report metrics and progress from inside a Runyard run.
+
+    import runyard
+    runyard.log({"loss": 0.31, "acc": 0.9}, step=10)
+    runyard.progress(0.42)          # a fraction, 0.0 to 1.0
+
+Standard library only, for any Python 3.8 or newer; Runyard puts this file on
+every run's PYTHONPATH. Reports travel on the run's standard output as lines
+that the console takes out of the log:
+
+    #runyard step=10 loss=0.31 acc=0.9
+    #runyard progress=0.42
+
+so a shell script reports with `echo`. Metric names are letters, digits and
+`_ . / -`; values are finite numbers. The console skips and counts a malformed
+report and keeps its line in the log, where you can see it; reporting never
+raises.
+"""
+
+import math
+import os
+import re
+import sys
+
+__all__ = ["log", "progress"]
+
+_NAME = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
+_RESERVED = ("step", "progress")
+
+
+def _emit(fields):
+    line = "#runyard " + " ".join("%s=%s" % item for item in fields) + "\n"
+    # Straight to the file descriptor: not held back by Python's buffer, and one
+    # write, so the line is never cut by other output.
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    try:
+        os.write(1, line.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def log(metrics, step=None):
+    """Record metric values (a dict of name to number), optionally at a step."""
+    fields = []
+    if step is not None:
+        fields.append(("step", step))
+    try:
+        items = list(dict(metrics).items())
+    except (TypeError, ValueError):
+        _warn("runyard.log expects a dict of name to number, got %r" % (metrics,))
+        return
+    for name, value in items:
+        name = str(name)
+        if not _NAME.match(name) or name in _RESERVED:
+            _warn("runyard.log: %r is not a metric name (letters, digits, _ . / -)" % name)
+        number = _number(value)
+        # What is wrong is still reported: the console counts it and shows the line.
+        fields.append((name, repr(number) if number is not None else str(value).replace(" ", "_")))
+    if fields:
+        _emit(fields)
+
+
+def progress(fraction):
+    """Record how far the run is, from 0.0 to 1.0; the console computes an ETA."""
+    number = _number(fraction)
+    _emit([("progress", repr(number) if number is not None else str(fraction).replace(" ", "_"))])
+
+
+def _warn(message):
+    try:
+        sys.stderr.write(message + "\n")
+    except Exception:
+        pass

@@ -1,0 +1,104 @@
+"""What a run reports from inside (SPEC §4): metric values and progress.
+
+A report is a line of the run's output that starts with `#runyard `, followed by
+`name=value` fields: `step=` (a whole number), `progress=` (0 to 1) and metrics
+(finite numbers). runs/inrun/runyard.py writes them; a shell script can `echo`
+them. The log collector takes good reports out of the log and stores them in the
+same transaction as the lines around them, so none is lost or doubled. A
+malformed report stays in the log, is counted, and is never fatal.
+"""
+
+import math
+import re
+from dataclasses import dataclass, field
+
+PREFIX = "#runyard"
+METRIC_NAME = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
+MAX_STEP = 2**62
+
+
+@dataclass
+class Report:
+    step: int | None = None
+    progress: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Malformed(ValueError):
+    pass
+
+
+def is_report(text: str) -> bool:
+    return text == PREFIX or text.startswith(PREFIX + " ")
+
+
+def parse(text: str) -> Report:
+    """The report a `#runyard ...` line holds; Malformed says what is wrong with it."""
+    report = Report()
+    seen: set[str] = set()
+    for token in text[len(PREFIX):].split():
+        name, sep, value = token.partition("=")
+        if not sep or not name:
+            raise Malformed(f"expected name=value, got {token!r}")
+        if name in seen:
+            raise Malformed(f"{name} given twice")
+        seen.add(name)
+        if name == "step":
+            if not re.fullmatch(r"\d+", value) or int(value) > MAX_STEP:
+                raise Malformed(f"step must be a whole number, got {value!r}")
+            report.step = int(value)
+        elif name == "progress":
+            number = _finite(name, value)
+            if not 0 <= number <= 1:
+                raise Malformed(f"progress must be between 0 and 1, got {value}")
+            report.progress = number
+        elif METRIC_NAME.match(name):
+            report.metrics[name] = _finite(name, value)
+        else:
+            raise Malformed(f"{name!r} is not a metric name (letters, digits, _ . / -)")
+    if report.progress is None and not report.metrics:
+        raise Malformed("nothing reported")
+    return report
+
+
+def _finite(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise Malformed(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise Malformed(f"{name} must be a finite number, got {value}")
+    return number
+
+
+# Progress and its ETA --------------------------------------------------------
+
+PROGRESS_SAMPLES = 30
+ETA_WINDOW_SECONDS = 300.0
+
+
+def add_progress_sample(samples: list, at: float, progress: float) -> list:
+    """The recent (time, progress) pairs the ETA is computed from. Progress that
+    goes back (a new phase) starts the history over."""
+    if samples and progress < samples[-1][1]:
+        samples = []
+    return (samples + [[round(at, 3), progress]])[-PROGRESS_SAMPLES:]
+
+
+def eta_seconds(samples: list, now: float) -> float | None:
+    """Seconds left at the recent rate of progress; None until it can be told."""
+    if not samples:
+        return None
+    last_at, last = samples[-1]
+    if last >= 1:
+        return 0.0
+    recent = [s for s in samples if s[0] >= last_at - ETA_WINDOW_SECONDS]
+    if len(recent) < 2:
+        recent = samples[-2:]
+    if len(recent) < 2:
+        return None
+    first_at, first = recent[0]
+    if last_at - first_at < 0.5 or last <= first:
+        return None
+    rate = (last - first) / (last_at - first_at)
+    return max(0.0, (1 - last) / rate - max(0.0, now - last_at))

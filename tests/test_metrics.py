@@ -1,0 +1,202 @@
+"""What a run reports from inside: metrics and progress (SPEC §4), read back through
+the API (SPEC §3) with an ETA, on real containers and local processes."""
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runs import metrics, reports
+from runs.models import MetricPoint, Run
+from runs.services import create_run
+from tests.conftest import Api, wait_for
+from tests.test_engine import launch, log_texts
+
+FINAL = {"completed", "failed", "terminated"}
+PYTHON = "runyard/python:3.11"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(params=["docker", "local"])
+def executor(request, engine):
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+    return request.param
+
+
+def python_image(docker_engine):
+    try:
+        docker_engine.images.get(PYTHON)
+    except Exception:
+        pytest.fail(f"image {PYTHON} is missing: run images/build.sh")
+
+
+# ---------------------------------------------------------------- the line format
+
+
+def test_it_parses_a_report_line():
+    report = reports.parse("#runyard step=10 train/loss=0.25 acc=9e-1 progress=0.5")
+    assert report.step == 10 and report.progress == 0.5
+    assert report.metrics == {"train/loss": 0.25, "acc": 0.9}
+    assert reports.is_report("#runyard progress=1") and not reports.is_report("#runyardx=1")
+    assert not reports.is_report("  #runyard x=1")
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("#runyard", "nothing reported"),
+    ("#runyard step=3", "nothing reported"),
+    ("#runyard loss", "expected name=value"),
+    ("#runyard loss=abc", "loss must be a number"),
+    ("#runyard loss=nan", "finite"),
+    ("#runyard loss=inf", "finite"),
+    ("#runyard step=-1 loss=1", "step must be a whole number"),
+    ("#runyard step=1.5 loss=1", "step must be a whole number"),
+    ("#runyard progress=1.5", "between 0 and 1"),
+    ("#runyard loss=1 loss=2", "loss given twice"),
+    ("#runyard l%ss=1", "not a metric name"),
+])
+def test_it_names_what_is_wrong_with_a_malformed_report(line, problem):
+    with pytest.raises(reports.Malformed, match=problem):
+        reports.parse(line)
+
+
+def test_thinning_keeps_spikes_and_the_bound():
+    values = [1.0] * 100_000
+    values[31_337] = 50.0  # one spike in a flat line
+    values[77_777] = -50.0
+    picked = metrics.thin(values, 500)
+    assert len(picked) <= 500
+    assert picked == sorted(picked)
+    kept = [values[i] for i in picked]
+    assert 50.0 in kept and -50.0 in kept
+    assert metrics.thin([3.0, 1.0, 2.0], 10) == [0, 1, 2]
+
+
+def test_eta_follows_the_recent_rate():
+    samples = []
+    for second in range(0, 11):
+        samples = reports.add_progress_sample(samples, 1000.0 + second, second / 100)  # 1 % a second
+    assert reports.eta_seconds(samples, now=1010.0) == pytest.approx(90.0)
+    assert reports.eta_seconds(samples, now=1040.0) == pytest.approx(60.0)
+    assert reports.eta_seconds(samples[:1], now=1000.0) is None  # one sample tells no rate
+    assert reports.eta_seconds(reports.add_progress_sample(samples, 1011.0, 1.0), now=1011.0) == 0.0
+    # Progress that goes back is a new phase: its rate is told afresh.
+    restarted = reports.add_progress_sample(samples, 1012.0, 0.05)
+    assert restarted == [[1012.0, 0.05]] and reports.eta_seconds(restarted, now=1012.0) is None
+
+
+# ---------------------------------------------------------------- real runs
+
+
+def test_a_shell_script_reports_with_echo(alice, executor):
+    run = launch(alice, executor,
+                 "echo before",
+                 "for i in 1 2 3 4 5; do echo \"#runyard step=$((i * 10)) loss=0.$((10 - i)) acc=0.$i\"; done",
+                 "echo '#runyard loss=oops'",           # malformed: kept in the log, counted
+                 "echo '#runyard progress=0.5'",
+                 "echo after")
+    run = wait_for(run.pk, FINAL, removed=True)
+    assert run.status == "completed", run.status_reason
+    # Good reports are not log lines; the malformed one is, where the user sees it.
+    assert log_texts(run) == ["before", "#runyard loss=oops", "after"]
+    assert run.reports_malformed == 1
+    assert run.progress == 0.5
+    api = Api(alice)
+    assert api.get(f"/runs/{run.pk}/metrics").json() == {"keys": ["acc", "loss"], "reports_malformed": 1}
+    loss = api.get(f"/runs/{run.pk}/metrics/loss").json()
+    assert loss["x"] == [10, 20, 30, 40, 50]
+    assert loss["y"] == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert (loss["total_points"], loss["downsampled"]) == (5, False)
+    assert api.get(f"/runs/{run.pk}").json()["eta_seconds"] is None  # a finished run has no ETA
+
+
+def test_python_reports_through_import_runyard(alice, engine, docker_engine):
+    python_image(docker_engine)
+    script = (
+        "import runyard\n"
+        "for step in range(20000):\n"
+        "    runyard.log({'train/loss': 1.0 / (step + 1), 'spiky': 99.0 if step == 12345 else 0.0}, step=step)\n"
+        "runyard.log({'bad name': 1})\n"          # warned on stderr, counted by the console
+        "runyard.progress(1.0)\n"
+        "print('done')\n"
+    )
+    source = yaml.safe_dump({"name": "py-report", "image": PYTHON,
+                             "run": [{"command": f"python - <<'PY'\n{script}PY"}]})
+    run = create_run(user=alice, source=source, executor="docker")
+    run = wait_for(run.pk, FINAL, timeout=120, removed=True)
+    assert run.status == "completed", run.status_reason
+    assert run.progress == 1.0
+    assert run.reports_malformed == 1
+    assert "done" in log_texts(run)
+    assert MetricPoint.objects.filter(run=run, key="train/loss").count() == 20000
+    api = Api(alice)
+    assert api.get(f"/runs/{run.pk}/metrics").json()["keys"] == ["spiky", "train/loss"]
+    # A chart asks for what it can draw: the series is thinned, the spike survives.
+    spiky = api.get(f"/runs/{run.pk}/metrics/spiky", max_points=400).json()
+    assert spiky["total_points"] == 20000 and spiky["downsampled"] is True
+    assert len(spiky["x"]) == len(spiky["y"]) <= 400
+    assert 99.0 in spiky["y"] and spiky["x"][spiky["y"].index(99.0)] == 12345
+    # Zoomed in, the range comes back at full detail.
+    zoomed = api.get(f"/runs/{run.pk}/metrics/train/loss", x_min=100, x_max=199, max_points=1000).json()
+    assert zoomed["x"] == list(range(100, 200)) and zoomed["downsampled"] is False
+    assert zoomed["y"][0] == pytest.approx(1 / 101)
+    # Time axes.
+    relative = api.get(f"/runs/{run.pk}/metrics/train/loss", x="relative", max_points=10).json()
+    assert all(0 <= x < 120 for x in relative["x"])
+    wall = api.get(f"/runs/{run.pk}/metrics/train/loss", x="wall", max_points=10).json()
+    assert wall["x"][0].endswith("Z") and wall["x"][0][:4].isdigit()
+
+
+def test_a_running_run_has_an_eta(alice, executor):
+    run = launch(alice, executor,
+                 # 1 % every 0.25 s, up to 20 %: about 20 s left when it pauses.
+                 "i=1; while [ $i -le 20 ]; do echo \"#runyard progress=0.$(printf %02d $i)\"; "
+                 "i=$((i+1)); sleep 0.25; done; sleep 30")
+    run = wait_for(run.pk, "running")
+    api = Api(alice)
+    deadline = time.monotonic() + 30
+    body = api.get(f"/runs/{run.pk}").json()
+    while body["eta_seconds"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        body = api.get(f"/runs/{run.pk}").json()
+    # About 4 % a second: tens of seconds, not hours or nothing.
+    assert body["status"] == "running" and 0 < body["progress"] <= 0.2
+    assert 5 < body["eta_seconds"] < 200, body["eta_seconds"]
+    api.post(f"/runs/{run.pk}/terminate")
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def test_metric_errors_are_clear_and_scoped_to_the_team(alice, charlie, engine):
+    run = launch(alice, "local", "echo '#runyard loss=1'")
+    run = wait_for(run.pk, FINAL, removed=True)
+    api = Api(alice)
+    assert api.get(f"/runs/{run.pk}/metrics/nope").status_code == 404
+    bad_x = api.get(f"/runs/{run.pk}/metrics/loss", x="sideways")
+    assert bad_x.status_code == 400 and bad_x.json()["errors"][0]["loc"] == "x"
+    assert api.get(f"/runs/{run.pk}/metrics/loss", max_points=1).status_code == 400
+    assert api.get(f"/runs/{run.pk}/metrics/loss", x_min="soon").status_code == 400
+    # Another team's run is not there at all.
+    assert Api(charlie).get(f"/runs/{run.pk}/metrics").status_code == 404
+    assert Api(charlie).get(f"/runs/{run.pk}/metrics/loss").status_code == 404
+
+
+def test_the_train_example_reports_metrics_and_progress(alice, engine, docker_engine):
+    python_image(docker_engine)
+    spec = yaml.safe_load((EXAMPLES / "train.yaml").read_text())
+    spec["env"]["EPOCHS"] = "1"
+    run = create_run(user=alice, source=yaml.safe_dump(spec), executor="docker")
+    run = wait_for(run.pk, FINAL, timeout=120, removed=True)
+    assert run.status == "completed", run.status_reason
+    assert run.progress == 1.0 and run.reports_malformed == 0
+    assert metrics.keys(run) == ["train/accuracy", "train/loss"]
+    assert metrics.series(run, "train/loss")["x"] == list(range(1, 11))
+
+
+def test_every_example_is_a_valid_spec(db):
+    from runs.spec import parse_spec
+
+    examples = sorted(EXAMPLES.glob("*.yaml"))
+    assert examples
+    for path in examples:
+        parse_spec(path.read_text())

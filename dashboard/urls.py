@@ -10,6 +10,7 @@ urlpatterns = [
     path("runs/<int:run_id>/row/", views.run_row, name="run-row"),
     path("runs/<int:run_id>/head/", views.run_head, name="run-head"),
     path("runs/<int:run_id>/logs/", views.run_logs, name="run-logs"),
+    path("runs/<int:run_id>/plots/", views.run_plots, name="run-plots"),
     path("runs/<int:run_id>/files/", files_views.run_files, name="run-files"),
     path("runs/<int:run_id>/files/", include(files_views.urlpatterns)),
     path("runs/<int:run_id>/terminate/", views.run_terminate, name="run-terminate"),

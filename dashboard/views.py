@@ -11,6 +11,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from runs import metrics
 from runs.lifecycle import IllegalTransition
 from runs.models import Run, RunEvent, Status
 from runs.selectors import run_for_user, runs_for_user
@@ -133,6 +134,15 @@ def run_head(request, run_id: int):
 @require_GET
 def run_logs(request, run_id: int):
     return render(request, "dashboard/run_logs.html", _run_context(request, _run_or_404(request, run_id), "logs"))
+
+
+@login_required
+@require_GET
+def run_plots(request, run_id: int):
+    run = _run_or_404(request, run_id)
+    return render(request, "dashboard/run_plots.html", {
+        **_run_context(request, run, "plots"), "metric_keys": metrics.keys(run),
+    })
 
 
 @login_required

@@ -1,6 +1,6 @@
 // Every run page: a confirm before Terminate, the header (status badge, actions,
 // grace countdown) kept live from /ws/runs/ status messages, which it re-fetches
-// from /runs/ID/head/. Other modules hear a "run-status" event on document.
+// from /runs/ID/head/. Other modules hear "run-status" and "run-progress" events on document.
 const head = () => document.getElementById("run-head");
 const runId = head().dataset.run;
 
@@ -33,14 +33,30 @@ setInterval(tick, 500);
 setInterval(() => { if (head().dataset.stopDeadline) refreshHead(); }, 2000);
 tick();
 
+// Progress may be reported many times a second: show it at most every 2 s.
+let progressPending = false;
+function progressed(message) {
+  if (progressPending) return;
+  progressPending = true;
+  setTimeout(() => {
+    progressPending = false;
+    refreshHead();
+    document.dispatchEvent(new CustomEvent("run-progress", { detail: message }));
+  }, 2000);
+}
+
 const scheme = location.protocol === "https:" ? "wss" : "ws";
 function watch() {
   const socket = new WebSocket(`${scheme}://${location.host}/ws/runs/`);
   socket.onmessage = (event) => {
     const message = JSON.parse(event.data);
-    if (message.type !== "status" || String(message.run) !== runId) return;
-    refreshHead();
-    document.dispatchEvent(new CustomEvent("run-status", { detail: message }));
+    if (String(message.run) !== runId) return;
+    if (message.type === "status") {
+      refreshHead();
+      document.dispatchEvent(new CustomEvent("run-status", { detail: message }));
+    } else if (message.type === "progress") {
+      progressed(message);
+    }
   };
   socket.onclose = () => setTimeout(watch, 2000);
 }

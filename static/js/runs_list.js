@@ -1,5 +1,6 @@
-// The runs list follows status changes live over /ws/runs/: a changed or new
-// run's row is fetched from the server (/runs/ID/row/) and swapped in place.
+// The runs list follows status changes and progress live over /ws/runs/: a
+// changed or new run's row is fetched from the server (/runs/ID/row/) and
+// swapped in place.
 const body = () => document.getElementById("runs-body");
 const state = document.getElementById("live-state");
 let retry = 500;
@@ -19,6 +20,14 @@ async function refreshRow(runId) {
   }
 }
 
+// Progress may be reported many times a second: a row shows it at most every 2 s.
+const progressPending = new Set();
+function progressed(runId) {
+  if (progressPending.has(runId)) return;
+  progressPending.add(runId);
+  setTimeout(() => { progressPending.delete(runId); refreshRow(runId); }, 2000);
+}
+
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}/ws/runs/`);
@@ -26,6 +35,7 @@ function connect() {
   socket.onmessage = (event) => {
     const message = JSON.parse(event.data);
     if (message.type === "status") refreshRow(message.run);
+    else if (message.type === "progress") progressed(message.run);
   };
   socket.onclose = () => {
     state.textContent = "Reconnecting…";

@@ -1,0 +1,32 @@
+"""Small formatting filters the run pages share."""
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def percent(fraction) -> str:
+    """0.4231 -> "42%"; nothing for an unknown progress."""
+    if fraction is None:
+        return ""
+    return f"{int(float(fraction) * 100)}%"
+
+
+@register.filter
+def time_left(seconds) -> str:
+    """An ETA as people say it: "about 3 min 10 s left"."""
+    if seconds is None:
+        return ""
+    seconds = int(round(float(seconds)))
+    if seconds < 1:
+        return "finishing"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        text = f"{hours} h {minutes} min"
+    elif minutes:
+        text = f"{minutes} min {secs} s" if minutes < 10 else f"{minutes} min"
+    else:
+        text = f"{secs} s"
+    return f"about {text} left"

@@ -534,6 +534,16 @@ def cmd_run_list(args) -> int:
     return 0
 
 
+def progress_text(progress, eta) -> str | None:
+    """0.42 and 95.0 -> "42% (about 95 s left)"."""
+    if not isinstance(progress, (int, float)):
+        return None
+    text = f"{int(progress * 100)}%"
+    if isinstance(eta, (int, float)):
+        text += f" (about {eta:.0f} s left)"
+    return text
+
+
 def cmd_run_show(args) -> int:
     client = client_from_config()
     run = client.get(f"/runs/{args.id}")
@@ -557,6 +567,7 @@ def cmd_run_show(args) -> int:
         ("started", local_time(run.get("started_at"))),
         ("finished", local_time(run.get("finished_at"))),
         ("duration", f"{duration:.0f} s" if isinstance(duration, (int, float)) else None),
+        ("progress", progress_text(run.get("progress"), run.get("eta_seconds"))),
         ("credits", run.get("credits")),
         ("reproduced from", run.get("reproduced_from")),
         ("log lines", run.get("log_lines")),

@@ -61,7 +61,7 @@ def assert_clean_error(result, starts: str):
 
 
 def test_it_follows_a_run_that_completes_and_exits_0(cli, tmp_path):
-    spec = write_spec(tmp_path, "echo hello from $RUNYARD_RUN_ID", "echo second step")
+    spec = write_spec(tmp_path, "echo hello from $RUNYARD_RUN_ID", "echo '#runyard progress=0.5 loss=1'", "echo second step")
     result = cli("run", "create", "-f", spec, "--follow")
     assert result.returncode == 0, result.stderr
     run_id = Run.objects.get().pk
@@ -78,6 +78,7 @@ def test_it_follows_a_run_that_completes_and_exits_0(cli, tmp_path):
     assert table[1].split()[:4] == [str(run_id), "completed", "cli-test", "alice"]
     shown = cli("run", "show", str(run_id)).stdout
     assert "status:          completed (exit code 0)" in shown
+    assert "progress:        50%" in shown  # reported from inside, and not a log line above
 
 
 def test_it_follows_a_run_that_fails_and_exits_non_zero(cli, tmp_path):

@@ -7,6 +7,14 @@ The ratio is what Runyard's numbering, chunking and transactions cost on top.
 
 log-read: reading the last page of a 200,000-line log through the API's reader,
 against reading one chunk row by primary key (the floor of any read).
+
+metric-ingest: a container prints N `#runyard step= loss=` reports. Baseline: the
+bare client reading that output, as for log-ingest; Runyard: from `running` to
+every point stored.
+
+metric-read: one metric of N points thinned for a chart (1,000 points) through
+the API's reader, against fetching its stored chunks alone (the floor of any
+chart of the whole series).
 """
 
 import os
@@ -52,15 +60,17 @@ def main() -> int:
     print(f"log-ingest ({LINES} lines): floor {floor:.2f} s, runyard {ours:.2f} s, "
           f"{LINES / ours:,.0f} lines/s, ratio {ours / floor:.2f}")
     read_bench(run.pk)
+    metric_bench(user)
     return 0
 
 
-def docker_floor() -> float:
+def docker_floor(command: str | None = None) -> float:
     """From the container's start to all its lines read by a bare client."""
     import docker
 
     client = docker.from_env()
-    container = client.containers.run(IMAGE, ["seq", "1", str(LINES)], detach=True, network_mode="none")
+    argv = ["sh", "-c", command] if command else ["seq", "1", str(LINES)]
+    container = client.containers.run(IMAGE, argv, detach=True, network_mode="none")
     try:
         started = time.perf_counter()
         container.wait()
@@ -72,7 +82,8 @@ def docker_floor() -> float:
         container.remove(force=True)
 
 
-def wait_stored(run_id: int) -> float:
+def wait_stored(run_id: int, lines: int = LINES, points: int = 0) -> float:
+    from runs import metrics
     from runs.models import Run
 
     while Run.objects.filter(pk=run_id, started_at__isnull=True, status__in=["pending", "initializing"]).exists():
@@ -81,9 +92,44 @@ def wait_stored(run_id: int) -> float:
     while True:
         run = Run.objects.get(pk=run_id)
         if run.log_complete:
-            assert run.log_lines == LINES and run.status == "completed", (run.log_lines, run.status)
-            return time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            assert run.log_lines == lines and run.status == "completed", (run.log_lines, run.status)
+            assert sum(len(metrics.points(run, key)) for key in metrics.keys(run)) == points
+            return elapsed
         time.sleep(0.01)
+
+
+def metric_bench(user) -> None:
+    from runs import metrics
+    from runs.models import MetricChunk, Run
+    from runs.services import create_run
+
+    command = f"awk 'BEGIN {{ for (i = 0; i < {LINES}; i++) printf \"#runyard step=%d loss=%.6f\\n\", i, 1 / (i + 1) }}'"
+    results = []
+    for attempt in range(3):
+        baseline = docker_floor(command)
+        run = create_run(user=user, source={"name": "bench-metrics", "image": IMAGE, "run": [{"command": command}]}, executor="docker")
+        ours = wait_stored(run.pk, lines=0, points=LINES)
+        results.append((baseline, ours))
+        print(f"  metric-ingest try {attempt + 1}: docker floor {baseline:.2f} s, runyard {ours:.2f} s, ratio {ours / baseline:.2f}")
+    floor = statistics.median(b for b, _ in results)
+    ours = statistics.median(r for _, r in results)
+    print(f"metric-ingest ({LINES} points): floor {floor:.2f} s, runyard {ours:.2f} s, "
+          f"{LINES / ours:,.0f} points/s, ratio {ours / floor:.2f}")
+
+    run = Run.objects.get(pk=run.pk)
+    floor = timed(lambda: list(MetricChunk.objects.filter(run=run, key="loss").values_list("steps", "values", "times")), repeat=10)
+    ours = timed(lambda: metrics.series(run, "loss", max_points=1000), repeat=10)
+    print(f"metric-read ({LINES} points to 1000): floor {floor * 1000:.1f} ms, runyard {ours * 1000:.1f} ms, ratio {ours / floor:.2f}")
+
+
+def timed(fn, repeat=50) -> float:
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
 
 
 def read_bench(run_id: int) -> None:
@@ -92,14 +138,6 @@ def read_bench(run_id: int) -> None:
 
     run = Run.objects.get(pk=run_id)
     chunk_id = LogChunk.objects.filter(run=run).order_by("-first_line").values_list("pk", flat=True).first()
-
-    def timed(fn, repeat=50):
-        samples = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t)
-        return statistics.median(samples)
 
     floor = timed(lambda: LogChunk.objects.get(pk=chunk_id).lines)
     ours = timed(lambda: logstore.read_lines(run, after=run.log_lines - 1000, limit=1000))

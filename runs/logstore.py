@@ -21,7 +21,8 @@ from django.db.models import F
 from runs import reports, team_secrets
 from runs.live import announce_log, announce_progress
 from runs.executors.base import LogFrame
-from runs.models import LogChunk, MetricPoint, Run
+from runs.metrics import metric_chunk
+from runs.models import LogChunk, MetricChunk, Run
 
 MAX_CHUNK_LINES = 2000
 # The end of the output may add a last half line per stream after a full chunk.
@@ -75,7 +76,8 @@ class LogWriter:
         self.pending: dict[int, list] = {int(k): v for k, v in (run.log_pending or {}).items()}
         self.lines: list[list] = []
         # Reports taken out of the output since the last flush (runs/reports.py).
-        self.points: list[MetricPoint] = []
+        self.points: dict[str, list] = {}  # metric -> [(step, value, time), ...]
+        self.point_count = 0
         self.malformed = 0
         self.progress_samples = list(run.progress_samples or [])
         self.progress_changed = False
@@ -119,7 +121,8 @@ class LogWriter:
 
     def _take_report(self, at: float, report: reports.Report) -> None:
         for key, value in report.metrics.items():
-            self.points.append(MetricPoint(run_id=self.run_id, key=key, step=report.step, value=value, at=at))
+            self.points.setdefault(key, []).append((report.step, value, at))
+        self.point_count += len(report.metrics)
         if report.progress is not None:
             self.progress_samples = reports.add_progress_sample(self.progress_samples, at, report.progress)
             self.progress_changed = True
@@ -127,7 +130,7 @@ class LogWriter:
     def due(self) -> bool:
         if not self.lines and self.first_unflushed_at is None:
             return False
-        return len(self.lines) + len(self.points) >= MAX_CHUNK_LINES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+        return len(self.lines) + self.point_count >= MAX_CHUNK_LINES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
 
     def end_pending_lines(self) -> None:
         """The output ended: a last line without a newline is still a line."""
@@ -159,13 +162,15 @@ class LogWriter:
                     run_id=self.run_id, first_line=self.stored_lines + 1, line_count=len(self.lines), lines=self.lines
                 )
             if self.points:
-                MetricPoint.objects.bulk_create(self.points, batch_size=2000)
+                MetricChunk.objects.bulk_create(
+                    metric_chunk(self.run_id, key, points) for key, points in self.points.items()
+                )
         self.stored_lines += len(self.lines)
         if self.lines:
             announce_log(self.run_id, self.stored_lines)
         if self.progress_changed:
             announce_progress(self.run_id, self.team_id, self.progress_samples)
-        self.lines, self.points = [], []
+        self.lines, self.points, self.point_count = [], {}, 0
         self.malformed = 0
         self.progress_changed = False
         self.first_unflushed_at = None

@@ -7,14 +7,60 @@ full detail.
 """
 
 import datetime as dt
+import sys
+from array import array
 
-from runs.models import MetricPoint, Run
+from runs.models import MetricChunk, Run
 
 X_AXES = ("step", "relative", "wall")
 
 
 def keys(run: Run) -> list[str]:
-    return sorted(MetricPoint.objects.filter(run=run).values_list("key", flat=True).distinct())
+    return sorted(MetricChunk.objects.filter(run=run).values_list("key", flat=True).distinct())
+
+
+NO_STEP = -1
+
+
+def _pack(typecode: str, items) -> bytes:
+    packed = array(typecode, items)
+    if sys.byteorder == "big":  # stored little-endian whatever the machine
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpack(typecode: str, data) -> array:
+    unpacked = array(typecode)
+    unpacked.frombytes(bytes(data))
+    if sys.byteorder == "big":
+        unpacked.byteswap()
+    return unpacked
+
+
+def metric_chunk(run_id: int, key: str, points: list[tuple]) -> MetricChunk:
+    """A row holding (step or None, value, unix time) points of one metric."""
+    return MetricChunk(
+        run_id=run_id, key=key, count=len(points),
+        steps=_pack("q", (NO_STEP if step is None else step for step, _, _ in points)),
+        values=_pack("d", (value for _, value, _ in points)),
+        times=_pack("d", (at for _, _, at in points)),
+    )
+
+
+def columns(run: Run, key: str) -> tuple[list, list[float], list[float]]:
+    """One metric's steps (None where not given), values and times, in the order reported."""
+    steps, values, times = array("q"), array("d"), array("d")
+    rows = MetricChunk.objects.filter(run=run, key=key).order_by("id").values_list("steps", "values", "times")
+    for chunk_steps, chunk_values, chunk_times in rows:
+        steps.extend(_unpack("q", chunk_steps))
+        values.extend(_unpack("d", chunk_values))
+        times.extend(_unpack("d", chunk_times))
+    return [None if step == NO_STEP else step for step in steps], values.tolist(), times.tolist()
+
+
+def points(run: Run, key: str) -> list[tuple]:
+    """Every (step or None, value, unix time) of one metric, in the order reported."""
+    return list(zip(*columns(run, key)))
 
 
 def series(run: Run, key: str, *, x: str = "step", max_points: int = 1000,
@@ -24,17 +70,16 @@ def series(run: Run, key: str, *, x: str = "step", max_points: int = 1000,
     x: "step" (the reported step, else the point's position), "relative" (seconds
     since the run started) or "wall" (ISO times; x_min and x_max are unix times).
     """
-    rows = list(MetricPoint.objects.filter(run=run, key=key).order_by("id").values_list("step", "value", "at"))
-    if not rows:
+    steps, ys, times = columns(run, key)
+    if not ys:
         return None
     if x == "step":
-        xs = [step if step is not None else index for index, (step, _, _) in enumerate(rows)]
+        xs = [index if step is None else step for index, step in enumerate(steps)]
+    elif x == "relative":
+        origin = run.started_at.timestamp() if run.started_at else times[0]
+        xs = [at - origin for at in times]
     else:
-        origin = run.started_at.timestamp() if (x == "relative" and run.started_at) else 0.0
-        if x == "relative" and not run.started_at:
-            origin = rows[0][2]
-        xs = [at - origin for _, _, at in rows]
-    ys = [value for _, value, _ in rows]
+        xs = times
     if x_min is not None or x_max is not None:
         low = float("-inf") if x_min is None else x_min
         high = float("inf") if x_max is None else x_max
@@ -62,8 +107,9 @@ def thin(values: list[float], max_points: int) -> list[int]:
         start, end = bucket * count // buckets, (bucket + 1) * count // buckets
         if start >= end:
             continue
-        low = min(range(start, end), key=values.__getitem__)
-        high = max(range(start, end), key=values.__getitem__)
+        stretch = values[start:end]
+        low = start + stretch.index(min(stretch))
+        high = start + stretch.index(max(stretch))
         picked.extend(sorted({low, high}))
     return picked
 

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from runs import logstore
-from runs.models import LogChunk, MetricPoint, Run
+from runs import metrics
+from runs.models import LogChunk, Run
 from tests.conftest import wait_for
 from tests.test_engine import launch, log_texts
 
@@ -104,5 +105,5 @@ def test_a_killed_worker_loses_and_doubles_no_line(alice, executor, celery_worke
     assert run.status == "completed", run.status_reason
     assert_numbered_exactly(run, [f"line-{i}" for i in range(1, count + 1)])
     # Reports ride in the same transactions as the lines: none lost or doubled either.
-    points = list(MetricPoint.objects.filter(run=run, key="n").order_by("id").values_list("step", "value"))
+    points = [(step, value) for step, value, _ in metrics.points(run, "n")]
     assert points == [(i, float(i)) for i in range(10, count + 1, 10)]

@@ -14,9 +14,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
-
 from django.db.models import F
+from django.utils import timezone
 
 from runs import reports, team_secrets
 from runs.live import announce_log, announce_progress

@@ -2,8 +2,8 @@
 
 import shlex
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 STDOUT, STDERR = 0, 1

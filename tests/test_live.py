@@ -91,3 +91,31 @@ def test_the_runs_socket_tells_the_team_about_status_changes(alice, bob, charlie
         return seen
 
     assert async_to_sync(watch_and_launch)() == ["initializing", "running", "stopping", "completed"]
+
+
+def test_the_runs_socket_tells_the_team_about_progress(alice, bob, charlie, engine):
+    bob_cookie, charlie_cookie = session_cookie(bob), session_cookie(charlie)
+
+    async def watch_and_launch():
+        teammate = WebsocketCommunicator(application, "/ws/runs/", headers=[ORIGIN, (b"cookie", bob_cookie)])
+        outsider = WebsocketCommunicator(application, "/ws/runs/", headers=[ORIGIN, (b"cookie", charlie_cookie)])
+        assert (await teammate.connect())[0] and (await outsider.connect())[0]
+        from channels.db import database_sync_to_async
+
+        run = await database_sync_to_async(launch)(
+            alice, "local", "echo '#runyard progress=0.25'; sleep 1; echo '#runyard progress=0.5'; sleep 1")
+        progress = []
+        while len(progress) < 2:
+            message = await teammate.receive_json_from(timeout=30)
+            assert message["run"] == run.pk
+            if message["type"] == "progress":
+                progress.append((message["progress"], message["eta_seconds"] is not None))
+        assert await outsider.receive_nothing(timeout=1)
+        await teammate.disconnect()
+        await outsider.disconnect()
+        return run.pk, progress
+
+    run_id, progress = async_to_sync(watch_and_launch)()
+    # One sample tells no rate; two a second apart do.
+    assert progress == [(0.25, False), (0.5, True)]
+    wait_for(run_id, "completed", removed=True)

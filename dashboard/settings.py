@@ -73,7 +73,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "dashboard.admin_config.RunyardAdminConfig",  # django.contrib.admin, open to team admins too
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

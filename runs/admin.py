@@ -1,18 +1,94 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
 
 from runs.lifecycle import IllegalTransition
 from runs.archives import ArchiveError
 from runs.datasets import create_version
 from runs.models import ApiToken, Dataset, DatasetVersion, Membership, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret
+from runs.selectors import administered_team_ids
 from runs.services import NotAllowed, terminate_run
 from runs.team_secrets import SecretError, set_secret
+
+
+def team_admin_only(request) -> bool:
+    """A team admin who is not staff: sees only their own teams (the site lets no one else in)."""
+    return not request.user.is_staff
+
+
+class TeamScoped:
+    """For a model that belongs to a team: staff keep Django's permissions; a team
+    admin sees, adds and changes only what belongs to the teams they administer."""
+
+    team_field = "team"
+    team_admin_may_add = True
+    team_admin_may_delete = False
+
+    def teams(self, request) -> set[int]:
+        if not hasattr(request, "_administered_teams"):
+            request._administered_teams = administered_team_ids(request.user)
+        return request._administered_teams
+
+    def owns(self, request, obj) -> bool:
+        return obj is None or getattr(obj, f"{self.team_field}_id") in self.teams(request)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if team_admin_only(request):
+            queryset = queryset.filter(**{f"{self.team_field}__in": self.teams(request)})
+        return queryset
+
+    def has_module_permission(self, request):
+        return team_admin_only(request) or super().has_module_permission(request)
+
+    def has_view_permission(self, request, obj=None):
+        if team_admin_only(request):
+            return self.owns(request, obj)
+        return super().has_view_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        if team_admin_only(request):
+            return self.owns(request, obj)
+        return super().has_change_permission(request, obj)
+
+    def has_add_permission(self, request, *args):
+        if team_admin_only(request):
+            return self.team_admin_may_add
+        return super().has_add_permission(request, *args)
+
+    def has_delete_permission(self, request, obj=None):
+        if team_admin_only(request):
+            return self.team_admin_may_delete and self.owns(request, obj)
+        return super().has_delete_permission(request, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == self.team_field and team_admin_only(request):
+            kwargs["queryset"] = Team.objects.filter(pk__in=self.teams(request))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class ShownToTeamAdmins:
+    """An inline of a team-scoped object: its parent's check already let the user in."""
+
+    def has_view_permission(self, request, obj=None):
+        return team_admin_only(request) or super().has_view_permission(request, obj)
 
 
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
+
+
+@admin.register(Membership)
+class MembershipAdmin(TeamScoped, admin.ModelAdmin):
+    """Who is in a team, and as what. A team admin manages their own teams' members."""
+
+    list_display = ["user", "team", "role", "created_at"]
+    list_filter = [("team", admin.RelatedOnlyFieldListFilter), "role"]
+    search_fields = ["user__username"]
+    fields = ["user", "team", "role"]
+    team_admin_may_delete = True
 
 
 @admin.register(Team)
@@ -32,7 +108,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     readonly_fields = ["digest", "prefix", "created_at", "last_used_at"]
 
 
-class RunEventInline(admin.TabularInline):
+class RunEventInline(ShownToTeamAdmins, admin.TabularInline):
     model = RunEvent
     extra = 0
     can_delete = False
@@ -43,7 +119,7 @@ class RunEventInline(admin.TabularInline):
         return False
 
 
-class RunFileInline(admin.TabularInline):
+class RunFileInline(ShownToTeamAdmins, admin.TabularInline):
     model = RunFile
     extra = 0
     can_delete = False
@@ -55,9 +131,9 @@ class RunFileInline(admin.TabularInline):
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(TeamScoped, admin.ModelAdmin):
     list_display = ["id", "name", "status", "owner", "team", "executor", "created_at"]
-    list_filter = ["status", "team", "executor"]
+    list_filter = ["status", ("team", admin.RelatedOnlyFieldListFilter), "executor"]
     search_fields = ["name"]
     inlines = [RunEventInline, RunFileInline]
     actions = ["terminate"]
@@ -65,7 +141,7 @@ class RunAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Run._meta.fields]
 
     def has_add_permission(self, request):
-        return False
+        return False  # runs are created from YAML, in the console or the API
 
     @admin.action(description="Terminate the selected runs")
     def terminate(self, request, queryset):
@@ -82,7 +158,7 @@ class DatasetUploadForm(forms.Form):
     archive = forms.FileField(help_text="a .tar, .tar.gz or .zip of the dataset's files")
 
 
-class DatasetVersionInline(admin.TabularInline):
+class DatasetVersionInline(ShownToTeamAdmins, admin.TabularInline):
     model = DatasetVersion
     extra = 0
     can_delete = False
@@ -103,15 +179,19 @@ class DatasetVersionInline(admin.TabularInline):
 
 
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(TeamScoped, admin.ModelAdmin):
     list_display = ["name", "team", "created_at"]
-    list_filter = ["team"]
+    list_filter = [("team", admin.RelatedOnlyFieldListFilter)]
     inlines = [DatasetVersionInline]
     readonly_fields = ["team", "name", "created_at", "created_by"]
 
     def add_view(self, request, form_url="", extra_context=None):
         """Adding a dataset (or a version of one) is uploading an archive."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
         form = DatasetUploadForm(request.POST or None, request.FILES or None)
+        if team_admin_only(request):
+            form.fields["team"].queryset = Team.objects.filter(pk__in=self.teams(request))
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["archive"]
             try:
@@ -137,10 +217,11 @@ class TeamSecretForm(forms.ModelForm):
 
 
 @admin.register(TeamSecret)
-class TeamSecretAdmin(admin.ModelAdmin):
+class TeamSecretAdmin(TeamScoped, admin.ModelAdmin):
     form = TeamSecretForm
     list_display = ["name", "team", "updated_at", "updated_by"]
-    list_filter = ["team"]
+    team_admin_may_delete = True
+    list_filter = [("team", admin.RelatedOnlyFieldListFilter)]
 
     def save_model(self, request, obj, form, change):
         try:

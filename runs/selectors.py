@@ -28,3 +28,12 @@ def run_for_user(user, run_id: int) -> Run:
     """The run if it belongs to one of the user's teams; Run.DoesNotExist otherwise,
     so a run of another team looks exactly like one that does not exist."""
     return Run.objects.select_related("owner", "team", "preset").get(pk=run_id, team__memberships__user=user)
+
+
+def administered_team_ids(user) -> set[int]:
+    """The teams in which `user` is an admin: they manage those teams in /admin/."""
+    from runs.models import Membership, Role
+
+    if not user.is_authenticated:
+        return set()
+    return set(Membership.objects.filter(user=user, role=Role.ADMIN).values_list("team_id", flat=True))

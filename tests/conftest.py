@@ -109,6 +109,12 @@ def charlie(defaults):
 
 
 @pytest.fixture
+def tina(defaults):
+    """An admin of alice's team (not staff)."""
+    return _user("tina", "vision", role="admin")
+
+
+@pytest.fixture
 def viola(defaults):
     """A viewer in alice's team."""
     return _user("viola", "vision", role="viewer")

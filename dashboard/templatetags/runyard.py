@@ -30,3 +30,11 @@ def time_left(seconds) -> str:
     else:
         text = f"{secs} s"
     return f"about {text} left"
+
+
+@register.filter
+def may_enter_admin(user) -> bool:
+    """Staff and team admins get the Admin link."""
+    from dashboard.admin_site import may_enter_admin as allowed
+
+    return user.is_authenticated and allowed(user)

@@ -1,0 +1,127 @@
+"""/admin/ for staff and team admins (SPEC §5): a team admin manages their own
+team's members, runs, datasets and secrets, and sees nothing of other teams."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from runs.models import Membership, Run, Team, TeamSecret
+from runs.services import create_run
+from tests.conftest import BUSYBOX, sign_in
+
+
+def make_run(user, name: str) -> Run:
+    # No worker in these tests: the run stays pending, which is all the admin needs.
+    return create_run(user=user, source=f"name: {name}\nimage: {BUSYBOX}\nrun:\n  - command: 'true'\n", executor="local")
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def two_teams(alice, charlie):
+    return make_run(alice, "vision-run"), make_run(charlie, "speech-run")
+
+
+def test_a_team_admin_sees_only_their_own_teams(tina, two_teams):
+    ours, theirs = two_teams
+    client = signed_in(tina)
+    index = client.get("/admin/")
+    assert index.status_code == 200
+    page = index.content.decode()
+    for shown in ("/admin/runs/run/", "/admin/runs/membership/", "/admin/runs/dataset/", "/admin/runs/teamsecret/"):
+        assert shown in page
+    for hidden in ("/admin/runs/resourcepreset/", "/admin/runs/apitoken/", "/admin/runs/team/", "/admin/auth/user/"):
+        assert hidden not in page
+    runs = client.get("/admin/runs/run/").content.decode()
+    assert "vision-run" in runs and "speech-run" not in runs
+    assert "speech" not in runs  # not even the other team's name, in the filters
+    assert client.get(f"/admin/runs/run/{ours.pk}/change/").status_code == 200
+    # Another team's run is as if it did not exist.
+    assert client.get(f"/admin/runs/run/{theirs.pk}/change/").status_code == 302
+    for forbidden in ("/admin/runs/resourcepreset/", "/admin/runs/apitoken/", "/admin/runs/team/", "/admin/auth/user/"):
+        assert client.get(forbidden).status_code == 403, forbidden
+
+
+def test_members_and_viewers_stay_out(alice, viola):
+    for user in (alice, viola):
+        response = signed_in(user).get("/admin/")
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    refused = Client().post("/admin/login/?next=/admin/", {"username": "alice", "password": "pw-alice"})
+    assert refused.status_code == 200
+    assert "neither staff nor a team admin" in refused.content.decode()
+
+
+def test_a_team_admin_signs_in_to_admin_and_finds_the_link(tina, alice):
+    client = Client()
+    response = client.post("/admin/login/?next=/admin/", {"username": "tina", "password": "pw-tina"})
+    assert response.status_code == 302 and response["Location"] == "/admin/"
+    assert 'href="/admin/"' in client.get("/").content.decode()
+    assert 'href="/admin/"' not in signed_in(alice).get("/").content.decode()
+
+
+def test_a_team_admin_manages_their_teams_members(tina, charlie):
+    client = signed_in(tina)
+    vision, speech = Team.objects.get(name="vision"), Team.objects.get(name="speech")
+    added = client.post("/admin/runs/membership/add/", {"user": charlie.pk, "team": vision.pk, "role": "viewer"})
+    assert added.status_code == 302
+    assert Membership.objects.get(user=charlie, team=vision).role == "viewer"
+    # Another team is not a choice: the form says so and nothing is stored.
+    bob_like = get_user_model().objects.create_user("newcomer", password="x")
+    refused = client.post("/admin/runs/membership/add/", {"user": bob_like.pk, "team": speech.pk, "role": "admin"})
+    assert refused.status_code == 200 and "Select a valid choice" in refused.content.decode()
+    assert not Membership.objects.filter(user=bob_like).exists()
+    # Nor can they touch the other team's memberships.
+    charlie_in_speech = Membership.objects.get(user=charlie, team=speech)
+    assert client.get(f"/admin/runs/membership/{charlie_in_speech.pk}/change/").status_code == 302
+    client.post(f"/admin/runs/membership/{charlie_in_speech.pk}/delete/", {"post": "yes"})
+    assert Membership.objects.filter(pk=charlie_in_speech.pk).exists()
+
+
+def test_a_team_admin_sets_secrets_of_their_team_only(tina, charlie):
+    client = signed_in(tina)
+    vision, speech = Team.objects.get(name="vision"), Team.objects.get(name="speech")
+    refused = client.post("/admin/runs/teamsecret/add/", {"team": speech.pk, "name": "WANDB_KEY", "value": "s3cr3t"})
+    assert refused.status_code == 200 and "Select a valid choice" in refused.content.decode()
+    assert not TeamSecret.objects.exists()
+    stored = client.post("/admin/runs/teamsecret/add/", {"team": vision.pk, "name": "WANDB_KEY", "value": "s3cr3t"})
+    assert stored.status_code == 302
+    secret = TeamSecret.objects.get(team=vision, name="WANDB_KEY")
+    assert b"s3cr3t" not in bytes(secret.ciphertext)
+    assert "s3cr3t" not in client.get(f"/admin/runs/teamsecret/{secret.pk}/change/").content.decode()
+
+
+def test_a_team_admin_terminates_their_teams_runs_only(tina, two_teams):
+    ours, theirs = two_teams
+    client = signed_in(tina)
+    # Even with the other team's run id slipped into the form, only ours is acted on.
+    client.post("/admin/runs/run/", {"action": "terminate", "_selected_action": [ours.pk, theirs.pk]})
+    ours.refresh_from_db()
+    theirs.refresh_from_db()
+    assert ours.status == "terminated" and ours.status_reason == "terminated by tina"
+    assert theirs.status == "pending"
+
+
+def test_staff_see_every_team(two_teams):
+    root = get_user_model().objects.create_superuser("root", password="pw-root")
+    runs = signed_in(root).get("/admin/runs/run/").content.decode()
+    assert "vision-run" in runs and "speech-run" in runs
+    assert signed_in(root).get("/admin/runs/resourcepreset/").status_code == 200
+
+
+def test_a_team_admin_uses_admin_in_the_browser(chromium, console_url, transactional_db, tina, charlie):
+    make_run(tina, "tinas-run")
+    make_run(charlie, "speech-run")
+    page = sign_in(chromium, console_url, tina)
+    try:
+        page.page.get_by_role("link", name="Admin").click()
+        page.page.click("a[href='/admin/runs/run/']")
+        page.page.wait_for_url("**/admin/runs/run/")
+        assert page.page.get_by_text("tinas-run").is_visible()
+        assert "speech-run" not in page.page.content()
+        page.screenshot("admin-team-admin-runs")
+    finally:
+        page.page.context.close()

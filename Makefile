@@ -26,6 +26,7 @@ static/vendor/.copied: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	mkdir -p static/vendor
 	cp node_modules/htmx.org/dist/htmx.min.js node_modules/plotly.js-basic-dist-min/plotly-basic.min.js static/vendor/
+	cp node_modules/@xterm/xterm/lib/xterm.mjs node_modules/@xterm/xterm/css/xterm.css node_modules/@xterm/addon-fit/lib/addon-fit.mjs static/vendor/
 	touch $@
 
 # Images are built locally (there is no registry to pull from); skipped without an engine.

@@ -12,10 +12,12 @@ from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from dashboard.consumers import RunLogsConsumer, RunsConsumer  # noqa: E402
+from terminal.consumers import TerminalConsumer  # noqa: E402
 
 websockets = URLRouter([
     path("ws/runs/", RunsConsumer.as_asgi()),
     path("ws/runs/<int:run_id>/logs/", RunLogsConsumer.as_asgi()),
+    path("ws/runs/<int:run_id>/terminal/", TerminalConsumer.as_asgi()),
 ])
 application = ProtocolTypeRouter({
     "http": django_asgi_app,

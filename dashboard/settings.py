@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "channels",
     "runs",
     "dashboard",
+    "terminal",
 ]
 
 MIDDLEWARE = [
@@ -167,6 +168,8 @@ RUNYARD_DOCKER_NETWORK = env_str("RUNYARD_DOCKER_NETWORK", "none")
 RUNYARD_LOCAL_RUNS_DIR = VAR_DIR / "local-runs"
 # A collector that has not reported for this long is presumed dead and replaced.
 RUNYARD_COLLECTOR_LEASE_SECONDS = env_int("RUNYARD_COLLECTOR_LEASE_SECONDS", 30, 5)
+# A web terminal whose browser dropped is kept this long for it to come back.
+RUNYARD_TERMINAL_KEEP_SECONDS = env_int("RUNYARD_TERMINAL_KEEP_SECONDS", 60, 0)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from dashboard import files_views, views
+from terminal import views as terminal_views
 
 urlpatterns = [
     path("", views.runs_list, name="runs-list"),
@@ -11,6 +12,7 @@ urlpatterns = [
     path("runs/<int:run_id>/head/", views.run_head, name="run-head"),
     path("runs/<int:run_id>/logs/", views.run_logs, name="run-logs"),
     path("runs/<int:run_id>/plots/", views.run_plots, name="run-plots"),
+    path("runs/<int:run_id>/terminal/", terminal_views.run_terminal, name="run-terminal"),
     path("runs/<int:run_id>/files/", files_views.run_files, name="run-files"),
     path("runs/<int:run_id>/files/", include(files_views.urlpatterns)),
     path("runs/<int:run_id>/terminate/", views.run_terminate, name="run-terminate"),

@@ -79,6 +79,31 @@ class Executor(Protocol):
     def live_run_ids(self) -> set[int]:
         """Runs of this installation that still have a container or process."""
 
+    def open_terminal(self, run, mode: str, cols: int, rows: int) -> "Terminal":
+        """A terminal in the live run: "shell" starts a new shell with a TTY in it;
+        "attach" follows the main process's output (read-only)."""
+
+
+class Terminal(Protocol):
+    """A byte stream to a terminal inside a run; `read` blocks (a thread of its own reads it)."""
+
+    writable: bool
+
+    def read(self) -> bytes:
+        """The next output; b"" once the terminal has ended."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def resize(self, cols: int, rows: int) -> None: ...
+
+    def close(self) -> None:
+        """End it: the shell gets a hangup."""
+
+
+TERMINAL_MODES = ("shell", "attach")
+# Bash where the image has it, else sh; a login shell, so the image's profile applies.
+SHELL_COMMAND = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
+
 
 def run_script(commands: list[dict], *, protect: bool, forward_signals: bool) -> str:
     """The POSIX shell script every run executes as its main process.

@@ -7,6 +7,7 @@ import calendar
 import io
 import logging
 import math
+import socket
 import struct
 import tarfile
 import threading
@@ -19,7 +20,9 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from django.conf import settings
 
-from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter
+from runs.executors.base import (
+    REPORTER_FILE, SHELL_COMMAND, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +331,27 @@ class DockerExecutor:
         containers = self.client.containers.list(all=True, filters={"label": f"runyard.instance={self.instance_id}"})
         return {int(c.labels["runyard.run"]) for c in containers if c.labels.get("runyard.run", "").isdigit()}
 
+    def open_terminal(self, run, mode: str, cols: int, rows: int) -> "DockerTerminal":
+        container = self._container(run)
+        if container is None or container.status != "running":
+            raise ExecutorError("the run's container is not running")
+        client = _client()  # a connection of its own, held while the terminal is open
+        try:
+            if mode == "attach":
+                # The main process has no TTY and no stdin: its output, live, read-only.
+                sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1})
+                return DockerTerminal(client, sock, exec_id=None)
+            exec_id = client.api.exec_create(
+                container.id, SHELL_COMMAND, stdin=True, tty=True, environment={"TERM": "xterm-256color"},
+            )["Id"]
+            sock = client.api.exec_start(exec_id, tty=True, socket=True)
+            terminal = DockerTerminal(client, sock, exec_id=exec_id)
+            terminal.resize(cols, rows)
+            return terminal
+        except (APIError, DockerException) as exc:
+            client.close()
+            raise ExecutorError(f"could not open a terminal: {getattr(exc, 'explanation', None) or exc}") from None
+
 
 _seconds_cache: dict[bytes, int] = {}
 
@@ -364,3 +388,57 @@ def _reporter_tar() -> bytes:
         member.size, member.mode = len(data), 0o644
         tar.addfile(member, io.BytesIO(data))
     return buffer.getvalue()
+
+
+class DockerTerminal:
+    """A shell exec'd with a TTY (raw bytes both ways), or an attach to the main
+    process (multiplexed output frames, read-only)."""
+
+    def __init__(self, client, sock, exec_id: str | None):
+        self.client, self.exec_id = client, exec_id
+        self.sock = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
+        self.sock.settimeout(None)
+        self.writable = exec_id is not None
+
+    def read(self) -> bytes:
+        try:
+            if self.writable:
+                return self.sock.recv(65536)
+            while True:
+                header = self._exactly(8)
+                if len(header) < 8:
+                    return b""
+                length = struct.unpack(">BxxxL", header)[1]
+                if length:
+                    # No TTY wrote these lines: a terminal needs its carriage returns.
+                    return self._exactly(length).replace(b"\n", b"\r\n")
+        except OSError:
+            return b""
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.writable:
+            self.sock.sendall(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self.exec_id:
+            try:
+                self.client.api.exec_resize(self.exec_id, height=rows, width=cols)
+            except (APIError, DockerException):
+                pass  # the shell has ended
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.client.close()

@@ -5,19 +5,24 @@ supervisor (runs.executors.local_supervisor) that owns its PTY and process group
 No isolation beyond that: the processes run as the console's own user.
 """
 
+import fcntl
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from django.conf import settings
 
-from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter
+from runs.executors.base import (
+    REPORTER_FILE, SHELL_COMMAND, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
+)
 
 
 class LocalExecutor:
@@ -175,9 +180,68 @@ class LocalExecutor:
             return set()
         return {int(p.name) for p in self.root.iterdir() if p.name.isdigit()}
 
+    def open_terminal(self, run, mode: str, cols: int, rows: int) -> "LocalTerminal":
+        if mode != "shell":
+            raise ExecutorError("attaching to the main process needs the Docker executor; open a new shell instead")
+        run_dir = self.run_dir(run)
+        if not self._supervisor_alive(run):
+            raise ExecutorError("the run's process is not running")
+        try:
+            env = json.loads((run_dir / "env.json").read_text())
+        except (OSError, ValueError):
+            raise ExecutorError("the run's environment is missing") from None
+        home = run_dir / "work"
+        home.mkdir(parents=True, exist_ok=True)
+        return LocalTerminal([*SHELL_COMMAND], cwd=home, env={**env, "TERM": "xterm-256color"}, cols=cols, rows=rows)
+
 
 def _signal_group(pgid: int, signum: int) -> None:
     try:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+class LocalTerminal:
+    """A shell on its own PTY, in the run's directory and environment."""
+
+    writable = True
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict, cols: int, rows: int):
+        self.master, follower = os.openpty()
+        self.resize(cols, rows)
+        try:
+            self.process = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower,
+                start_new_session=True, close_fds=True,
+                preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the PTY is its controlling terminal
+            )
+        finally:
+            os.close(follower)
+
+    def read(self) -> bytes:
+        try:
+            return os.read(self.master, 65536)
+        except OSError:  # EIO: every process holding the PTY has gone
+            return b""
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGHUP)
+        except (ProcessLookupError, AttributeError):
+            pass
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
+        if hasattr(self, "process"):
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)

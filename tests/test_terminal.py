@@ -1,0 +1,225 @@
+"""The web terminal's websocket (SPEC §5): a shell inside a live run, on a real
+container and on a local process, that survives a dropped connection, and is
+refused to whoever may not have it."""
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.db import connections
+from django.test import override_settings
+
+from dashboard.asgi import application
+from runs.services import terminate_run
+from terminal import sessions
+from tests.conftest import wait_for
+from tests.test_engine import launch
+from tests.test_live import ORIGIN, session_cookie
+
+
+@pytest.fixture(params=["docker", "local"])
+def executor(request, engine):
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+    return request.param
+
+
+def in_thread(coroutine_function, *args):
+    """Run a websocket conversation in a thread of its own: Playwright's loop may hold this one."""
+
+    def conversation():
+        try:
+            # async_to_sync, not asyncio.run: the consumer's queries come back to this
+            # thread, whose connections are closed below.
+            return async_to_sync(coroutine_function)(*args)
+        finally:
+            connections.close_all()  # what the conversation's own queries opened in this thread
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(conversation).result()
+
+
+class Conversation:
+    """One websocket to a run's terminal, read until a text appears. The session
+    cookie is made beforehand, in the test's thread: no query runs in the loop's."""
+
+    def __init__(self, run_id: int, cookie: bytes, query: str = "mode=shell", origin=ORIGIN):
+        headers = [origin, (b"cookie", cookie)]
+        self.socket = WebsocketCommunicator(application, f"/ws/runs/{run_id}/terminal/?{query}", headers=headers)
+        self.output = b""
+        self.controls: list[dict] = []
+
+    async def open(self):
+        connected, code = await self.socket.connect(timeout=10)
+        return connected, code
+
+    async def next_message(self, timeout=20):
+        message = await self.socket.receive_output(timeout)
+        if message["type"] == "websocket.close":
+            self.controls.append({"type": "closed", "code": message.get("code")})
+            return self.controls[-1]
+        if message.get("bytes") is not None:
+            self.output += message["bytes"]
+            return None
+        self.controls.append(json.loads(message["text"]))
+        return self.controls[-1]
+
+    async def control(self, kind: str, timeout=20) -> dict:
+        while True:
+            message = await self.next_message(timeout)
+            if message and message["type"] in (kind, "closed"):
+                return message
+
+    async def until(self, text: str, timeout=20):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while text.encode() not in self.output:
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"{text!r} never appeared; the terminal showed {self.output[-500:]!r}"
+            await self.next_message(left)
+
+    async def type(self, keys: str):
+        await self.socket.send_to(bytes_data=keys.encode())
+
+
+def running(user, executor: str, command: str = "echo ready; sleep 120"):
+    run = launch(user, executor, command)
+    return wait_for(run.pk, "running")
+
+
+def test_a_shell_runs_commands_inside_the_run(alice, executor):
+    alice_cookie = session_cookie(alice)
+    run = running(alice, executor)
+
+    async def talk():
+        shell = Conversation(run.pk, alice_cookie)
+        assert (await shell.open())[0]
+        hello = await shell.control("session")
+        assert hello["mode"] == "shell" and hello["writable"] is True and hello["resumed"] is False
+        await shell.type("echo answer-$((6 * 7)) in-run-$RUNYARD_RUN_ID\n")
+        await shell.until(f"answer-42 in-run-{run.pk}")
+        await shell.socket.send_to(text_data=json.dumps({"type": "resize", "cols": 123, "rows": 33}))
+        await shell.type("stty size\n")
+        await shell.until("33 123")
+        await shell.type("exit\n")
+        assert (await shell.control("exit"))["type"] == "exit"
+        return True
+
+    assert in_thread(talk)
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def test_a_dropped_connection_resumes_the_same_shell(alice, bob, executor):
+    alice_cookie, bob_cookie = session_cookie(alice), session_cookie(bob)
+    run = running(alice, executor)
+
+    async def talk():
+        first = Conversation(run.pk, alice_cookie)
+        await first.open()
+        session_id = (await first.control("session"))["id"]
+        await first.type("export KEPT=still-here\n")
+        await first.type("echo set-$KEPT\n")
+        await first.until("set-still-here")
+        await first.socket.disconnect()  # the connection drops
+
+        again = Conversation(run.pk, alice_cookie, f"mode=shell&session={session_id}")
+        await again.open()
+        hello = await again.control("session")
+        assert hello["id"] == session_id and hello["resumed"] is True
+        await again.until("set-still-here")  # what it printed before is replayed
+        await again.type("echo back-$KEPT\n")
+        await again.until("back-still-here")
+
+        # A teammate who learns the id gets a shell of their own, not alice's.
+        other = Conversation(run.pk, bob_cookie, f"mode=shell&session={session_id}")
+        await other.open()
+        theirs = await other.control("session")
+        assert theirs["id"] != session_id and theirs["resumed"] is False
+        await other.type("echo bob-sees-[$KEPT]\n")
+        await other.until("bob-sees-[]")
+        for conversation in (again, other):
+            await conversation.socket.send_to(text_data=json.dumps({"type": "close"}))
+            assert (await conversation.control("exit"))["type"] == "exit"
+        return True
+
+    assert in_thread(talk)
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def test_a_session_nobody_comes_back_to_is_closed(alice, engine):
+    alice_cookie = session_cookie(alice)
+    run = running(alice, "local")
+
+    async def talk():
+        shell = Conversation(run.pk, alice_cookie)
+        await shell.open()
+        session_id = (await shell.control("session"))["id"]
+        await shell.socket.disconnect()
+        return session_id
+
+    session_id = in_thread(talk)
+    assert sessions.find_session(session_id, run_id=run.pk, user_id=alice.pk) is not None
+    with override_settings(RUNYARD_TERMINAL_KEEP_SECONDS=0):
+        assert sessions.reap(now=float("inf")) >= 1
+    assert sessions.find_session(session_id, run_id=run.pk, user_id=alice.pk) is None
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def test_attach_follows_the_main_process_read_only(alice, engine, docker_engine):
+    alice_cookie = session_cookie(alice)
+    run = running(alice, "docker", "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.2; done")
+
+    async def talk():
+        attached = Conversation(run.pk, alice_cookie, "mode=attach")
+        await attached.open()
+        hello = await attached.control("session")
+        assert hello["mode"] == "attach" and hello["writable"] is False
+        await attached.until("tick-")
+        await attached.type("echo should-not-run\n")  # no stdin: ignored
+        seen = attached.output.count(b"tick-")
+        while attached.output.count(b"tick-") < seen + 3:  # the process goes on, untouched
+            await attached.next_message()
+        await attached.socket.disconnect()
+        return attached.output
+
+    output = in_thread(talk)
+    assert b"tick-" in output and b"should-not-run" not in output
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def test_who_may_not_have_a_terminal_is_told_so(alice, viola, charlie, engine):
+    alice_cookie, viola_cookie, charlie_cookie = (session_cookie(u) for u in (alice, viola, charlie))
+    run = running(alice, "local")
+    finished = wait_for(launch(alice, "local", "true").pk, "completed", removed=True)
+
+    async def talk():
+        results = {}
+        viewer = Conversation(run.pk, viola_cookie)
+        await viewer.open()
+        results["viewer"] = (await viewer.control("error"))["detail"], (await viewer.control("closed"))["code"]
+        outsider = Conversation(run.pk, charlie_cookie)
+        results["outsider"] = await outsider.open()
+        foreign = Conversation(run.pk, alice_cookie, origin=(b"origin", b"https://evil.example"))
+        results["foreign"] = (await foreign.open())[0]
+        ended = Conversation(finished.pk, alice_cookie)
+        await ended.open()
+        results["ended"] = (await ended.control("error"))["detail"], (await ended.control("closed"))["code"]
+        wrong_mode = Conversation(run.pk, alice_cookie, "mode=root")
+        await wrong_mode.open()
+        results["mode"] = (await wrong_mode.control("error"))["detail"]
+        return results
+
+    results = in_thread(talk)
+    assert results["viewer"] == ("viewers cannot open a terminal in a run", 4403)
+    assert results["outsider"] == (False, 4404)
+    assert results["foreign"] is False
+    assert results["ended"] == ("the run is completed: a terminal needs a running or idle run", 4409)
+    assert results["mode"] == "mode must be one of shell, attach"
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)

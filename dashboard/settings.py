@@ -6,6 +6,7 @@ REDIS_URL switch to PostgreSQL, Celery workers and channels-redis.
 """
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -168,6 +169,11 @@ RUNYARD_DOCKER_NETWORK = env_str("RUNYARD_DOCKER_NETWORK", "none")
 RUNYARD_LOCAL_RUNS_DIR = VAR_DIR / "local-runs"
 # A collector that has not reported for this long is presumed dead and replaced.
 RUNYARD_COLLECTOR_LEASE_SECONDS = env_int("RUNYARD_COLLECTOR_LEASE_SECONDS", 30, 5)
+# Which installation's containers are ours (their runyard.instance label). Unset:
+# made once and kept in the database. Set it to pin it, e.g. for the tests' worker.
+RUNYARD_INSTANCE_ID = env_str("RUNYARD_INSTANCE_ID")
+if RUNYARD_INSTANCE_ID and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", RUNYARD_INSTANCE_ID):
+    raise ImproperlyConfigured(f"RUNYARD_INSTANCE_ID={RUNYARD_INSTANCE_ID!r}: expected 1-32 of a-z, 0-9 and -")
 # A web terminal whose browser dropped is kept this long for it to come back.
 RUNYARD_TERMINAL_KEEP_SECONDS = env_int("RUNYARD_TERMINAL_KEEP_SECONDS", 60, 0)
 

@@ -10,10 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.db import connections
 
 REQUIRE = os.environ.get("RUNYARD_REQUIRE_SERVICES") == "1"
 # Playwright's sync API keeps an event loop running in the test thread; the tests'
@@ -21,6 +24,10 @@ REQUIRE = os.environ.get("RUNYARD_REQUIRE_SERVICES") == "1"
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 ROOT = Path(__file__).resolve().parent.parent
 TEST_INSTANCE = "t" + os.urandom(3).hex()
+# Pinned, in this process and (through worker_env) in the worker and the console:
+# a process that first asks between two tests, when a transactional test has
+# emptied the tables, must not make up an instance of its own.
+settings.RUNYARD_INSTANCE_ID = TEST_INSTANCE
 BUSYBOX = "runyard/busybox:latest"
 
 
@@ -159,6 +166,7 @@ def worker_env(django_db_setup, django_db_blocker):
         **os.environ,
         "DATABASE_URL": url,
         "RUNYARD_VAR_DIR": str(settings.VAR_DIR),
+        "RUNYARD_INSTANCE_ID": TEST_INSTANCE,
         "RUNYARD_COLLECTOR_LEASE_SECONDS": "6",
         "RUNYARD_RECONCILE_SECONDS": "2",
         "PYTHONUNBUFFERED": "1",
@@ -315,3 +323,20 @@ def browser(chromium, console_url, alice, engine):
     signed_in = sign_in(chromium, console_url, alice)
     yield signed_in
     signed_in.page.context.close()
+
+
+def in_thread(coroutine_function, *args):
+    """Run a websocket conversation in a thread of its own: once a browser test has
+    started Playwright, its event loop holds the main thread and async_to_sync
+    refuses to run there."""
+
+    def conversation():
+        try:
+            # async_to_sync, not asyncio.run: the consumer's queries come back to this
+            # thread, whose connections are closed below.
+            return async_to_sync(coroutine_function)(*args)
+        finally:
+            connections.close_all()  # what the conversation's own queries opened in this thread
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(conversation).result()

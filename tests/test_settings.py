@@ -39,6 +39,8 @@ def test_a_full_deployment_uses_postgresql_and_celery(tmp_path):
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379'"),
         ({"RUNYARD_EXECUTOR": "kubernetes"}, "RUNYARD_EXECUTOR='kubernetes'"),
         ({"RUNYARD_RECONCILE_SECONDS": "soon"}, "RUNYARD_RECONCILE_SECONDS='soon'"),
+        ({"RUNYARD_TERMINAL_KEEP_SECONDS": "-1"}, "RUNYARD_TERMINAL_KEEP_SECONDS='-1'"),
+        ({"RUNYARD_INSTANCE_ID": "Has Spaces"}, "RUNYARD_INSTANCE_ID='Has Spaces'"),
         ({"DATABASE_URL": "postgres://u@h/x"}, "SECRET_KEY must be set"),
         ({"DATABASE_URL": "nonsense://x", "SECRET_KEY": "k"}, "DATABASE_URL"),
     ],

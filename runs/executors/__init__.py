@@ -14,6 +14,8 @@ EXECUTOR_NAMES = ("docker", "local")
 def instance_id() -> str:
     from runs.models import Installation
 
+    if settings.RUNYARD_INSTANCE_ID:
+        return settings.RUNYARD_INSTANCE_ID
     row = Installation.objects.first()
     if row is None:
         try:

@@ -23,6 +23,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from runs.executors import get_executor
 from runs.executors.base import TERMINAL_MODES, ExecutorError
+from runs.lifecycle import FINAL
+from runs.live import run_group
 from runs.models import Run, Status
 from runs.selectors import run_for_user
 from runs.services import can_change
@@ -31,7 +33,7 @@ from terminal.sessions import find_session, open_session
 log = logging.getLogger(__name__)
 
 OPEN_STATUSES = (Status.RUNNING, Status.IDLE)
-MAX_INPUT_BYTES = 64 * 1024
+MAX_INPUT_BYTES = 1024 * 1024  # a large paste, not more
 
 
 class TerminalConsumer(AsyncWebsocketConsumer):
@@ -74,6 +76,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         else:
             await sync_to_async(session.resize, thread_sensitive=False)(cols, rows)
         self.session = session
+        self.group = run_group(run.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
         earlier, ended = session.attach(self.listener)
         await self.send(text_data=json.dumps({
             "type": "session", "id": session.id, "mode": session.mode, "resumed": resumed,
@@ -124,9 +128,21 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         elif message.get("type") == "close":
             await sync_to_async(self.session.close, thread_sensitive=False)()
 
+    async def run_status(self, event):
+        """The run has ended: so has its terminal (a local shell would outlive it)."""
+        if event.get("to") in FINAL and self.session is not None:
+            await sync_to_async(self.session.close, thread_sensitive=False)()
+
+    async def run_log(self, event):
+        pass
+
+    async def run_progress(self, event):
+        pass
+
     async def disconnect(self, code):
         if self.session is not None:
             self.session.detach(self.listener)  # kept for a while: the browser may come back
+            await self.channel_layer.group_discard(self.group, self.channel_name)
         if hasattr(self, "pump"):
             self.pump.cancel()
 

@@ -1,14 +1,13 @@
 """Websockets (SPEC §5): live log lines and status changes, checked against the
 session user and the Origin, over the real channel layer (Redis) and worker."""
 
-from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
 
 from dashboard.asgi import application
-from tests.conftest import wait_for
+from tests.conftest import in_thread, wait_for
 from tests.test_engine import launch
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
@@ -45,7 +44,7 @@ def lines_of(messages) -> list[int]:
 
 def test_the_log_socket_streams_every_line_then_the_end(alice, engine):
     run = launch(alice, "local", "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo line-$i; sleep 0.05; done")
-    connected, _, messages = async_to_sync(collect)(f"/ws/runs/{run.pk}/logs/?after=0", [ORIGIN, (b"cookie", session_cookie(alice))])
+    connected, _, messages = in_thread(collect, f"/ws/runs/{run.pk}/logs/?after=0", [ORIGIN, (b"cookie", session_cookie(alice))])
     assert connected
     assert lines_of(messages) == list(range(1, 31))
     assert messages[-1] == {"type": "end", "status": "completed"}
@@ -55,17 +54,17 @@ def test_the_log_socket_streams_every_line_then_the_end(alice, engine):
 
 def test_a_reconnect_resumes_after_the_last_line_seen(alice, engine):
     run = wait_for(launch(alice, "local", "seq 1 50").pk, "completed", removed=True)
-    _, _, messages = async_to_sync(collect)(f"/ws/runs/{run.pk}/logs/?after=37", [ORIGIN, (b"cookie", session_cookie(alice))])
+    _, _, messages = in_thread(collect, f"/ws/runs/{run.pk}/logs/?after=37", [ORIGIN, (b"cookie", session_cookie(alice))])
     assert lines_of(messages) == list(range(38, 51))
 
 
 def test_an_outsider_or_a_foreign_origin_is_refused(alice, charlie, engine):
     run = launch(alice, "local", "echo secret-ish")
-    outsider = async_to_sync(collect)(f"/ws/runs/{run.pk}/logs/", [ORIGIN, (b"cookie", session_cookie(charlie))])
+    outsider = in_thread(collect, f"/ws/runs/{run.pk}/logs/", [ORIGIN, (b"cookie", session_cookie(charlie))])
     assert outsider[0] is False and outsider[1] == 4404
-    foreign = async_to_sync(collect)(f"/ws/runs/{run.pk}/logs/", [(b"origin", b"https://evil.example"), (b"cookie", session_cookie(alice))])
+    foreign = in_thread(collect, f"/ws/runs/{run.pk}/logs/", [(b"origin", b"https://evil.example"), (b"cookie", session_cookie(alice))])
     assert foreign[0] is False
-    anonymous = async_to_sync(collect)("/ws/runs/", [ORIGIN])
+    anonymous = in_thread(collect, "/ws/runs/", [ORIGIN])
     assert anonymous[0] is False and anonymous[1] == 4401
     wait_for(run.pk, "completed", removed=True)
 
@@ -90,7 +89,7 @@ def test_the_runs_socket_tells_the_team_about_status_changes(alice, bob, charlie
         await outsider.disconnect()
         return seen
 
-    assert async_to_sync(watch_and_launch)() == ["initializing", "running", "stopping", "completed"]
+    assert in_thread(watch_and_launch) == ["initializing", "running", "stopping", "completed"]
 
 
 def test_the_runs_socket_tells_the_team_about_progress(alice, bob, charlie, engine):
@@ -115,7 +114,7 @@ def test_the_runs_socket_tells_the_team_about_progress(alice, bob, charlie, engi
         await outsider.disconnect()
         return run.pk, progress
 
-    run_id, progress = async_to_sync(watch_and_launch)()
+    run_id, progress = in_thread(watch_and_launch)
     # One sample tells no rate; two a second apart do.
     assert progress == [(0.25, False), (0.5, True)]
     wait_for(run_id, "completed", removed=True)

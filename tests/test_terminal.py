@@ -4,18 +4,15 @@ refused to whoever may not have it."""
 
 import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
-from django.db import connections
 from django.test import override_settings
 
 from dashboard.asgi import application
 from runs.services import terminate_run
 from terminal import sessions
-from tests.conftest import wait_for
+from tests.conftest import in_thread, wait_for
 from tests.test_engine import launch
 from tests.test_live import ORIGIN, session_cookie
 
@@ -25,21 +22,6 @@ def executor(request, engine):
     if request.param == "docker":
         request.getfixturevalue("docker_engine")
     return request.param
-
-
-def in_thread(coroutine_function, *args):
-    """Run a websocket conversation in a thread of its own: Playwright's loop may hold this one."""
-
-    def conversation():
-        try:
-            # async_to_sync, not asyncio.run: the consumer's queries come back to this
-            # thread, whose connections are closed below.
-            return async_to_sync(coroutine_function)(*args)
-        finally:
-            connections.close_all()  # what the conversation's own queries opened in this thread
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(conversation).result()
 
 
 class Conversation:
@@ -222,4 +204,23 @@ def test_who_may_not_have_a_terminal_is_told_so(alice, viola, charlie, engine):
     assert results["ended"] == ("the run is completed: a terminal needs a running or idle run", 4409)
     assert results["mode"] == "mode must be one of shell, attach"
     terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def test_the_terminal_ends_with_its_run(alice, executor):
+    alice_cookie = session_cookie(alice)
+    run = running(alice, executor)
+
+    async def talk():
+        from channels.db import database_sync_to_async
+
+        shell = Conversation(run.pk, alice_cookie)
+        await shell.open()
+        await shell.control("session")
+        await shell.type("echo before-the-end\n")
+        await shell.until("before-the-end")
+        await database_sync_to_async(terminate_run)(run, actor=alice)
+        return (await shell.control("exit", timeout=40))["type"]
+
+    assert in_thread(talk) == "exit"
     wait_for(run.pk, "terminated", removed=True)

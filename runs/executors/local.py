@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,8 @@ class LocalTerminal:
 
     def __init__(self, argv: list[str], cwd: Path, env: dict, cols: int, rows: int):
         self.master, follower = os.openpty()
+        self.guard = threading.Lock()  # the PTY's file number is used only while open
+        self.open = True
         self.resize(cols, rows)
         try:
             self.process = subprocess.Popen(
@@ -216,32 +219,43 @@ class LocalTerminal:
                 start_new_session=True, close_fds=True,
                 preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the PTY is its controlling terminal
             )
+        except OSError as exc:
+            os.close(self.master)
+            raise ExecutorError(f"could not start a shell: {exc}") from None
         finally:
             os.close(follower)
 
     def read(self) -> bytes:
         try:
-            return os.read(self.master, 65536)
+            data = os.read(self.master, 65536)
         except OSError:  # EIO: every process holding the PTY has gone
-            return b""
+            data = b""
+        if not data:
+            # Only the reader closes the PTY: closed under a blocked read, its
+            # number could be reused by another file before the read returns.
+            with self.guard:
+                self.open = False
+                os.close(self.master)
+        return data
 
     def write(self, data: bytes) -> None:
-        os.write(self.master, data)
+        with self.guard:
+            if self.open:
+                os.write(self.master, data)
 
     def resize(self, cols: int, rows: int) -> None:
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        with self.guard:
+            if self.open:
+                fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def close(self) -> None:
+        """Hang up the shell (and what it started); kill what ignores that. The
+        reader then sees the end."""
+        if self.process.poll() is not None:
+            return
+        _signal_group(self.process.pid, signal.SIGHUP)
         try:
-            os.killpg(self.process.pid, signal.SIGHUP)
-        except (ProcessLookupError, AttributeError):
-            pass
-        try:
-            os.close(self.master)
-        except OSError:
-            pass
-        if hasattr(self, "process"):
-            try:
-                self.process.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait()

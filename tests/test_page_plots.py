@@ -89,3 +89,17 @@ def test_another_teams_plots_are_not_found(chromium, console_url, alice, charlie
         assert outsider.page.request.get(f"/api/v1/runs/{run.pk}/metrics/loss").status == 404
     finally:
         outsider.page.context.close()
+
+
+def test_charts_off_screen_are_read_when_scrolled_to(browser, alice):
+    names = " ".join(f"m{i:02d}=$i" for i in range(12))
+    run = launch(alice, "local", f"for i in 1 2 3; do echo \"#runyard step=$i {names}\"; done")
+    wait_for(run.pk, FINAL, removed=True)
+    page = browser.page
+    browser.goto(f"/runs/{run.pk}/plots/")
+    page.wait_for_selector("#plot-m00 .chart .main-svg")
+    # The last chart is far below the fold: not read yet.
+    assert page.get_attribute("#plot-m11", "data-points") is None
+    page.locator("#plot-m11").scroll_into_view_if_needed()
+    page.wait_for_selector("#plot-m11 .chart .main-svg")
+    assert page.get_attribute("#plot-m11", "data-points") == "3"

@@ -1,7 +1,8 @@
 // The Plots tab: a Plotly chart per metric, read from /api/v1/runs/ID/metrics/KEY.
 // The server thins each series to about two points per pixel (keeping every
 // bucket's lowest and highest value); zooming in reads that range again at full
-// detail. While the run is live, new values and new metrics appear every few seconds.
+// detail. While the run is live, new values and new metrics appear every few
+// seconds; only the charts on screen are read again, the others when scrolled to.
 const section = document.getElementById("plots");
 const grid = document.getElementById("plots-grid");
 const runId = section.dataset.run;
@@ -14,7 +15,14 @@ const REFRESH_MS = 4000;
 const X_TITLES = { step: "step", relative: "seconds since start", wall: "" };
 
 let live = section.dataset.live === "true";
-const charts = new Map();  // key -> { box, chart, note, range: [min, max] | null, busy }
+const charts = new Map();  // key -> { box, chart, note, range: [min, max] | null, busy, onScreen, stale }
+const watcher = new IntersectionObserver((seen) => {
+  for (const item of seen) {
+    const entry = charts.get(item.target.dataset.key);
+    entry.onScreen = item.isIntersecting;
+    if (entry.onScreen && entry.stale) draw(entry.box.dataset.key);
+  }
+}, { rootMargin: "200px" });
 
 function slug(key) { return "plot-" + key.replace(/[^A-Za-z0-9_-]/g, "_"); }
 
@@ -36,8 +44,9 @@ function chartFor(key) {
   // Keep the charts in name order, whenever a metric first appears.
   const after = [...grid.children].find((other) => other.dataset.key > key);
   grid.insertBefore(box, after || null);
-  const entry = { box, chart, note, range: null, busy: false };
+  const entry = { box, chart, note, range: null, busy: false, onScreen: false, stale: true };
   charts.set(key, entry);
+  watcher.observe(box);
   applyFilter();
   return entry;
 }
@@ -52,6 +61,7 @@ async function draw(key) {
   const entry = chartFor(key);
   if (entry.busy) return;
   entry.busy = true;
+  entry.stale = false;
   try {
     const width = Math.max(200, entry.chart.clientWidth || 500);
     const params = new URLSearchParams({ x: xSelect.value, max_points: String(Math.min(4000, width * 2)) });
@@ -98,7 +108,8 @@ async function refresh() {
   if (!response.ok) { state.textContent = `Could not read the metrics (HTTP ${response.status}).`; return; }
   const { keys } = await response.json();
   document.getElementById("plots-empty").hidden = keys.length > 0;
-  await Promise.all(keys.map(draw));
+  for (const key of keys) chartFor(key).stale = true;
+  await Promise.all(keys.filter((key) => charts.get(key).onScreen).map(draw));
   state.textContent = live ? "Live: new values appear every few seconds." : "";
 }
 

@@ -27,7 +27,7 @@ function say(text) { state.textContent = text; }
 
 function ensureTerminal() {
   if (term) return;
-  term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000,
+  term = new Terminal({ cursorBlink: true, fontSize: 14, lineHeight: 1.15, scrollback: 5000,
                         fontFamily: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace" });
   fit = new FitAddon();
   term.loadAddon(fit);

@@ -45,32 +45,38 @@ def main() -> int:
     connection.creation.create_test_db(verbosity=0, keepdb=True)
     from django.contrib.auth import get_user_model
 
-    from runs.services import create_run
-
     user, _ = get_user_model().objects.get_or_create(username="bench")
-    results = []
-    for attempt in range(3):
-        baseline = docker_floor()
-        run = create_run(user=user, source=f"name: bench\nimage: {IMAGE}\nrun:\n  - command: seq 1 {LINES}\n", executor="docker")
-        runyard = wait_stored(run.pk)
-        results.append((baseline, runyard))
-        print(f"  log-ingest try {attempt + 1}: docker floor {baseline:.2f} s, runyard {runyard:.2f} s, ratio {runyard / baseline:.2f}")
-    floor = statistics.median(b for b, _ in results)
-    ours = statistics.median(r for _, r in results)
-    print(f"log-ingest ({LINES} lines): floor {floor:.2f} s, runyard {ours:.2f} s, "
-          f"{LINES / ours:,.0f} lines/s, ratio {ours / floor:.2f}")
-    read_bench(run.pk)
+    run_id = ingest_bench(user, "log-ingest", "lines", f"seq 1 {LINES}", lines=LINES, points=0)
+    read_bench(run_id)
     metric_bench(user)
     return 0
 
 
-def docker_floor(command: str | None = None) -> float:
+def ingest_bench(user, name: str, unit: str, command: str, *, lines: int, points: int) -> int:
+    """Three tries of one command: the bare client's read of its output against
+    Runyard storing it all; prints the medians; returns the last run's id."""
+    from runs.services import create_run
+
+    results = []
+    for attempt in range(3):
+        baseline = docker_floor(command)
+        run = create_run(user=user, source={"name": name, "image": IMAGE, "run": [{"command": command}]}, executor="docker")
+        ours = wait_stored(run.pk, lines=lines, points=points)
+        results.append((baseline, ours))
+        print(f"  {name} try {attempt + 1}: docker floor {baseline:.2f} s, runyard {ours:.2f} s, ratio {ours / baseline:.2f}")
+    floor = statistics.median(b for b, _ in results)
+    ours = statistics.median(r for _, r in results)
+    print(f"{name} ({LINES} {unit}): floor {floor:.2f} s, runyard {ours:.2f} s, "
+          f"{LINES / ours:,.0f} {unit}/s, ratio {ours / floor:.2f}")
+    return run.pk
+
+
+def docker_floor(command: str) -> float:
     """From the container's start to all its lines read by a bare client."""
     import docker
 
     client = docker.from_env()
-    argv = ["sh", "-c", command] if command else ["seq", "1", str(LINES)]
-    container = client.containers.run(IMAGE, argv, detach=True, network_mode="none")
+    container = client.containers.run(IMAGE, ["sh", "-c", command], detach=True, network_mode="none")
     try:
         started = time.perf_counter()
         container.wait()
@@ -82,7 +88,7 @@ def docker_floor(command: str | None = None) -> float:
         container.remove(force=True)
 
 
-def wait_stored(run_id: int, lines: int = LINES, points: int = 0) -> float:
+def wait_stored(run_id: int, *, lines: int, points: int) -> float:
     from runs import metrics
     from runs.models import Run
 
@@ -102,22 +108,9 @@ def wait_stored(run_id: int, lines: int = LINES, points: int = 0) -> float:
 def metric_bench(user) -> None:
     from runs import metrics
     from runs.models import MetricChunk, Run
-    from runs.services import create_run
 
     command = f"awk 'BEGIN {{ for (i = 0; i < {LINES}; i++) printf \"#runyard step=%d loss=%.6f\\n\", i, 1 / (i + 1) }}'"
-    results = []
-    for attempt in range(3):
-        baseline = docker_floor(command)
-        run = create_run(user=user, source={"name": "bench-metrics", "image": IMAGE, "run": [{"command": command}]}, executor="docker")
-        ours = wait_stored(run.pk, lines=0, points=LINES)
-        results.append((baseline, ours))
-        print(f"  metric-ingest try {attempt + 1}: docker floor {baseline:.2f} s, runyard {ours:.2f} s, ratio {ours / baseline:.2f}")
-    floor = statistics.median(b for b, _ in results)
-    ours = statistics.median(r for _, r in results)
-    print(f"metric-ingest ({LINES} points): floor {floor:.2f} s, runyard {ours:.2f} s, "
-          f"{LINES / ours:,.0f} points/s, ratio {ours / floor:.2f}")
-
-    run = Run.objects.get(pk=run.pk)
+    run = Run.objects.get(pk=ingest_bench(user, "metric-ingest", "points", command, lines=0, points=LINES))
     floor = timed(lambda: list(MetricChunk.objects.filter(run=run, key="loss").values_list("steps", "values", "times")), repeat=10)
     ours = timed(lambda: metrics.series(run, "loss", max_points=1000), repeat=10)
     print(f"metric-read ({LINES} points to 1000): floor {floor * 1000:.1f} ms, runyard {ours * 1000:.1f} ms, ratio {ours / floor:.2f}")

@@ -33,9 +33,6 @@ class SignedInConsumer(AsyncJsonWebsocketConsumer):
             return None
         return user
 
-    async def run_progress(self, event):
-        await self.send_json({"type": "progress", **{k: v for k, v in event.items() if k != "type"}})
-
 
 class RunsConsumer(SignedInConsumer):
     async def connect(self):
@@ -53,6 +50,9 @@ class RunsConsumer(SignedInConsumer):
 
     async def run_status(self, event):
         await self.send_json({"type": "status", **{k: v for k, v in event.items() if k != "type"}})
+
+    async def run_progress(self, event):
+        await self.send_json({"type": "progress", **{k: v for k, v in event.items() if k != "type"}})
 
     async def run_log(self, event):
         pass  # the list page does not show lines

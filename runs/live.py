@@ -5,6 +5,9 @@ import logging
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.utils import timezone
+
+from runs.reports import eta_seconds
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +71,11 @@ def announce_log(run_id: int, last_line: int) -> None:
 
 
 def announce_progress(run_id: int, team_id: int, samples: list) -> None:
-    """The run reported progress: the list's badge and the summary show it with an ETA."""
-    from django.utils import timezone
-
-    from runs.reports import eta_seconds
-
-    progress = samples[-1][1]
-    message = {"type": "run.progress", "run": run_id, "progress": progress,
+    """The run reported progress: the list's badge and the run pages' header (both
+    on /ws/runs/, the team's group) show it with an ETA."""
+    message = {"type": "run.progress", "run": run_id, "progress": samples[-1][1],
                "eta_seconds": eta_seconds(samples, timezone.now().timestamp())}
     try:
         _send(team_group(team_id), message)
-        _send(run_group(run_id), message)
     except Exception:
         log.warning("could not announce progress of run %s", run_id, exc_info=True)

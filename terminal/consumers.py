@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from runs.executors import get_executor
 from runs.executors.base import TERMINAL_MODES, ExecutorError
@@ -58,7 +59,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return await self._refuse(4400, f"mode must be one of {', '.join(TERMINAL_MODES)}")
         if run.status not in OPEN_STATUSES:
             return await self._refuse(4409, f"the run is {run.status}: a terminal needs a running or idle run")
-        cols, rows = _size(query)
+        cols, rows = _size(query.get("cols", [None])[0], query.get("rows", [None])[0])
 
         self.outbox: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -81,7 +82,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         earlier, ended = session.attach(self.listener)
         await self.send(text_data=json.dumps({
             "type": "session", "id": session.id, "mode": session.mode, "resumed": resumed,
-            "writable": session.terminal.writable, "resume_seconds": _keep_seconds(),
+            "writable": session.terminal.writable, "resume_seconds": settings.RUNYARD_TERMINAL_KEEP_SECONDS,
         }))
         if earlier:
             await self.send(bytes_data=earlier)
@@ -123,7 +124,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if not isinstance(message, dict):
             return
         if message.get("type") == "resize":
-            cols, rows = _size({"cols": [message.get("cols")], "rows": [message.get("rows")]})
+            cols, rows = _size(message.get("cols"), message.get("rows"))
             await sync_to_async(self.session.resize, thread_sensitive=False)(cols, rows)
         elif message.get("type") == "close":
             await sync_to_async(self.session.close, thread_sensitive=False)()
@@ -136,9 +137,6 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def run_log(self, event):
         pass
 
-    async def run_progress(self, event):
-        pass
-
     async def disconnect(self, code):
         if self.session is not None:
             self.session.detach(self.listener)  # kept for a while: the browser may come back
@@ -147,20 +145,16 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             self.pump.cancel()
 
 
-def _size(query: dict) -> tuple[int, int]:
-    def number(name: str, default: int, top: int) -> int:
+def _size(cols, rows) -> tuple[int, int]:
+    """A terminal size from what the browser sent; 80x24 for what is not a number."""
+
+    def number(value, default: int, top: int) -> int:
         try:
-            return max(2, min(top, int(query.get(name, [default])[0])))
+            return max(2, min(top, int(value)))
         except (TypeError, ValueError):
             return default
 
-    return number("cols", 80, 500), number("rows", 24, 200)
-
-
-def _keep_seconds() -> int:
-    from django.conf import settings
-
-    return settings.RUNYARD_TERMINAL_KEEP_SECONDS
+    return number(cols, 80, 500), number(rows, 24, 200)
 
 
 @database_sync_to_async

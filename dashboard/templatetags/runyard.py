@@ -2,6 +2,8 @@
 
 from django import template
 
+from dashboard.admin_site import may_enter_admin
+
 register = template.Library()
 
 
@@ -32,9 +34,5 @@ def time_left(seconds) -> str:
     return f"about {text} left"
 
 
-@register.filter
-def may_enter_admin(user) -> bool:
-    """Staff and team admins get the Admin link."""
-    from dashboard.admin_site import may_enter_admin as allowed
-
-    return user.is_authenticated and allowed(user)
+# Staff and team admins get the Admin link.
+register.filter("may_enter_admin", may_enter_admin)

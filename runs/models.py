@@ -28,6 +28,9 @@ class Team(models.Model):
     name = models.SlugField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
+    # At most this many of the team's runs hold a slot (initializing, running,
+    # stopping) at once; more wait `pending`. Empty: no cap of the team's own.
+    max_running = models.PositiveIntegerField(null=True, blank=True)
 
     def __str__(self):
         return self.name
@@ -56,7 +59,9 @@ class ApiToken(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     digest = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=12, help_text="the first characters, to tell tokens apart")
+    name = models.CharField(max_length=100, blank=True, help_text="what the user calls it, e.g. 'laptop'")
     created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="empty: never expires")
     last_used_at = models.DateTimeField(null=True, blank=True)
 
     @staticmethod
@@ -146,6 +151,9 @@ class Run(models.Model):
     # the reconciler hands an expired one to a new task.
     lease_owner = models.CharField(max_length=40, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
+    # The secret values this run's output must never show, fixed when it starts and
+    # kept encrypted (runs.team_secrets), so a secret deleted or rotated later is still masked.
+    mask_ciphertext = models.BinaryField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["team", "-id"], name="run_team_newest")]

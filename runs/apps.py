@@ -1,6 +1,36 @@
+from pathlib import Path
+
 from django.apps import AppConfig
+from django.conf import settings
+from django.db.backends.signals import connection_created
+
+# What the embedded default keeps under var/ that only the console's user may
+# read: run directories (secrets, raw output) and stored files (exports, datasets).
+PRIVATE_VAR_FOLDERS = ("local-runs", "files")
 
 
 class RunsConfig(AppConfig):
     name = "runs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from runs.private_files import private_dir
+
+        connection_created.connect(keep_sqlite_private, dispatch_uid="runs.keep_sqlite_private")
+        for name in PRIVATE_VAR_FOLDERS:
+            private_dir(Path(settings.VAR_DIR) / name)
+
+
+def keep_sqlite_private(sender, connection, **kwargs) -> None:
+    """The SQLite file (and its WAL and shared-memory files) holds every secret's
+    ciphertext and all logs: 0600, whatever the umask made it when SQLite created
+    it. SQLite gives the -wal and -shm files it makes later the database's mode."""
+    from runs.private_files import make_private
+
+    if connection.vendor != "sqlite":
+        return
+    name = str(connection.settings_dict["NAME"])
+    if name.startswith("file:") or ":memory:" in name:
+        return
+    for path in (name, name + "-wal", name + "-shm"):
+        make_private(path)

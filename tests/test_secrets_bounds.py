@@ -23,6 +23,7 @@ import yaml
 from cryptography.fernet import Fernet, InvalidToken
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from playwright.sync_api import expect
 
 from runs import logstore, metrics, reports, team_secrets
 from runs.executors import get_executor
@@ -341,3 +342,34 @@ def test_a_runs_metric_names_are_capped(alice, engine):
     texts = log_texts(run)
     assert len(texts) == 4  # the refused reports stay in the log
     assert texts[0].endswith(" bytes]") and len(texts[0].encode()) < 65536 + 100
+
+
+def test_the_log_page_shows_every_line_of_a_page_of_long_lines(browser, alice):
+    # 2,000 lines of 8 KB: the first thousand (the viewer's first page, before the
+    # socket's tail) are twice a response's byte bound.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from tests.test_page_logs import big_log_run, row, wait_until_visible
+
+    def write_it():
+        try:
+            run = big_log_run(alice, lines=2000)
+            for chunk in LogChunk.objects.filter(run=run):
+                chunk.lines = [[at, stream, f"{text} " + "w" * 8000] for at, stream, text in chunk.lines]
+                chunk.save(update_fields=["lines"])
+            return run
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as thread:
+        run = thread.submit(write_it).result()
+    page = browser.page
+    browser.goto(f"/runs/{run.pk}/logs/")
+    wait_until_visible(page, 2000)
+    page.get_by_label("Go to line").fill("900")
+    page.get_by_label("Go to line").press("Enter")
+    wait_until_visible(page, 900)
+    expect(row(page, 900).locator(".log-text")).to_contain_text("line 900 wwww")
+    page.wait_for_function("() => !document.querySelector('#log .log-row.is-pending')", timeout=15000)

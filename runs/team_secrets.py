@@ -86,11 +86,6 @@ def decrypt(token: bytes) -> bytes:
     return _fernet().decrypt(bytes(token))
 
 
-def rotate(token: bytes) -> bytes:
-    """The same plaintext, encrypted with the newest key."""
-    return _fernet().rotate(bytes(token))
-
-
 def set_secret(team, name: str, value: str, user) -> TeamSecret:
     if not NAME.fullmatch(name):
         raise SecretError(f"invalid secret name {name!r}: letters, digits, _ . - (not first), at most 100")

@@ -273,7 +273,8 @@ def iter_text(run: Run) -> Iterator[str]:
     """The whole log as text, a chunk at a time."""
     last = 0
     while True:
-        chunks = list(LogChunk.objects.filter(run=run, first_line__gt=last).order_by("first_line")[:20])
+        # A few rows at a time: each is up to ~1 MiB (rows stored before the cap, more).
+        chunks = list(LogChunk.objects.filter(run=run, first_line__gt=last).order_by("first_line")[:4])
         if not chunks:
             return
         for chunk in chunks:

@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 from django.apps import AppConfig
@@ -7,6 +8,8 @@ from django.db.backends.signals import connection_created
 # What the embedded default keeps under var/ that only the console's user may
 # read: run directories (secrets, raw output) and stored files (exports, datasets).
 PRIVATE_VAR_FOLDERS = ("local-runs", "files")
+
+log = logging.getLogger(__name__)
 
 
 class RunsConfig(AppConfig):
@@ -18,7 +21,10 @@ class RunsConfig(AppConfig):
 
         connection_created.connect(keep_sqlite_private, dispatch_uid="runs.keep_sqlite_private")
         for name in PRIVATE_VAR_FOLDERS:
-            private_dir(Path(settings.VAR_DIR) / name)
+            try:
+                private_dir(Path(settings.VAR_DIR) / name)
+            except PermissionError as exc:  # another user's folder (a mounted volume): say so, still start
+                log.warning("cannot make %s private (0700): %s", Path(settings.VAR_DIR) / name, exc)
 
 
 def keep_sqlite_private(sender, connection, **kwargs) -> None:
@@ -33,4 +39,7 @@ def keep_sqlite_private(sender, connection, **kwargs) -> None:
     if name.startswith("file:") or ":memory:" in name:
         return
     for path in (name, name + "-wal", name + "-shm"):
-        make_private(path)
+        try:
+            make_private(path)
+        except PermissionError as exc:  # another user's file: say so, still serve
+            log.warning("cannot make %s private (0600): %s", path, exc)

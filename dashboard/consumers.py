@@ -20,6 +20,7 @@ from runs.lifecycle import FINAL
 from runs.models import Membership, Run
 
 BATCH_LINES = 2000
+BATCH_BYTES = 1 << 20  # a batch of long lines stops near this size; the next one goes on from there
 POLL_SECONDS = 2.0  # a missed notification costs at most this long
 
 
@@ -119,7 +120,7 @@ class RunLogsConsumer(SignedInConsumer):
             if page["lines"]:
                 await self.send_json({"type": "lines", "lines": page["lines"]})
                 self.after = page["next"]
-            if len(page["lines"]) < BATCH_LINES:
+            if not page["lines"]:  # a batch may stop short (bytes): read until nothing is left
                 return status if page["complete"] and status in FINAL else None
 
 
@@ -136,4 +137,4 @@ def _run_for(user, run_id: int):
 @database_sync_to_async
 def _lines_after(run_id: int, after: int):
     run = Run.objects.get(pk=run_id)
-    return logstore.read_lines(run, after=after, limit=BATCH_LINES), run.status
+    return logstore.read_lines(run, after=after, limit=BATCH_LINES, max_bytes=BATCH_BYTES), run.status

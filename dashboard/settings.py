@@ -196,6 +196,17 @@ STATIC_ROOT = VAR_DIR / "static"
 WHITENOISE_USE_FINDERS = True
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = VAR_DIR / "files"
+# Stored files hold what runs wrote: readable by the console's own user only.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
+
+# Bounds on what a run's output can cost (runs/logstore.py, runs/reports.py).
+# A longer log line is stored cut, ending in "… [truncated N bytes]".
+RUNYARD_LOG_LINE_MAX_BYTES = env_int("RUNYARD_LOG_LINE_MAX_BYTES", 64 * 1024, 1024)
+# A page of log lines (the API's /logs, the log websocket's batches, search) stops near this size.
+RUNYARD_LOG_PAGE_MAX_BYTES = env_int("RUNYARD_LOG_PAGE_MAX_BYTES", 4 * 1024 * 1024, 64 * 1024)
+# Metric names a run may report; reports adding names past it are counted as malformed.
+RUNYARD_METRIC_KEYS_MAX = env_int("RUNYARD_METRIC_KEYS_MAX", 1000, 1)
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"

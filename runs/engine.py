@@ -78,7 +78,7 @@ def start_run(run_id: int) -> None:
 
 def _resolve_env(run: Run) -> dict[str, str]:
     env = {name: value for name, value in run.spec.get("env", {}).items() if isinstance(value, str)}
-    env.update(team_secrets.resolve_env(run))
+    env.update(team_secrets.resolve_env_for_start(run))  # also fixes the run's mask
     env["RUNYARD_RUN_ID"] = str(run.pk)
     return env
 

@@ -26,8 +26,11 @@ from runs.models import LogChunk, MetricChunk, Run
 MAX_CHUNK_LINES = 2000
 # The end of the output may add a last half line per stream after a full chunk.
 CHUNK_LINES_BOUND = MAX_CHUNK_LINES + 2
+# A chunk row is read whole: keep it about this size (plus a line or two).
+MAX_CHUNK_BYTES = 1 << 20
 FLUSH_SECONDS = 0.25
-MAX_LINE_BYTES = 1 << 20  # a longer line is stored in parts
+# Ends a line cut at RUNYARD_LOG_LINE_MAX_BYTES; the number is what was not kept.
+TRUNCATED_MARKER = "… [truncated {} bytes]"
 STREAM_NAMES = ("stdout", "stderr")
 
 
@@ -65,19 +68,35 @@ def collapse_carriage_returns(text: str) -> str:
 
 
 class LogWriter:
+    """Turns a run's output frames into stored lines and reports.
+
+    Each line is masked first (the run's secret values, runs.team_secrets), then
+    cut at RUNYARD_LOG_LINE_MAX_BYTES with a visible marker, and only then looked
+    at as a report: no secret reaches a metric's name, and no report is read
+    from a cut line.
+    """
+
     def __init__(self, run: Run, owner: str, mask: list[str] = ()):
         self.run_id = run.pk
-        self.mask = list(mask)  # secret values: never stored
+        self.mask = sorted(set(mask), key=len, reverse=True)  # secret values: never stored
         self.owner = owner
         self.stored_lines = run.log_lines
         self.cursor = run.log_cursor
-        # A line begun but not ended at the last flush, per stream: [time, text].
-        self.pending: dict[int, list] = {int(k): v for k, v in (run.log_pending or {}).items()}
+        self.line_cap = settings.RUNYARD_LOG_LINE_MAX_BYTES
+        # A line is held this far past the cap until it is masked, so a secret
+        # that crosses the cap is seen whole.
+        self.held_bytes = self.line_cap + max((len(value.encode()) for value in self.mask), default=0)
+        # A line begun but not ended at the last flush, per stream:
+        # [time, text, bytes cut off past the cap (0: none)].
+        self.pending: dict[int, list] = {int(k): _pending_entry(v) for k, v in (run.log_pending or {}).items()}
         self.lines: list[list] = []
+        self.line_bytes = 0
         # Reports taken out of the output since the last flush (runs/reports.py).
         self.points: dict[str, list] = {}  # metric -> [(step, value, time), ...]
         self.point_count = 0
         self.malformed = 0
+        self.metric_keys_max = settings.RUNYARD_METRIC_KEYS_MAX
+        self.metric_keys = set(MetricChunk.objects.filter(run_id=run.pk).values_list("key", flat=True).distinct())
         self.progress_samples = list(run.progress_samples or [])
         self.progress_changed = False
         self.team_id = run.team_id
@@ -91,34 +110,59 @@ class LogWriter:
             self.first_unflushed_at = frame.time or 0.0
         started = self.pending.pop(frame.stream, None)
         if started is not None:
-            at, text = started[0], started[1] + text
+            at, held, cut_off = started
         else:
-            at = frame.time
-        if text.endswith("\n"):
-            self._append(at, frame.stream, text[:-1])
-            return
-        # Keep a half line short while it is rewritten in place.
-        cut = text.rfind("\r", 0, len(text) - 1)
-        if cut >= 0:
-            text = text[cut + 1 :]
-        if len(text.encode()) > MAX_LINE_BYTES:
-            self._append(at, frame.stream, text)
+            at, held, cut_off = frame.time, "", 0
+        ended = text.endswith("\n")
+        if ended:
+            text = text[:-1]
+        if not cut_off:
+            text, held = held + text, ""
+        # Rewritten in place with \r (a progress bar): only the last state counts.
+        # A \r at the very end of a half line may be half of a \r\n: it stays.
+        rewrite = text.rstrip("\r").rfind("\r") if ended else text.rfind("\r", 0, len(text) - 1)
+        if rewrite >= 0:
+            text, held, cut_off = text[rewrite + 1 :], "", 0
+        if cut_off:  # already past the cap: only count what is cut off
+            cut_off += len(text.encode())
+            text = held
         else:
-            self.pending[frame.stream] = [at, text]
+            size = len(text.encode())
+            if size > self.held_bytes:
+                kept = text.encode()[: self.held_bytes].decode("utf-8", "ignore")
+                cut_off, text = size - len(kept.encode()), kept
+        if ended:
+            self._append(at, frame.stream, text, cut_off)
+        else:
+            self.pending[frame.stream] = [at, text, cut_off]
 
-    def _append(self, at: float, stream: int, text: str) -> None:
+    def _append(self, at: float, stream: int, text: str, cut_off: int = 0) -> None:
         text = collapse_carriage_returns(text)
+        if self.mask:
+            text = team_secrets.mask(text, self.mask)
+        size = len(text.encode())
+        cut = bool(cut_off) or size > self.line_cap
+        if cut:
+            if cut_off and self.mask:  # a secret's beginning where the held part ends
+                text = team_secrets.without_partial_value_at_end(text, self.mask)
+            kept = text.encode()[: self.line_cap].decode("utf-8", "ignore")
+            text = kept + TRUNCATED_MARKER.format(cut_off + size - len(kept.encode()))
         if reports.is_report(text):
             try:
-                self._take_report(at, reports.parse(text))
+                if cut:
+                    raise reports.Malformed("the line is longer than the line cap")
+                self._take_report(at, reports.parse(text, max_metrics=self.metric_keys_max))
                 return
             except reports.Malformed:
                 self.malformed += 1  # kept in the log below, where the user can see it
-        if self.mask:
-            text = team_secrets.mask(text, self.mask)
         self.lines.append([round(at, 6), stream, text])
+        self.line_bytes += len(text.encode())
 
     def _take_report(self, at: float, report: reports.Report) -> None:
+        new_keys = report.metrics.keys() - self.metric_keys
+        if len(self.metric_keys) + len(new_keys) > self.metric_keys_max:
+            raise reports.Malformed(f"the run would have more than {self.metric_keys_max} metrics")
+        self.metric_keys |= new_keys
         for key, value in report.metrics.items():
             self.points.setdefault(key, []).append((report.step, value, at))
         self.point_count += len(report.metrics)
@@ -129,12 +173,16 @@ class LogWriter:
     def due(self) -> bool:
         if not self.lines and self.first_unflushed_at is None:
             return False
-        return len(self.lines) + self.point_count >= MAX_CHUNK_LINES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+        return (
+            len(self.lines) + self.point_count >= MAX_CHUNK_LINES
+            or self.line_bytes >= MAX_CHUNK_BYTES
+            or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+        )
 
     def end_pending_lines(self) -> None:
         """The output ended: a last line without a newline is still a line."""
-        for stream, (at, text) in sorted(self.pending.items()):
-            self._append(at, stream, text)
+        for stream, (at, text, cut_off) in sorted(self.pending.items()):
+            self._append(at, stream, text, cut_off)
         self.pending.clear()
 
     def flush(self) -> None:
@@ -146,11 +194,14 @@ class LogWriter:
             reported = {"progress": self.progress_samples[-1][1], "progress_samples": self.progress_samples}
         if self.malformed:
             reported["reports_malformed"] = F("reports_malformed") + self.malformed
+        pending = {
+            str(k): [at, team_secrets.mask(text, self.mask), cut_off] for k, (at, text, cut_off) in self.pending.items()
+        }
         with transaction.atomic():
             advanced = Run.objects.filter(pk=self.run_id, log_lines=self.stored_lines, lease_owner=self.owner).update(
                 log_lines=self.stored_lines + len(self.lines),
                 log_cursor=self.cursor,
-                log_pending={str(k): [at, team_secrets.mask(text, self.mask)] for k, (at, text) in self.pending.items()},
+                log_pending=pending,
                 lease_until=lease_expiry(),
                 **reported,
             )
@@ -169,29 +220,51 @@ class LogWriter:
             announce_log(self.run_id, self.stored_lines)
         if self.progress_changed:
             announce_progress(self.run_id, self.team_id, self.progress_samples)
-        self.lines, self.points, self.point_count = [], {}, 0
+        self.lines, self.points, self.point_count, self.line_bytes = [], {}, 0, 0
         self.malformed = 0
         self.progress_changed = False
         self.first_unflushed_at = None
         self.flushed_at = time.monotonic()
 
 
-def read_lines(run: Run, after: int = 0, limit: int = 1000) -> dict:
-    """Lines after line `after`, at most `limit`: the API's logs page."""
+def _pending_entry(stored: list) -> list:
+    """A stored half line; those kept before lines were capped have no cut-off count."""
+    at, text, *rest = stored
+    return [at, text, rest[0] if rest else 0]
+
+
+def _line_json_bytes(text: str) -> int:
+    """About what a line costs in a page: its text and its number, time and stream."""
+    return len(text.encode()) + 80
+
+
+def read_lines(run: Run, after: int = 0, limit: int = 1000, max_bytes: int | None = None) -> dict:
+    """Lines after line `after`: at most `limit`, and no more than about `max_bytes`
+    (RUNYARD_LOG_PAGE_MAX_BYTES; a page holds at least one line). `next` is the
+    last line given: the next page starts after it, so nothing is skipped."""
     after = max(0, after)
     limit = max(1, min(limit, 10000))
+    budget = settings.RUNYARD_LOG_PAGE_MAX_BYTES if max_bytes is None else max_bytes
     chunks = LogChunk.objects.filter(
         run=run, first_line__gt=after - CHUNK_LINES_BOUND, first_line__lte=after + limit
     ).order_by("first_line")
     out = []
-    for chunk in chunks:
+    used = 0
+    full = False
+    # One chunk row at a time: the page may end long before the last one.
+    for chunk in chunks.iterator(chunk_size=1):
         for offset, (at, stream, text) in enumerate(chunk.lines):
             n = chunk.first_line + offset
             if n <= after:
                 continue
-            if len(out) >= limit:
+            cost = _line_json_bytes(text)
+            if len(out) >= limit or (out and used + cost > budget):
+                full = True
                 break
+            used += cost
             out.append({"n": n, "t": _iso(at), "stream": STREAM_NAMES[stream], "text": text})
+        if full:
+            break
     next_after = out[-1]["n"] if out else after
     return {"lines": out, "next": next_after, "complete": run.log_complete and next_after >= run.log_lines}
 
@@ -200,7 +273,8 @@ def iter_text(run: Run) -> Iterator[str]:
     """The whole log as text, a chunk at a time."""
     last = 0
     while True:
-        chunks = list(LogChunk.objects.filter(run=run, first_line__gt=last).order_by("first_line")[:20])
+        # A few rows at a time: each is up to ~1 MiB (rows stored before the cap, more).
+        chunks = list(LogChunk.objects.filter(run=run, first_line__gt=last).order_by("first_line")[:4])
         if not chunks:
             return
         for chunk in chunks:
@@ -212,21 +286,28 @@ def _iso(unix_time: float) -> str:
     return dt.datetime.fromtimestamp(unix_time, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def search(run: Run, query: str, after: int = 0, limit: int = 200) -> dict:
+def search(run: Run, query: str, after: int = 0, limit: int = 200, max_bytes: int | None = None) -> dict:
     """Lines containing `query` (case-insensitive), after line `after`: the whole
-    stored log is searched on the server, not just what a page has loaded."""
+    stored log is searched on the server, not just what a page has loaded. At most
+    `limit` hits and about `max_bytes` of them (RUNYARD_LOG_PAGE_MAX_BYTES)."""
     needle = query.lower()
+    budget = settings.RUNYARD_LOG_PAGE_MAX_BYTES if max_bytes is None else max_bytes
     hits: list[dict] = []
+    used = 0
     last_scanned = after
     chunks = LogChunk.objects.filter(run=run, first_line__gt=after - CHUNK_LINES_BOUND).order_by("first_line")
-    for chunk in chunks.iterator(chunk_size=50):
+    for chunk in chunks.iterator(chunk_size=4):
         for offset, (at, stream, text) in enumerate(chunk.lines):
             n = chunk.first_line + offset
             if n <= after:
                 continue
-            last_scanned = n
             if needle in text.lower():
+                cost = _line_json_bytes(text)
+                if hits and used + cost > budget:
+                    return {"hits": hits, "next": last_scanned, "done": False}
+                used += cost
                 hits.append({"n": n, "t": _iso(at), "stream": STREAM_NAMES[stream], "text": text})
                 if len(hits) >= limit:
                     return {"hits": hits, "next": n, "done": False}
+            last_scanned = n
     return {"hits": hits, "next": last_scanned, "done": True}

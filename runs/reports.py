@@ -6,6 +6,11 @@ A report is a line of the run's output that starts with `#runyard `, followed by
 them. The log collector takes good reports out of the log and stores them in the
 same transaction as the lines around them, so none is lost or doubled. A
 malformed report stays in the log, is counted, and is never fatal.
+
+The collector masks a line's secret values before it parses it (a secret in a
+metric's name leaves a masked name, which is malformed), and a run's metric
+names are capped (RUNYARD_METRIC_KEYS_MAX): a report with more metrics than the
+cap, or one adding names past it, is malformed as a whole.
 """
 
 import math
@@ -32,11 +37,13 @@ def is_report(text: str) -> bool:
     return text == PREFIX or text.startswith(PREFIX + " ")
 
 
-def parse(text: str) -> Report:
+def parse(text: str, max_metrics: int | None = None) -> Report:
     """The report a `#runyard ...` line holds; Malformed says what is wrong with it."""
     report = Report()
     seen: set[str] = set()
     for token in text[len(PREFIX):].split():
+        if max_metrics is not None and len(report.metrics) > max_metrics:
+            raise Malformed(f"more than {max_metrics} metrics in one report")
         name, sep, value = token.partition("=")
         if not sep or not name:
             raise Malformed(f"expected name=value, got {token!r}")
@@ -56,6 +63,8 @@ def parse(text: str) -> Report:
             report.metrics[name] = _finite(name, value)
         else:
             raise Malformed(f"{name!r} is not a metric name (letters, digits, _ . / -)")
+    if max_metrics is not None and len(report.metrics) > max_metrics:
+        raise Malformed(f"more than {max_metrics} metrics in one report")
     if report.progress is None and not report.metrics:
         raise Malformed("nothing reported")
     return report

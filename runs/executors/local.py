@@ -3,6 +3,9 @@
 Each run gets a directory under var/local-runs/<instance>/<run id>/ and a detached
 supervisor (runs.executors.local_supervisor) that owns its PTY and process group.
 No isolation beyond that: the processes run as the console's own user.
+
+A run's directory holds its secrets (env.json) and its raw output: it and the
+folders above it are 0700, the files Runyard writes there 0600.
 """
 
 import fcntl
@@ -24,6 +27,7 @@ from django.conf import settings
 from runs.executors.base import (
     REPORTER_FILE, SHELL_COMMAND, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
 )
+from runs.private_files import open_private_for_append, private_dir, write_private
 
 
 class LocalExecutor:
@@ -47,29 +51,30 @@ class LocalExecutor:
         run_dir = self.run_dir(run)
         if (run_dir / "supervisor.pid").exists():
             return str(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "runyard").mkdir(exist_ok=True)
+        for folder in (self.root.parent, self.root, run_dir, run_dir / "runyard"):
+            private_dir(folder)
         script = run_script(
             run.spec["run"], protect=run.spec.get("termination_protection", False), forward_signals=False
         )
-        (run_dir / "script.sh").write_text(script)
+        write_private(run_dir / "script.sh", script)
         base_env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
         base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         full_env = {**base_env, "HOME": str(run_dir / "work"), **with_reporter(env, str(REPORTER_FILE.parent)),
                     "RUNYARD_DIR": str(run_dir / "runyard")}
-        (run_dir / "env.json").write_text(json.dumps(full_env))
+        write_private(run_dir / "env.json", json.dumps(full_env))
         try:
-            supervisor = subprocess.Popen(
-                [sys.executable, "-m", "runs.executors.local_supervisor", str(run_dir)],
-                cwd=settings.BASE_DIR,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=open(run_dir / "supervisor.log", "ab"),
-                start_new_session=True,  # survives the worker that started it
-            )
+            with open_private_for_append(run_dir / "supervisor.log") as errors:
+                supervisor = subprocess.Popen(
+                    [sys.executable, "-m", "runs.executors.local_supervisor", str(run_dir)],
+                    cwd=settings.BASE_DIR,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                    start_new_session=True,  # survives the worker that started it
+                )
         except OSError as exc:
             raise ExecutorError(f"could not start the local process: {exc}") from None
-        (run_dir / "supervisor.pid").write_text(str(supervisor.pid))
+        write_private(run_dir / "supervisor.pid", str(supervisor.pid))
         return str(run_dir)
 
     def read_export(self, run, path: str):

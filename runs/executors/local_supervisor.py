@@ -6,7 +6,9 @@ RUN_DIR/output.jsonl as `[unix_time, stream, text]`, one record a line, complete
 lines only, so the collector can resume from any byte offset. When the main
 process group is done it writes RUN_DIR/ended with the exit status.
 
-Standard library only: this runs beside Django, not inside it.
+Standard library only: this runs beside Django, not inside it. What it writes
+(the raw output among it) is readable by the console's user only; the run's
+commands keep the umask they would have had.
 """
 
 import json
@@ -20,6 +22,7 @@ import time
 
 
 def main(run_dir: str) -> int:
+    inherited_umask = os.umask(0o077)
     with open(os.path.join(run_dir, "env.json")) as f:
         env = json.load(f)
     master, slave = os.openpty()
@@ -38,6 +41,7 @@ def main(run_dir: str) -> int:
         env=env,
         start_new_session=True,  # its own session and process group: stop signals the whole group
         close_fds=True,
+        umask=inherited_umask,
     )
     os.close(slave)
     os.close(err_write)

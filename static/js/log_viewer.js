@@ -94,13 +94,20 @@ function fetchPages() {
 async function fetchPage(index) {
   fetching.add(index);
   try {
-    const response = await fetch(`/api/v1/runs/${runId}/logs?after=${index * PAGE_LINES}&limit=${PAGE_LINES}`,
-      { credentials: "same-origin", headers: { Accept: "application/json" } });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const data = await response.json();
-    for (const line of data.lines) store(line);
-    const last = data.lines.length ? data.lines[data.lines.length - 1].n : 0;
-    if (last > state.total) setTotal(last);
+    // A response is bounded in bytes too: a page of long lines comes in parts, each from the last one's `next`.
+    const end = (index + 1) * PAGE_LINES;
+    let after = index * PAGE_LINES;
+    while (after < end) {
+      const response = await fetch(`/api/v1/runs/${runId}/logs?after=${after}&limit=${end - after}`,
+        { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const data = await response.json();
+      for (const line of data.lines) store(line);
+      const last = data.lines.length ? data.lines[data.lines.length - 1].n : 0;
+      if (last > state.total) setTotal(last);
+      if (!data.lines.length || data.complete) break;
+      after = data.next;
+    }
   } catch (error) {
     liveLabel.textContent = `Could not load lines: ${error.message}`;
   } finally {

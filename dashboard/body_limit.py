@@ -9,9 +9,12 @@ JSON `{detail, errors}` under /api/, a short page elsewhere.
 Two places apply it: `BodyLimitMiddleware` in front of the HTTP app (any ASGI
 server), and `guard_daphne`, because Daphne reads a whole body and then queues all
 of it for the application at once (daphne.http_protocol.WebRequest.process): by the
-time an ASGI middleware could refuse it, the memory is spent.
+time an ASGI middleware could refuse it, the memory is spent. The same queueing
+would hold an accepted 2 GiB dataset upload in memory, so under Daphne a body is
+handed to the application from the file Daphne spooled it to, as it is read.
 """
 
+import asyncio
 import html
 import json
 import re
@@ -117,16 +120,57 @@ async def _send_too_large(send, path: str, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _SpooledBodyQueue(asyncio.Queue):
+    """Daphne's queue for one HTTP request, made to keep only how much body it was
+    given: the bytes are read from the request's spooled file when the application
+    asks for them, 1 MiB at a time."""
+
+    CHUNK = 1 << 20
+    BODY = {"type": "runyard.body"}  # stands in the queue for the body not yet read
+
+    def spool_from(self, content) -> None:
+        self.content, self.body_end, self.body_at, self.body_final, self.body_waiting = content, 0, 0, False, False
+
+    def _put(self, item):
+        if item.get("type") != "http.request":
+            self._queue.append(item)
+            return
+        self.body_end += len(item.get("body", b""))  # what Daphne read from the file, dropped here
+        self.body_final = not item.get("more_body", False)
+        if not self.body_waiting:
+            self.body_waiting = True
+            self._queue.append(self.BODY)
+
+    def _get(self):
+        if self._queue[0] is not self.BODY:
+            return self._queue.popleft()
+        if self.content.closed:
+            self._queue.popleft()
+            return {"type": "http.disconnect"}
+        length = min(self.CHUNK, self.body_end - self.body_at)
+        self.content.seek(self.body_at)
+        chunk = self.content.read(length)
+        self.body_at += len(chunk)
+        done = self.body_at >= self.body_end or len(chunk) < length
+        if done:
+            self._queue.popleft()
+            self.body_waiting = False
+        return {"type": "http.request", "body": chunk, "more_body": not (done and self.body_final)}
+
+
 def guard_daphne() -> None:
     """Make Daphne drop an over-cap body as it arrives (nothing kept in memory or on
-    disk) and answer 413 without starting the application."""
+    disk) and answer 413 without starting the application; and hand an accepted
+    body to the application from its spooled file rather than from memory."""
     try:
         from daphne.http_protocol import WebRequest
+        from daphne.server import Server
     except ImportError:  # another server: the middleware alone applies
         return
     if getattr(WebRequest, "runyard_body_limit", False):
         return
     got_length, handle_chunk, process = WebRequest.gotLength, WebRequest.handleContentChunk, WebRequest.process
+    create_application = Server.create_application
 
     def gotLength(self, length):
         # The request line is parsed, the request object not filled yet: the channel has the path.
@@ -153,7 +197,16 @@ def guard_daphne() -> None:
         self.handle_reply({"type": "http.response.body", "body": body})
         return None
 
+    def create_application_spooled(self, protocol, scope):
+        queue = create_application(self, protocol, scope)
+        if queue is not None and isinstance(protocol, WebRequest) and type(queue) is asyncio.Queue:
+            # Daphne fills the queue right after this returns, before the application runs.
+            queue.__class__ = _SpooledBodyQueue
+            queue.spool_from(protocol.content)
+        return queue
+
     WebRequest.gotLength = gotLength
     WebRequest.handleContentChunk = handleContentChunk
     WebRequest.process = process_within_limit
+    Server.create_application = create_application_spooled
     WebRequest.runyard_body_limit = True

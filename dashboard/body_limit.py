@@ -18,6 +18,7 @@ import asyncio
 import html
 import json
 import re
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -175,7 +176,7 @@ def guard_daphne() -> None:
     def gotLength(self, length):
         # The request line is parsed, the request object not filled yet: the channel has the path.
         raw = getattr(self.channel, "_path", b"") or b""
-        self.runyard_path = raw.split(b"?", 1)[0].decode("ascii", "replace")
+        self.runyard_path = urlsplit(raw.decode("ascii", "replace")).path  # also for an absolute-form target
         self.runyard_limit = limit_for(self.runyard_path) if raw else settings.RUNYARD_MAX_UPLOAD_BYTES
         self.runyard_received = 0
         self.runyard_over = length is not None and length > self.runyard_limit

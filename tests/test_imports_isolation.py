@@ -131,3 +131,37 @@ def test_two_teams_reading_the_same_repository_get_separate_caches_and_one_team_
         assert len(import_volumes(docker_engine, commit)) == 2
     finally:
         remove_volumes(docker_engine, commit)
+
+
+def test_dataset_and_code_caches_are_keyed_by_team_too(alice, bob, charlie):
+    from runs.datasets import create_code_snapshot, create_version
+    from runs.imports import volumes_for
+    from tests.test_reproducible import tar_gz
+
+    keys = {}
+    for user in (alice, bob, charlie):
+        team = user.teams.get()
+        create_version(team, "numbers", tar_gz({"n.txt": b"1 2 3\n"}), "application/gzip", user)
+        snapshot, _ = create_code_snapshot(team, tar_gz({"train.py": b"print(1)\n"}), "application/gzip", user)
+        spec = {"import": {"/data/": {"dataset": {"name": "numbers", "version": 1}}, "/code/": {"code": {"hash": snapshot.archive.content_hash}}}}
+        keys[user.username] = [volume.key for volume in volumes_for(Run(team=team, spec=spec))]
+    assert keys["alice"] == keys["bob"]  # one team: one cache
+    assert not set(keys["alice"]) & set(keys["charlie"])  # the same bytes in another team: its own
+
+
+@pytest.mark.parametrize("spellings", [
+    ["https://git.example.org/Team/Model.git", "https://GIT.example.org/Team/Model/", "HTTPS://git.example.org/Team/Model.git/"],
+    ["git@Git.Example.org:team/model.git", "git@git.example.org:team/model"],
+    ["/srv/repos/model", "/srv/repos/model/", "file:///srv/repos/model", "file:///srv/repos/model.git"],
+])
+def test_one_repository_has_one_spelling(spellings):
+    from runs.imports import normalize_git_url
+
+    assert len({normalize_git_url(url) for url in spellings}) == 1
+
+
+def test_another_path_or_owner_is_another_repository():
+    from runs.imports import normalize_git_url
+
+    assert normalize_git_url("https://git.example.org/Team/Model") != normalize_git_url("https://git.example.org/team/model")
+    assert normalize_git_url("https://git.example.org/a/model") != normalize_git_url("https://git.example.org/b/model")

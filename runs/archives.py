@@ -42,6 +42,7 @@ MAX_DEPTH = 128
 COMPRESSIONS = ((b"\x1f\x8b", "gzip", gzip.open), (b"BZh", "bzip2", bz2.open), (b"\xfd7zXZ\x00", "xz", lzma.open))
 STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 ZIP_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # not just "PK": a tar may begin with PKG-INFO
 
 
 class ArchiveError(Exception):
@@ -120,7 +121,7 @@ def _unpack(upload: Path, content_type: str, into: Path) -> None:
     kind = (content_type or "").split(";")[0].strip().lower()
     with open(upload, "rb") as f:
         magic = f.read(6)
-    if kind == "application/zip" or magic.startswith(b"PK"):
+    if kind == "application/zip" or magic[:4] in ZIP_MAGIC:
         _unpack_zip(upload, into)
         return
     for prefix, name, opener in COMPRESSIONS:

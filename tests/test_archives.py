@@ -345,3 +345,9 @@ def test_an_accepted_300_mb_upload_reaches_the_app_whole_with_flat_memory(consol
     finally:
         if default_storage.exists(f"archives/{expected}.tar"):
             default_storage.delete(f"archives/{expected}.tar")
+
+
+def test_a_tar_whose_first_file_is_pkg_info_is_a_tar(alice):
+    response = upload(alice, tar_bytes([("PKG-INFO", b"Name: x\n"), ("setup.py", b"")], mode="w"), "application/octet-stream")
+    assert response.status_code == 201, response.content
+    assert response.json()["file_count"] == 2

@@ -11,6 +11,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from dashboard.body_limit import BodyLimitMiddleware, guard_daphne  # noqa: E402
 from dashboard.consumers import RunLogsConsumer, RunsConsumer  # noqa: E402
 from terminal.consumers import TerminalConsumer  # noqa: E402
 
@@ -19,8 +20,9 @@ websockets = URLRouter([
     path("ws/runs/<int:run_id>/logs/", RunLogsConsumer.as_asgi()),
     path("ws/runs/<int:run_id>/terminal/", TerminalConsumer.as_asgi()),
 ])
+guard_daphne()  # request bodies over their cap are dropped as they arrive
 application = ProtocolTypeRouter({
-    "http": django_asgi_app,
+    "http": BodyLimitMiddleware(django_asgi_app),
     # Origin must be one of ALLOWED_HOSTS: another site cannot ride the user's session.
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(websockets)),
 })

@@ -221,6 +221,15 @@ LOGGING = {
     "loggers": {"runs": {"handlers": ["console"], "level": env_str("RUNYARD_LOG_LEVEL", "INFO")}},
 }
 
+# Size caps (dashboard/body_limit.py, runs/archives.py): a dataset or code upload's
+# body, what one archive may unpack to (counted while unpacking), and every other
+# request body (pages, run specs), which Django also holds to in memory.
+RUNYARD_MAX_UPLOAD_BYTES = env_int("RUNYARD_MAX_UPLOAD_BYTES", 2 << 30, 1)
+RUNYARD_MAX_UNPACKED_BYTES = env_int("RUNYARD_MAX_UNPACKED_BYTES", 10 << 30, 1)
+RUNYARD_MAX_REQUEST_BYTES = env_int("RUNYARD_MAX_REQUEST_BYTES", 1 << 20, 64 << 10)
+DATA_UPLOAD_MAX_MEMORY_SIZE = RUNYARD_MAX_REQUEST_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2621440  # Django's default: larger files go to a temporary file
+
 # git imports from local paths and file:// URLs read the worker's own disk: fine for
 # one team on its own machine, not for a shared deployment.
 RUNYARD_GIT_ALLOW_FILE = env_bool("RUNYARD_GIT_ALLOW_FILE", not DATABASE_URL)

@@ -16,7 +16,7 @@ from runs.lifecycle import IllegalTransition
 from runs.models import Run, RunEvent, Status
 from runs.selectors import run_for_user, runs_for_user
 from runs.services import NotAllowed, RunNotFinal, can_change, create_run, ensure_team, reproduce_run, terminate_run
-from runs.spec import SpecError, dump_spec_yaml, line_of
+from runs.spec import MAX_SPEC_BYTES, SpecError, dump_spec_yaml, line_of
 
 PAGE_SIZE = 50
 EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
@@ -76,16 +76,20 @@ def run_new(request):
     source, errors = "", []
     if request.method == "POST":
         upload = request.FILES.get("file")
-        source = upload.read().decode("utf-8", "replace") if upload else request.POST.get("spec", "")
-        try:
-            run = create_run(user=request.user, source=source, team=team)
-        except SpecError as exc:
-            errors = [{**error, "line": line_of(source, error["loc"])} for error in exc.errors]
-        except NotAllowed as exc:
-            errors = [{"loc": "", "msg": str(exc)}]
+        if upload is not None and upload.size > MAX_SPEC_BYTES:  # refused unread
+            source = request.POST.get("spec", "")
+            errors = [{"loc": "file", "msg": f"{upload.name} is {upload.size:,} bytes: a run spec can be at most 256 KiB"}]
         else:
-            messages.success(request, f"Run #{run.pk} {run.name} created.")
-            return redirect("run-summary", run.pk)
+            source = upload.read().decode("utf-8", "replace") if upload else request.POST.get("spec", "")
+            try:
+                run = create_run(user=request.user, source=source, team=team)
+            except SpecError as exc:
+                errors = [{**error, "line": line_of(source, error["loc"])} for error in exc.errors]
+            except NotAllowed as exc:
+                errors = [{"loc": "", "msg": str(exc)}]
+            else:
+                messages.success(request, f"Run #{run.pk} {run.name} created.")
+                return redirect("run-summary", run.pk)
     examples = _examples()
     return render(request, "dashboard/run_new.html", {
         "source": source or (examples[0]["yaml"] if examples and request.method == "GET" else source),

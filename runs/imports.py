@@ -2,11 +2,17 @@
 materialized as read-only volumes while it is initializing.
 
 - git: the ref is resolved to a commit SHA at creation; the tree at that commit
-  (`git archive`, no .git) is what the run sees.
+  (`git archive`, no .git) is what the run sees. The commit is always fetched from
+  the URL the run names: a SHA alone proves nothing about who may read it.
 - dataset://NAME[@VERSION]: NAME alone is frozen to the newest version.
 - code://HASH: a snapshot uploaded with `runyard run create --code DIR`.
+
+An import volume is a cache shared by the runs that read the same content, so its
+key names the team and the (normalized) source as well as the content: another
+team naming the same commit or hash never finds this team's volume.
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -14,6 +20,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 
@@ -111,28 +118,82 @@ def _check_url(url: str) -> None:
         raise GitError("url", "local repositories are not allowed here (RUNYARD_GIT_ALLOW_FILE)")
 
 
+def _git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    command = ["git", *(["-C", str(cwd)] if cwd else []), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=GIT_TIMEOUT, env=_git_env())
+
+
+def _last_line(stderr: str, default: str) -> str:
+    return (stderr.strip().splitlines() or [default])[-1]
+
+
 def resolve_git_ref(url: str, ref: str) -> str:
-    """The commit SHA `ref` names in the repository at `url`."""
+    """The commit SHA `ref` names in the repository at `url`.
+
+    A 40-hex ref is still checked against the repository: it must answer, and a
+    server that says it has no such object fails the run here, naming the commit.
+    """
     _check_url(url)
-    if SHA.fullmatch(ref):
-        return ref
     try:
-        result = subprocess.run(
-            ["git", "ls-remote", url, ref, f"{ref}^{{}}"], capture_output=True, text=True, timeout=GIT_TIMEOUT, env=_git_env()
-        )
+        listed = _git("ls-remote", "--", url) if SHA.fullmatch(ref) else _git("ls-remote", "--", url, ref, f"{ref}^{{}}")
+        if listed.returncode != 0:
+            raise GitError("url", f"could not read {url}: {_last_line(listed.stderr, 'git ls-remote failed')}")
+        refs = {}
+        for line in listed.stdout.splitlines():
+            sha, _, name = line.partition("\t")
+            refs[name] = sha
+        if SHA.fullmatch(ref):
+            if ref not in refs.values() and _server_lacks(url, ref):
+                raise GitError("ref", f"commit {ref} not found in {url}")
+            return ref
     except subprocess.TimeoutExpired:
         raise GitError("url", f"{url} did not answer in {GIT_TIMEOUT} s") from None
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["git ls-remote failed"])[-1]
-        raise GitError("url", f"could not read {url}: {reason}")
-    refs = {}
-    for line in result.stdout.splitlines():
-        sha, _, name = line.partition("\t")
-        refs[name] = sha
     for candidate in (f"refs/heads/{ref}^{{}}", f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", ref):
         if candidate in refs:
             return refs[candidate]
     raise GitError("ref", f"ref {ref!r} not found in {url}")
+
+
+def _server_lacks(url: str, commit: str) -> bool:
+    """True when the server says it has no `commit`. Only the commit object is asked
+    for (where the server filters); any other failure, such as a server that does not
+    serve commits by SHA, is left to the full fetch when the run starts."""
+    with tempfile.TemporaryDirectory(prefix="runyard-git-") as work:
+        _git("init", "--quiet", work)
+        fetched = _git("fetch", "--quiet", "--depth", "1", "--no-tags", "--filter=tree:0", "--", url, commit, cwd=Path(work))
+        return fetched.returncode != 0 and "not our ref" in fetched.stderr
+
+
+def normalize_git_url(url: str) -> str:
+    """One spelling per repository, so that a team's runs share a cache: the host's
+    case, a trailing slash and a trailing `.git` do not make another repository."""
+    url = url.strip()
+    if "://" in url:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")
+        host = netloc[2].lower()
+        netloc = f"{netloc[0]}@{host}" if netloc[1] else host
+        path = parts.path
+        if parts.scheme.lower() == "file":
+            path = os.path.normpath(path) if path else path
+        url = urlunsplit((parts.scheme.lower(), netloc, path, parts.query, ""))
+    elif url.startswith("/"):
+        url = "file://" + os.path.normpath(url)
+    elif re.fullmatch(r"[^/:]+@[^/:]+:.*|[^/:]+:.*", url):  # scp-like user@host:path
+        user_host, _, path = url.partition(":")
+        user, at, host = user_host.rpartition("@")
+        url = f"{user}{at}{host.lower()}:{path}"
+    url = url.rstrip("/")
+    if url.endswith(".git"):
+        url = url[: -len(".git")].rstrip("/")
+    return url
+
+
+def cache_key(kind: str, team_id: int, source: str, content: str) -> str:
+    """The import volume's name part: the content, and a digest of team, source and
+    content, so another team (or another source) with the same content gets its own."""
+    digest = hashlib.sha256(f"{team_id}\0{source}\0{content}".encode()).hexdigest()[:40]
+    return f"{kind}-{content[:12]}-{digest}"
 
 
 def volumes_for(run) -> list[ImportVolume]:
@@ -141,37 +202,35 @@ def volumes_for(run) -> list[ImportVolume]:
     for path, source in run.spec.get("import", {}).items():
         if "git" in source:
             commit, url = source["git"]["commit"], source["git"]["url"]
-            volumes.append(ImportVolume(path, f"git-{commit}", f"git {url}@{commit[:12]}", lambda u=url, c=commit: _git_tree(u, c)))
+            key = cache_key("git", run.team_id, normalize_git_url(url), commit)
+            volumes.append(ImportVolume(path, key, f"git {url}@{commit[:12]}", lambda u=url, c=commit: _git_tree(u, c)))
         elif "dataset" in source:
             name, number = source["dataset"]["name"], source["dataset"]["version"]
             version = DatasetVersion.objects.filter(dataset__team=run.team, dataset__name=name, version=number).select_related("archive").first()
             if version is None or version.removed_at:
                 raise ExecutorError(f"dataset {name}@{number} is no longer available (removed)")
             archive = version.archive
-            volumes.append(ImportVolume(path, f"archive-{archive.content_hash}", f"dataset {name}@{number}", lambda a=archive: open_archive(a)))
+            key = cache_key("dataset", run.team_id, f"dataset://{name}", archive.content_hash)
+            volumes.append(ImportVolume(path, key, f"dataset {name}@{number}", lambda a=archive: open_archive(a)))
         elif "code" in source:
             snapshot = CodeSnapshot.objects.filter(team=run.team, archive__content_hash=source["code"]["hash"]).select_related("archive").first()
             if snapshot is None:
                 raise ExecutorError(f"code snapshot {source['code']['hash'][:12]} is no longer available")
             archive = snapshot.archive
-            volumes.append(ImportVolume(path, f"archive-{archive.content_hash}", f"code {archive.content_hash[:12]}", lambda a=archive: open_archive(a)))
+            key = cache_key("code", run.team_id, "code://", archive.content_hash)
+            volumes.append(ImportVolume(path, key, f"code {archive.content_hash[:12]}", lambda a=archive: open_archive(a)))
     return volumes
 
 
 def _git_tree(url: str, commit: str):
-    """The tree at `commit` as a tar file (no .git)."""
+    """The tree at `commit`, fetched from `url` itself, as a tar file (no .git)."""
     _check_url(url)
     work = Path(tempfile.mkdtemp(prefix="runyard-git-"))
     try:
-        clone = subprocess.run(
-            ["git", "clone", "--quiet", "--no-checkout", "--", url, str(work / "repo")],
-            capture_output=True, text=True, timeout=GIT_TIMEOUT, env=_git_env(),
-        )
-        if clone.returncode != 0:
-            raise ExecutorError(f"git import: could not clone {url}: {(clone.stderr.strip().splitlines() or ['?'])[-1]}")
+        _fetch_commit(url, commit, work)
         out = tempfile.TemporaryFile()
         archive = subprocess.run(
-            ["git", "-C", str(work / "repo"), "archive", "--format=tar", commit],
+            ["git", "-C", str(work), "archive", "--format=tar", commit],
             stdout=out, stderr=subprocess.PIPE, text=False, timeout=GIT_TIMEOUT, env=_git_env(),
         )
         if archive.returncode != 0:
@@ -183,3 +242,20 @@ def _git_tree(url: str, commit: str):
         raise ExecutorError(f"git import: {url} did not answer in {GIT_TIMEOUT} s") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _fetch_commit(url: str, commit: str, work: Path) -> None:
+    """Fetch `commit` from `url` into a new repository at `work`, or fail naming it.
+
+    First the commit alone (most servers serve a commit by SHA); where the server
+    refuses, its branches and tags, in which the commit must then be found.
+    """
+    init = _git("init", "--quiet", str(work))
+    if init.returncode != 0:
+        raise ExecutorError(f"git import: {_last_line(init.stderr, 'git init failed')}")
+    if _git("fetch", "--quiet", "--depth", "1", "--no-tags", "--", url, commit, cwd=work).returncode != 0:
+        every = _git("fetch", "--quiet", "--no-tags", "--", url, "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*", cwd=work)
+        if every.returncode != 0:
+            raise ExecutorError(f"git import: could not fetch {url}: {_last_line(every.stderr, '?')}")
+    if _git("cat-file", "-e", f"{commit}^{{commit}}", cwd=work).returncode != 0:
+        raise ExecutorError(f"git import: commit {commit} not found in {url}")

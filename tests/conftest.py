@@ -242,6 +242,12 @@ def wait_for(run_id: int, statuses, timeout: float = 60.0, *, removed: bool = Fa
     raise AssertionError(f"run {run_id} is {run.status} ({run.status_reason!r}), not {statuses} after {timeout} s")
 
 
+class ConsoleUrl(str):
+    """The live console's address; `pid` is its Daphne process."""
+
+    pid: int
+
+
 @pytest.fixture(scope="session")
 def console_url(worker_env, tmp_path_factory):
     """A real Daphne serving the console on the test database (as `make run` does)."""
@@ -256,7 +262,8 @@ def console_url(worker_env, tmp_path_factory):
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
         cwd=ROOT, env=worker_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = ConsoleUrl(f"http://127.0.0.1:{port}")
+    url.pid = process.pid  # Daphne's, for tests that read its memory
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -1,0 +1,224 @@
+"""Slots, leases and the order work is served in (issue 7 §3), on real containers
+driven by a real Celery deployment (a control worker and a collect worker).
+
+The test worker's lease is 6 s and it reconciles every 2 s (tests/conftest.py),
+so a step that takes longer than 6 s without renewing its lease is handed to a
+second worker within seconds.
+"""
+
+import functools
+import http.server
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from django.conf import settings
+from django.test import Client
+
+from runs.models import Run, RunEvent, RunFile, Team
+from runs.services import create_run, terminate_run
+from tests.conftest import BUSYBOX, Api, Worker, wait_for
+from tests.test_engine import container_left, launch, log_texts, statuses, wait_for_log
+
+LEASE_SECONDS = 6  # RUNYARD_COLLECTOR_LEASE_SECONDS in worker_env
+SLEEPER = "echo up; while :; do sleep 0.2; done"
+
+
+def wait_until(condition, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not reached after {timeout} s")
+
+
+def run_state(run_id: int) -> Run:
+    return Run.objects.get(pk=run_id)
+
+
+class SlowGitServer:
+    """A git repository served over git's plain ("dumb") HTTP protocol by a server
+    that answers each request after `delay` seconds: a slow remote, as a far-away
+    or overloaded git host is. A clone from it takes several times the lease."""
+
+    def __init__(self, root: Path, files: dict[str, str]):
+        self.label = root.name
+        work = root / "work"
+        work.mkdir()
+        git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+        subprocess.run(git + ["init", "-q", "-b", "main", str(work)], check=True)
+        for name, text in files.items():
+            (work / name).write_text(text)
+            subprocess.run(git + ["-C", str(work), "add", name], check=True)
+            # One commit per file: the dumb protocol walks history one commit after another.
+            subprocess.run(git + ["-C", str(work), "commit", "-q", "-m", name], check=True)
+        self.commit = subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "repo.git")], check=True)
+        subprocess.run(["git", "-C", str(root / "repo.git"), "update-server-info"], check=True)
+        self.delay = 0.0
+        self.slow_clones = 0  # clones started while the remote is slow
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                if server.delay and "/info/refs" in self.path:
+                    server.slow_clones += 1  # a clone's first request
+                time.sleep(server.delay)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/repo.git"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def slow_git(tmp_path):
+    files = {f"part{n}.txt": f"part {n} of the slow repository ({tmp_path.name})\n" for n in range(8)}
+    server = SlowGitServer(tmp_path, files)
+    yield server
+    server.close()
+
+
+def test_a_start_that_takes_longer_than_its_lease_completes(alice, engine, docker_engine, slow_git):
+    source = yaml.safe_dump({
+        "name": "slow-clone", "image": BUSYBOX,
+        "import": {"/code/": {"git": {"url": slow_git.url, "ref": slow_git.commit}}},
+        # Long enough that a second start, had one come, would find the run running.
+        "run": [{"command": "cat /code/part7.txt; sleep 12; echo done"}],
+    })
+    run = create_run(user=alice, source=source, executor="docker")
+    slow_git.delay = 1.0  # from now on every request to the remote takes a second
+    run = wait_for(run.pk, {"completed", "failed", "terminated"}, timeout=180, removed=True)
+    assert run.status == "completed", run.status_reason
+    assert statuses(run) == ["pending", "initializing", "running", "stopping", "completed"]
+    assert not RunEvent.objects.filter(run=run, to_status="terminated").exists()
+    assert log_texts(run) == [f"part 7 of the slow repository ({slow_git.label})", "done"]
+    assert run.exit_code == 0
+    # The premise: the start outlasted the lease several times over; its lease held,
+    # so no second worker cloned the repository meanwhile.
+    assert (run.started_at - run.initializing_at).total_seconds() > 2 * LEASE_SECONDS
+    assert slow_git.slow_clones == 1
+
+
+def test_an_export_copy_that_takes_longer_than_its_lease_is_stored_once(alice, engine, docker_engine):
+    count = 20000
+    source = yaml.safe_dump({
+        "name": "many-outputs", "image": BUSYBOX,
+        "run": [{"command": f"mkdir -p /output; i=0; while [ $i -lt {count} ]; do echo \"file $i\" > /output/f$i.txt; i=$((i+1)); done; echo written"}],
+        "export": {"/output/": "volume://outputs"},
+    })
+    run = create_run(user=alice, source=source, executor="docker")
+    run = wait_for(run.pk, {"completed", "failed", "terminated"}, timeout=300, removed=True)
+    assert run.status == "completed", run.status_reason
+    assert run.exports_state == "complete"
+    assert statuses(run) == ["pending", "initializing", "running", "stopping", "completed"]
+    files = RunFile.objects.filter(run=run)
+    assert files.count() == count
+    assert set(files.values_list("path", flat=True)) == {f"/output/f{i}.txt" for i in range(count)}
+    # Every file stored once: no second copy beside it under another name.
+    stored = sorted(p.name for p in (Path(settings.MEDIA_ROOT) / f"runs/{run.pk}/files/output").iterdir())
+    assert stored == sorted(f"f{i}.txt" for i in range(count))
+    sample = files.get(path="/output/f123.txt")
+    assert (Path(settings.MEDIA_ROOT) / sample.storage_name).read_text() == "file 123\n"
+    # The premise: copying out took longer than the lease.
+    assert (run.finished_at - run.stopping_at).total_seconds() > LEASE_SECONDS
+
+
+def test_a_team_at_its_cap_waits_in_order_and_other_teams_are_unaffected(alice, charlie, engine, docker_engine):
+    Team.objects.filter(name="vision").update(max_running=2)
+    api = Api(alice)
+    first, second = (launch(alice, "docker", SLEEPER, termination_grace="1s") for _ in range(2))
+    for run in (first, second):
+        wait_for(run.pk, "running")
+    third = launch(alice, "docker", "echo third", termination_grace="1s")
+    fourth = launch(alice, "docker", "echo fourth", termination_grace="1s")
+    reason = "waiting: team vision is at its cap of 2 running runs"
+    wait_until(lambda: run_state(fourth.pk).status_reason == reason, 30, "the fourth run's waiting reason")
+    for run, place in ((third, 1), (fourth, 2)):
+        body = api.get(f"/runs/{run.pk}").json()
+        assert (body["status"], body["status_reason"], body["queue_position"]) == ("pending", reason, place)
+    listed = {item["id"]: item["queue_position"] for item in api.get("/runs").json()["items"]}
+    assert listed[third.pk] == 1 and listed[fourth.pk] == 2 and listed[first.pk] is None
+
+    # The runs list says why and where a run waits.
+    page = Client()
+    page.force_login(alice)
+    html = page.get("/").content.decode()
+    assert reason in html and "#1 in the team's queue" in html and "#2 in the team's queue" in html
+
+    # Another team's run starts at once.
+    other = launch(charlie, "docker", "echo speech team", termination_grace="1s")
+    other = wait_for(other.pk, "completed", timeout=60, removed=True)
+    assert statuses(other) == ["pending", "initializing", "running", "stopping", "completed"]
+    assert run_state(third.pk).status == "pending"
+
+    # A slot frees: the next run of the team starts, the one after it moves up.
+    terminate_run(first, actor=alice)
+    third = wait_for(third.pk, "completed", timeout=60, removed=True)
+    assert log_texts(third) == ["third"]
+    fourth = wait_for(fourth.pk, "completed", timeout=60, removed=True)
+    assert log_texts(fourth) == ["fourth"]
+    terminate_run(second, actor=alice)
+    wait_for(second.pk, "terminated", removed=True)
+    assert api.get(f"/runs/{second.pk}").json()["queue_position"] is None
+
+
+def test_a_terminated_pending_run_never_starts(alice, engine, docker_engine):
+    Team.objects.filter(name="vision").update(max_running=1)
+    holder = launch(alice, "docker", SLEEPER, termination_grace="1s")
+    wait_for(holder.pk, "running")
+    queued = launch(alice, "docker", "echo must never run")
+    wait_until(lambda: run_state(queued.pk).status_reason.startswith("waiting:"), 30, "the queued run's waiting reason")
+    response = Api(alice).post(f"/runs/{queued.pk}/terminate")
+    assert response.status_code == 202
+    assert response.json()["queue_position"] is None
+    # The slot frees; a later run takes it, and the terminated one stays as it was.
+    terminate_run(holder, actor=alice)
+    later = launch(alice, "docker", "echo later")
+    later = wait_for(later.pk, "completed", timeout=60, removed=True)
+    queued = wait_for(queued.pk, "terminated", removed=True)
+    assert statuses(queued) == ["pending", "terminated"]
+    assert queued.started_at is None and queued.initializing_at is None
+    assert log_texts(queued) == []
+    assert not container_left(queued)
+
+
+def test_a_terminate_is_served_while_every_collector_thread_is_busy(alice, engine, docker_engine, worker_env, tmp_path):
+    # A deployment whose collect worker has two threads, both taken by long runs.
+    engine.stop()
+    small = Worker(worker_env, tmp_path, control_threads=2, collect_threads=2, name="small")
+    small.start()
+    try:
+        command = "trap 'echo stopping now; exit 0' TERM; " + SLEEPER
+        collected = [launch(alice, "docker", command, termination_grace="3s") for _ in range(2)]
+        for run in collected:
+            wait_for(run.pk, "running")
+            wait_for_log(run, "up")
+        uncollected = launch(alice, "docker", command, termination_grace="3s")
+        wait_for(uncollected.pk, "running")
+
+        for run in (collected[0], uncollected):
+            assert Api(alice).post(f"/runs/{run.pk}/terminate").status_code == 202
+        for run in (collected[0], uncollected):
+            # Grace (3 s) plus a few seconds; generous, for a loaded machine.
+            run = wait_for(run.pk, "terminated", timeout=30, removed=True)
+            assert not container_left(run)
+            lines = log_texts(run)  # all of its output, collected by whoever got to it
+            assert lines[0] == "up" and lines[-1] == "stopping now"
+        terminate_run(collected[1], actor=alice)
+        wait_for(collected[1].pk, "terminated", timeout=30, removed=True)
+    finally:
+        small.stop()
+        engine.start()

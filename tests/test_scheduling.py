@@ -128,8 +128,11 @@ def test_an_export_copy_that_takes_longer_than_its_lease_is_stored_once(alice, e
     assert files.count() == count
     assert set(files.values_list("path", flat=True)) == {f"/output/f{i}.txt" for i in range(count)}
     # Every file stored once: no second copy beside it under another name.
-    stored = sorted(p.name for p in (Path(settings.MEDIA_ROOT) / f"runs/{run.pk}/files/output").iterdir())
-    assert stored == sorted(f"f{i}.txt" for i in range(count))
+    folder = Path(settings.MEDIA_ROOT) / f"runs/{run.pk}/files/output"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"f{i}.txt" for i in range(count))
+    # ... and none written again after the run said it was done (as a second copy would).
+    last_written = max(p.stat().st_mtime for p in folder.iterdir())
+    assert last_written <= run.finished_at.timestamp()
     sample = files.get(path="/output/f123.txt")
     assert (Path(settings.MEDIA_ROOT) / sample.storage_name).read_text() == "file 123\n"
     # The premise: copying out took longer than the lease.

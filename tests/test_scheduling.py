@@ -8,7 +8,11 @@ second worker within seconds.
 
 import functools
 import http.server
+import json
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ from django.test import Client
 
 from runs.models import Run, RunEvent, RunFile, Team
 from runs.services import create_run, terminate_run
-from tests.conftest import BUSYBOX, Api, Worker, wait_for
+from tests.conftest import BUSYBOX, ROOT, Api, Worker, wait_for
 from tests.test_engine import container_left, launch, log_texts, statuses, wait_for_log
 
 LEASE_SECONDS = 6  # RUNYARD_COLLECTOR_LEASE_SECONDS in worker_env
@@ -224,4 +228,81 @@ def test_a_terminate_is_served_while_every_collector_thread_is_busy(alice, engin
         wait_for(collected[1].pk, "terminated", timeout=30, removed=True)
     finally:
         small.stop()
+        engine.start()
+
+
+def start_embedded_console(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """The embedded default (`make run`): one Daphne process that is also the worker."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+        cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/v1/health", timeout=2)
+            return process, url
+        except Exception:
+            if process.poll() is not None or time.monotonic() > deadline:
+                os.killpg(process.pid, signal.SIGKILL)
+                raise RuntimeError("the embedded console did not start: " + log_path.read_text()[-3000:])
+            time.sleep(0.2)
+
+
+def http_call(url: str, token: str, method: str = "GET", body: bytes | None = None) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/yaml",
+    })
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_embedded_terminate_and_collection_when_every_collector_thread_is_busy(alice, engine, docker_engine, worker_env, tmp_path):
+    # The embedded default with two collector threads: the console is its own worker.
+    env = {key: value for key, value in worker_env.items() if key != "REDIS_URL"}
+    env.update(RUNYARD_TASKS_IN_PROCESS="1", RUNYARD_COLLECTOR_THREADS="2")
+    engine.stop()
+    process, url = start_embedded_console(env, tmp_path / "embedded.log")
+    try:
+        command = "trap 'echo stopping now; exit 0' TERM; " + SLEEPER
+        body = yaml.safe_dump({"name": "busy", "image": BUSYBOX, "run": [{"command": command}], "termination_grace": "3s"}).encode()
+
+        def launch_there() -> Run:
+            return Run.objects.get(pk=http_call(url + "/api/v1/runs", alice.token, "POST", body)["id"])
+
+        collected = [launch_there() for _ in range(2)]
+        for run in collected:
+            wait_for(run.pk, "running")
+            wait_for_log(run, "up")
+        waiting = launch_there()
+        wait_for(waiting.pk, "running")
+
+        # A terminate does not wait for a collector thread.
+        assert http_call(url + f"/api/v1/runs/{collected[0].pk}/terminate", alice.token, "POST")["status"] == "terminated"
+        run = wait_for(collected[0].pk, "terminated", timeout=30, removed=True)
+        assert not container_left(run)
+        # The thread it freed goes to the run that had none: its output is collected.
+        wait_for_log(waiting, "up")
+        for run in (waiting, collected[1]):
+            http_call(url + f"/api/v1/runs/{run.pk}/terminate", alice.token, "POST")
+        for run in (waiting, collected[1]):
+            run = wait_for(run.pk, "terminated", timeout=30, removed=True)
+            assert "stopping now" in log_texts(run)
+            assert not container_left(run)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         engine.start()

@@ -65,13 +65,14 @@ class SlowGitServer:
         subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "repo.git")], check=True)
         subprocess.run(["git", "-C", str(root / "repo.git"), "update-server-info"], check=True)
         self.delay = 0.0
-        self.slow_clones = 0  # clones started while the remote is slow
+        self.slow_clones = 0  # clones while the remote is slow: each reads the tip commit once
+        tip_object = f"/repo.git/objects/{self.commit[:2]}/{self.commit[2:]}"
         server = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
             def do_GET(self):
-                if server.delay and "/info/refs" in self.path:
-                    server.slow_clones += 1  # a clone's first request
+                if server.delay and self.path == tip_object:
+                    server.slow_clones += 1
                 time.sleep(server.delay)
                 super().do_GET()
 

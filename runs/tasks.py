@@ -56,7 +56,7 @@ TASKS = {"start": start, "collect": collect, "stop": stop}
 # The embedded default's pool for each task: a stop never waits for a thread that a
 # slow start or a run's collector holds.
 IN_PROCESS_POOL = {"stop": "control", "dispatch": "control", "start": "start", "collect": "collect"}
-CONTROL_THREADS = 4
+CONTROL_THREADS = 16  # a stop holds its thread through the grace period
 START_THREADS = 8
 
 

@@ -307,3 +307,33 @@ def test_embedded_terminate_and_collection_when_every_collector_thread_is_busy(a
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         engine.start()
+
+
+def test_a_full_installation_gives_a_freed_slot_to_the_team_holding_fewest(alice, charlie, engine, docker_engine, worker_env, tmp_path):
+    # An installation with two slots, both taken by one team, which has more waiting.
+    engine.stop()
+    small = Worker({**worker_env, "RUNYARD_MAX_RUNNING": "2"}, tmp_path, name="two-slots")
+    small.start()
+    try:
+        holders = [launch(alice, "docker", SLEEPER, termination_grace="1s") for _ in range(2)]
+        for run in holders:
+            wait_for(run.pk, "running")
+        backlog = launch(alice, "docker", SLEEPER, termination_grace="1s")
+        other = launch(charlie, "docker", SLEEPER, termination_grace="1s")
+        reason = "waiting: all 2 run slots of this installation are taken"
+        for run in (backlog, other):
+            wait_until(lambda run=run: run_state(run.pk).status_reason == reason, 30, f"run {run.pk}'s waiting reason")
+        assert Api(charlie).get(f"/runs/{other.pk}").json()["queue_position"] == 1  # first in its own team
+
+        # alice's waiting run is older, but charlie's team holds no slot: it goes first.
+        terminate_run(holders[0], actor=alice)
+        wait_for(other.pk, "running", timeout=30)
+        assert run_state(backlog.pk).status == "pending"
+        terminate_run(holders[1], actor=alice)
+        wait_for(backlog.pk, "running", timeout=30)
+        for run, user in ((other, charlie), (backlog, alice)):
+            terminate_run(run, actor=user)
+            wait_for(run.pk, "terminated", timeout=30, removed=True)
+    finally:
+        small.stop()
+        engine.start()

@@ -148,6 +148,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Collectors hold a thread for as long as a run runs: they get a queue (and workers)
+# of their own, so start and terminate never wait behind them (README, "Full deployment").
+CELERY_TASK_QUEUES = {name: {"exchange": name, "routing_key": name} for name in ("control", "collect")}  # no -Q: both
+CELERY_TASK_DEFAULT_QUEUE = "control"
+CELERY_TASK_ROUTES = {"runs.tasks.collect": {"queue": "collect"}}
 CELERY_BEAT_SCHEDULE = {
     "reconcile-runs": {"task": "runs.tasks.reconcile", "schedule": float(env_int("RUNYARD_RECONCILE_SECONDS", 15, 1))},
 }
@@ -169,6 +174,11 @@ RUNYARD_DOCKER_NETWORK = env_str("RUNYARD_DOCKER_NETWORK", "none")
 RUNYARD_LOCAL_RUNS_DIR = VAR_DIR / "local-runs"
 # A collector that has not reported for this long is presumed dead and replaced.
 RUNYARD_COLLECTOR_LEASE_SECONDS = env_int("RUNYARD_COLLECTOR_LEASE_SECONDS", 30, 5)
+# Runs holding a slot (initializing, running, stopping) at once in the installation;
+# more wait `pending`. A team's own cap is Team.max_running (runs.slots).
+RUNYARD_MAX_RUNNING = env_int("RUNYARD_MAX_RUNNING", 100, 1)
+# The embedded default's collector threads (one per running run): by default one per slot.
+RUNYARD_COLLECTOR_THREADS = env_int("RUNYARD_COLLECTOR_THREADS", RUNYARD_MAX_RUNNING, 1)
 # Which installation's containers are ours (their runyard.instance label). Unset:
 # made once and kept in the database. Set it to pin it, e.g. for the tests' worker.
 RUNYARD_INSTANCE_ID = env_str("RUNYARD_INSTANCE_ID")

@@ -16,6 +16,7 @@ from runs.lifecycle import IllegalTransition
 from runs.models import Run, RunEvent, Status
 from runs.selectors import run_for_user, runs_for_user
 from runs.services import NotAllowed, RunNotFinal, can_change, create_run, ensure_team, reproduce_run, terminate_run
+from runs.slots import attach_queue_positions
 from runs.spec import MAX_SPEC_BYTES, SpecError, dump_spec_yaml, line_of
 
 PAGE_SIZE = 50
@@ -42,7 +43,7 @@ def runs_list(request):
         before = None
     page = list(runs_for_user(request.user, before_id=before, limit=PAGE_SIZE + 1, **filters))
     more = len(page) > PAGE_SIZE
-    page = page[:PAGE_SIZE]
+    page = attach_queue_positions(page[:PAGE_SIZE])
     older = request.GET.copy()
     if more:
         older["before"] = page[-1].pk
@@ -62,7 +63,7 @@ def runs_list(request):
 @require_GET
 def run_row(request, run_id: int):
     """One row of the runs list: what the live list swaps in on a status change."""
-    return render(request, "dashboard/_run_row.html", {"run": _run_or_404(request, run_id)})
+    return render(request, "dashboard/_run_row.html", {"run": attach_queue_positions([_run_or_404(request, run_id)])[0]})
 
 
 def _examples() -> list[dict]:
@@ -114,7 +115,7 @@ def _run_context(request, run: Run, tab: str) -> dict:
 @login_required
 @require_GET
 def run_summary(request, run_id: int):
-    run = _run_or_404(request, run_id)
+    run = attach_queue_positions([_run_or_404(request, run_id)])[0]
     events = list(RunEvent.objects.filter(run=run).order_by("at", "pk"))
     reproductions = list(run.reproductions.order_by("pk").values_list("pk", "name", "status"))
     return render(request, "dashboard/run_summary.html", {

@@ -23,6 +23,7 @@ from runs.lifecycle import IllegalTransition
 from runs.models import ApiToken, Run, RunEvent, RunFile, Status
 from runs.selectors import run_for_user, runs_for_user
 from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, reproduce_run, terminate_run
+from runs.slots import attach_queue_positions, queue_position
 from runs.spec import SpecError
 from runs.streaming import storage_chunks, stream_response
 
@@ -157,6 +158,7 @@ def serialize_run(run: Run) -> dict:
         "imports": run.imports,
         "changes": run.changes,
         "exports_state": run.exports_state or None,
+        "queue_position": queue_position(run),  # 1-based in the team's queue while pending (runs.slots)
         "url": f"/runs/{run.pk}/",
     }
 
@@ -241,7 +243,7 @@ def _list(request):
     )
     page = list(runs)
     more = len(page) > limit
-    page = page[:limit]
+    page = attach_queue_positions(page[:limit])
     next_cursor = base64.urlsafe_b64encode(str(page[-1].pk).encode()).decode() if more and page else None
     return JsonResponse({"items": [serialize_run(r) for r in page], "next_cursor": next_cursor})
 

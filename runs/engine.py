@@ -2,24 +2,24 @@
 
 Every function takes a run id and is idempotent: delivered twice, or re-run after
 its worker died, it does the work once. Work on a run is guarded by a lease on
-its row (runs.logstore.take_lease); the reconciler hands expired leases on.
+its row (runs.leases); the reconciler hands expired leases on.
 """
 
 import logging
 import time
 import uuid
-from datetime import timedelta
 
 from django.db import connection
 from django.db.models import F, IntegerField, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from runs import exports, imports, team_secrets
+from runs import exports, imports, slots, team_secrets
 from runs.executors import EXECUTOR_NAMES, get_executor
 from runs.executors.base import ExecutorError, ExitInfo, Limits
+from runs.leases import LeaseHeartbeat, LeaseLost, release_lease, renew_lease, take_lease
 from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
-from runs.logstore import LeaseLost, LogWriter, release_lease, renew_lease, take_lease
+from runs.logstore import LogWriter
 from runs.models import Run, Status
 
 log = logging.getLogger(__name__)
@@ -32,48 +32,67 @@ def _new_owner(kind: str) -> str:
     return f"{kind}-{uuid.uuid4().hex[:16]}"
 
 
+# What a start came to.
+STARTED, TERMINATED_MEANWHILE, NOTHING = "started", "terminated", ""
+
+
 def start_run(run_id: int) -> None:
-    """pending → initializing → running, or failed with the reason."""
+    """pending → initializing → running, or failed with the reason.
+
+    A pending run starts only when its team and the installation have a slot for it
+    (runs.slots); else it stays pending, saying why. The lease is renewed for as
+    long as the start takes (a git clone, filling a large dataset volume), so the
+    reconciler does not hand the run to a second start meanwhile.
+    """
     owner = _new_owner("start")
     if not take_lease(run_id, owner):
         return
-    started = False
     try:
-        run = Run.objects.select_related("preset").get(pk=run_id)
-        if run.status == Status.PENDING:
-            try:
-                run = transition(run_id, Status.INITIALIZING, reason="picked up by a worker", only_from=[Status.PENDING])
-            except IllegalTransition:
-                return
-        elif run.status != Status.INITIALIZING:
-            return
-        run = Run.objects.select_related("preset").get(pk=run_id)
-        executor = get_executor(run.executor)
-        try:
-            env = _resolve_env(run)
-            digest = executor.prepare(run)
-            if digest != run.image_digest:
-                run.image_digest = digest
-                Run.objects.filter(pk=run_id).update(image_digest=digest)
-            limits = Limits(cpus=float(run.preset.cpus), memory_mb=run.preset.memory_mb)
-            handle = executor.start(run, env, limits, imports.volumes_for(run))
-        except ExecutorError as exc:
-            _fail_initializing(run, executor, str(exc))
-            return
-        try:
-            transition(run_id, Status.RUNNING, reason="main process started", only_from=[Status.INITIALIZING], container_id=handle[:100])
-            started = True
-        except IllegalTransition:
-            # Terminated while we were starting it: honour the terminate now.
-            release_lease(run_id, owner)
-            stop_run(run_id)
-            return
+        with LeaseHeartbeat(run_id, owner) as heartbeat:
+            outcome = _start(run_id, heartbeat)
     finally:
         release_lease(run_id, owner)
-    if started:
+    if outcome == STARTED:
         from runs.tasks import enqueue
 
         enqueue("collect", run_id)
+    elif outcome == TERMINATED_MEANWHILE:
+        stop_run(run_id)  # the user terminated it while we were starting it: honour that now
+
+
+def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
+    run = Run.objects.get(pk=run_id)
+    if run.status == Status.PENDING:
+        if not slots.admit(run_id):
+            return NOTHING
+    elif run.status != Status.INITIALIZING:
+        return NOTHING
+    run = Run.objects.select_related("preset").get(pk=run_id)
+    executor = get_executor(run.executor)
+    try:
+        env = _resolve_env(run)
+        digest = executor.prepare(run)
+        if digest != run.image_digest:
+            run.image_digest = digest
+            Run.objects.filter(pk=run_id).update(image_digest=digest)
+        limits = Limits(cpus=float(run.preset.cpus), memory_mb=run.preset.memory_mb)
+        handle = executor.start(run, env, limits, imports.volumes_for(run))
+    except ExecutorError as exc:
+        if heartbeat.lost:
+            # Another worker owns the start now: whether the run failed is its call.
+            log.warning("run %s: start failed after its lease was taken over: %s", run_id, exc)
+            return NOTHING
+        _fail_initializing(run, executor, str(exc))
+        return NOTHING
+    try:
+        transition(run_id, Status.RUNNING, reason="main process started", only_from=[Status.INITIALIZING], container_id=handle[:100])
+        return STARTED
+    except IllegalTransition as exc:
+        if exc.current == Status.TERMINATED:
+            return TERMINATED_MEANWHILE
+        # Another worker started it first: its container is the run's, and it stays.
+        log.info("run %s: already %s, started by another worker", run_id, exc.current)
+        return NOTHING
 
 
 def _resolve_env(run: Run) -> dict[str, str]:
@@ -86,8 +105,10 @@ def _resolve_env(run: Run) -> dict[str, str]:
 def _fail_initializing(run: Run, executor, reason: str) -> None:
     try:
         transition(run.pk, Status.FAILED, reason=reason, only_from=[Status.INITIALIZING])
-    except IllegalTransition:
-        pass  # terminated meanwhile: that status stands
+    except IllegalTransition as exc:
+        if exc.current != Status.TERMINATED:
+            return  # another worker started the run meanwhile: not ours to remove
+        # terminated meanwhile: that status stands, and nothing of the run is kept
     executor.remove(run)
     Run.objects.filter(pk=run.pk).update(container_removed_at=timezone.now(), log_complete=True)
 
@@ -137,7 +158,10 @@ def collect_run(run_id: int) -> None:
             vanished = str(exc)
         writer.end_pending_lines()
         writer.flush()
-        _finalize(run_id, executor, vanished)
+        # Copying exports out can take longer than a lease: keep it, so no second
+        # collector copies them again meanwhile.
+        with LeaseHeartbeat(run_id, owner) as heartbeat:
+            _finalize(run_id, executor, vanished, heartbeat)
     except LeaseLost:
         log.info("run %s: another collector took over", run_id)
     finally:
@@ -168,8 +192,10 @@ def describe_exit(info: ExitInfo) -> str:
     return f"{text} ({info.reason})" if info.reason else text
 
 
-def _finalize(run_id: int, executor, vanished: str) -> None:
-    """The container ended and its output is stored: settle the status, remove it."""
+def _finalize(run_id: int, executor, vanished: str, heartbeat: LeaseHeartbeat) -> None:
+    """The container ended and its output is stored: settle the status, remove it.
+
+    Raises LeaseLost, before changing anything more, once another collector holds the run."""
     run = Run.objects.get(pk=run_id)
     info = ExitInfo(None, vanished) if vanished else executor.exit_info(run)
     if run.status == Status.RUNNING:
@@ -182,10 +208,11 @@ def _finalize(run_id: int, executor, vanished: str) -> None:
         reason = "exit code 0" if target == Status.COMPLETED else describe_exit(info)
         if not vanished:
             try:
-                exports.copy_exports(run, executor, partial=False)
+                exports.copy_exports(run, executor, partial=False, guard=heartbeat.check)
             except exports.ExportError as exc:
                 target, reason = Status.FAILED, str(exc)
                 Run.objects.filter(pk=run_id).update(exports_state="failed")
+        heartbeat.check()
         try:
             transition(run_id, target, reason=reason, only_from=[Status.STOPPING], exit_code=info.exit_code)
         except IllegalTransition:
@@ -193,7 +220,7 @@ def _finalize(run_id: int, executor, vanished: str) -> None:
     elif run.status == Status.TERMINATED and not vanished and run.started_at:
         # What a stopped run wrote is kept; cut short mid-command, it is marked partial.
         try:
-            exports.copy_exports(run, executor, partial=run.idle_at is None)
+            exports.copy_exports(run, executor, partial=run.idle_at is None, guard=heartbeat.check)
         except exports.ExportError as exc:
             log.warning("run %s: %s", run_id, exc)
             Run.objects.filter(pk=run_id).update(exports_state="failed")
@@ -203,6 +230,7 @@ def _finalize(run_id: int, executor, vanished: str) -> None:
             transition(run_id, Status.TERMINATED, reason=f"container ended while idle: {describe_exit(info)}", only_from=[Status.IDLE])
         except IllegalTransition:
             pass
+    heartbeat.check()
     executor.remove(run)
     # One update: whoever sees the container gone also sees how it ended.
     Run.objects.filter(pk=run_id).update(
@@ -214,11 +242,11 @@ def _finalize(run_id: int, executor, vanished: str) -> None:
 def stop_run(run_id: int) -> None:
     """After a terminate: SIGTERM, the grace, SIGKILL; then collect what is left and remove."""
     run = Run.objects.get(pk=run_id)
-    if run.container_removed_at:
+    if run.container_removed_at or run.status not in FINAL:
+        # Only a final run is stopped (a terminated one, or one whose container was
+        # left behind): a live run's container belongs to its start and collect tasks.
         return
     executor = get_executor(run.executor)
-    if run.status in (Status.PENDING, Status.INITIALIZING):
-        return
     executor.stop(run, _remaining_grace(run))
     # If a collector is still following the output it finalizes; else this one does.
     collect_run(run_id)
@@ -235,10 +263,9 @@ def reconcile_runs() -> dict[str, int]:
     now = timezone.now()
     lease_free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
     counts = {"start": 0, "collect": 0, "stop": 0, "orphans": 0}
-    stale = now - timedelta(seconds=30)
-    for run_id in Run.objects.filter(lease_free, status=Status.PENDING, created_at__lt=stale).values_list("pk", flat=True):
-        enqueue("start", run_id, on_commit=False)
-        counts["start"] += 1
+    # Pending runs that fit now (their start was lost, or a slot freed unnoticed);
+    # one just created has its own start on the way.
+    counts["start"] += slots.dispatch(min_age_seconds=10)
     for run_id in Run.objects.filter(lease_free, status=Status.INITIALIZING).values_list("pk", flat=True):
         enqueue("start", run_id, on_commit=False)
         counts["start"] += 1

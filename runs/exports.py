@@ -7,6 +7,7 @@ import logging
 import posixpath
 import tarfile
 import tempfile
+from collections.abc import Callable
 
 from django.core.files import File
 from django.core.files.storage import default_storage
@@ -26,13 +27,18 @@ def storage_prefix(run_id: int) -> str:
     return f"runs/{run_id}/files"
 
 
-def copy_exports(run: Run, executor, *, partial: bool) -> int:
+def copy_exports(run: Run, executor, *, partial: bool, guard: Callable[[], None] = lambda: None) -> int:
     """Copy every export path out of the run; returns the number of files.
 
     Raises ExportError naming the path that failed; then no row is written.
+    `guard` is called before each file and before the rows are written: it raises
+    (runs.leases.LeaseLost) once this copy is no longer the run's, so a copy taken
+    over by another worker stops instead of copying a second time. A file copied
+    again (after a crash) replaces its earlier copy under the same name.
     """
     stored: list[RunFile] = []
     for path in run.spec.get("export", {}):
+        guard()
         try:
             stream = executor.read_export(run, path)
         except Exception as exc:
@@ -41,9 +47,10 @@ def copy_exports(run: Run, executor, *, partial: bool) -> int:
             log.info("run %s: nothing at export path %s", run.pk, path)
             continue
         try:
-            stored.extend(_store_tar(run, path, stream, partial))
+            stored.extend(_store_tar(run, path, stream, partial, guard))
         except (tarfile.TarError, OSError) as exc:
             raise ExportError(f"export {path} failed: {exc}") from None
+    guard()
     with transaction.atomic():
         RunFile.objects.filter(run=run).delete()
         RunFile.objects.bulk_create(stored, batch_size=500)
@@ -51,7 +58,7 @@ def copy_exports(run: Run, executor, *, partial: bool) -> int:
     return len(stored)
 
 
-def _store_tar(run: Run, export_path: str, stream, partial: bool) -> list[RunFile]:
+def _store_tar(run: Run, export_path: str, stream, partial: bool, guard: Callable[[], None]) -> list[RunFile]:
     # The engine names entries after the export directory itself: "output/a.txt" for /output/.
     parent = posixpath.dirname(export_path.rstrip("/")) or "/"
     files = []
@@ -59,6 +66,7 @@ def _store_tar(run: Run, export_path: str, stream, partial: bool) -> list[RunFil
         for member in tar:
             if not member.isfile():
                 continue
+            guard()
             container_path = posixpath.normpath(posixpath.join(parent, member.name))
             if not container_path.startswith("/") or "/../" in container_path + "/":
                 continue

@@ -24,6 +24,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 FINAL = frozenset({S.COMPLETED, S.FAILED, S.TERMINATED})
 LIVE = frozenset(TRANSITIONS) - FINAL
+# A run in these holds one of its team's and the installation's slots (runs.slots).
+HOLDS_SLOT = frozenset({S.INITIALIZING, S.RUNNING, S.STOPPING})
 
 # The timestamp each status stamps when it is entered.
 PHASE_FIELD = {
@@ -87,8 +89,20 @@ def transition(
         run.save()
         event.save()
         transaction.on_commit(lambda: _announce(run, event))
+        if event.from_status in HOLDS_SLOT and target not in HOLDS_SLOT:
+            # A slot freed: the next waiting run starts now, not at the next reconcile.
+            transaction.on_commit(_dispatch_waiting_runs)
     log.info("run %s: %s -> %s (%s) %s", run_id, event.from_status, target, event.actor_name, reason)
     return run
+
+
+def _dispatch_waiting_runs() -> None:
+    from runs.tasks import enqueue_dispatch
+
+    try:
+        enqueue_dispatch()
+    except Exception:  # the broker is away: the reconciler dispatches at its next round
+        log.exception("could not send dispatch")
 
 
 def _announce(run: Run, event: RunEvent) -> None:

@@ -10,14 +10,13 @@ can neither skip nor double a line.
 import datetime as dt
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
-from django.utils import timezone
 
 from runs import reports, team_secrets
+from runs.leases import LeaseLost, lease_expiry, release_lease, renew_lease, take_lease  # noqa: F401 (their old home)
 from runs.live import announce_log, announce_progress
 from runs.executors.base import LogFrame
 from runs.metrics import metric_chunk
@@ -32,31 +31,6 @@ FLUSH_SECONDS = 0.25
 # Ends a line cut at RUNYARD_LOG_LINE_MAX_BYTES; the number is what was not kept.
 TRUNCATED_MARKER = "… [truncated {} bytes]"
 STREAM_NAMES = ("stdout", "stderr")
-
-
-class LeaseLost(Exception):
-    """Another collector owns the run now: stop without writing."""
-
-
-def lease_expiry() -> dt.datetime:
-    return timezone.now() + timedelta(seconds=settings.RUNYARD_COLLECTOR_LEASE_SECONDS)
-
-
-def take_lease(run_id: int, owner: str) -> bool:
-    from django.db.models import Q
-
-    now = timezone.now()
-    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner)
-    return Run.objects.filter(free, pk=run_id).update(lease_owner=owner, lease_until=lease_expiry()) == 1
-
-
-def renew_lease(run_id: int, owner: str) -> None:
-    if not Run.objects.filter(pk=run_id, lease_owner=owner).update(lease_until=lease_expiry()):
-        raise LeaseLost(run_id)
-
-
-def release_lease(run_id: int, owner: str) -> None:
-    Run.objects.filter(pk=run_id, lease_owner=owner).update(lease_owner="", lease_until=None)
 
 
 def collapse_carriage_returns(text: str) -> str:

@@ -3,6 +3,13 @@
 `enqueue` sends a task once the current transaction commits: to the Celery
 workers in a full deployment, or to an in-process thread pool in the embedded
 default (SPEC §6), where a background thread also stands in for celery beat.
+
+Terminate must never wait behind log collection, which holds a thread for as long
+as a run runs. With Celery, collectors have a queue of their own (`collect`) and
+start, stop, dispatch and reconcile go to `control` (routes in dashboard/settings.py),
+each served by its own worker. In the embedded default each kind has its own pool:
+stops (and dispatch) in a small `control` pool, starts in `start`, collectors in
+`collect`, sized by RUNYARD_COLLECTOR_THREADS.
 """
 
 import logging
@@ -14,7 +21,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
-from runs import engine
+from runs import engine, slots
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +41,23 @@ def stop(run_id: int) -> None:
     engine.close_db_after(engine.stop_run)(run_id)
 
 
+@shared_task(name="runs.tasks.dispatch")
+def dispatch() -> int:
+    """Start the pending runs that fit now (a slot just freed)."""
+    return engine.close_db_after(slots.dispatch)()
+
+
 @shared_task(name="runs.tasks.reconcile")
 def reconcile() -> dict:
     return engine.close_db_after(engine.reconcile_runs)()
 
 
 TASKS = {"start": start, "collect": collect, "stop": stop}
+# The embedded default's pool for each task: a stop never waits for a thread that a
+# slow start or a run's collector holds.
+IN_PROCESS_POOL = {"stop": "control", "dispatch": "control", "start": "start", "collect": "collect"}
+CONTROL_THREADS = 16  # a stop holds its thread through the grace period
+START_THREADS = 8
 
 
 def enqueue(name: str, run_id: int, *, on_commit: bool = True) -> None:
@@ -47,7 +65,7 @@ def enqueue(name: str, run_id: int, *, on_commit: bool = True) -> None:
 
     def send() -> None:
         if settings.RUNYARD_TASKS_IN_PROCESS:
-            in_process_pool().submit(_run_logged, task, run_id)
+            _submit_in_process(name, run_id, task, run_id)
         else:
             task.delay(run_id)
 
@@ -57,25 +75,50 @@ def enqueue(name: str, run_id: int, *, on_commit: bool = True) -> None:
         send()
 
 
-def _run_logged(task, run_id: int) -> None:
-    try:
-        task(run_id)  # calling a Celery task object runs it right here
-    except Exception:
-        log.exception("task %s failed for run %s", task.name, run_id)
+def enqueue_dispatch() -> None:
+    """Send `dispatch` now (callers run it after their transaction commits)."""
+    if settings.RUNYARD_TASKS_IN_PROCESS:
+        _submit_in_process("dispatch", None, dispatch)
+    else:
+        dispatch.delay()
 
 
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[str, ThreadPoolExecutor] = {}
 _pool_lock = threading.Lock()
+# (task name, run id) submitted to a pool and not started yet: the reconciler asks
+# again every few seconds for a run that waits for a collector thread, and one
+# waiting task a run is enough.
+_queued: set[tuple[str, int | None]] = set()
 
 
-def in_process_pool() -> ThreadPoolExecutor:
-    """The embedded default's workers, and its stand-in for celery beat."""
-    global _pool
+def _submit_in_process(name: str, run_id: int | None, task, *args) -> None:
+    key = (name, run_id)
+    pool = in_process_pool(IN_PROCESS_POOL[name])
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="runyard-task")
+        if key in _queued:
+            return
+        _queued.add(key)
+    pool.submit(_run_logged, key, task, *args)
+
+
+def _run_logged(key: tuple[str, int | None], task, *args) -> None:
+    with _pool_lock:
+        _queued.discard(key)
+    try:
+        task(*args)  # calling a Celery task object runs it right here
+    except Exception:
+        log.exception("task %s failed for %s", task.name, args)
+
+
+def in_process_pool(kind: str = "control") -> ThreadPoolExecutor:
+    """The embedded default's worker pools, and its stand-in for celery beat."""
+    with _pool_lock:
+        if not _pools:
+            sizes = {"control": CONTROL_THREADS, "start": START_THREADS, "collect": settings.RUNYARD_COLLECTOR_THREADS}
+            for pool_kind, size in sizes.items():
+                _pools[pool_kind] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"runyard-{pool_kind}")
             threading.Thread(target=_beat, name="runyard-beat", daemon=True).start()
-        return _pool
+        return _pools[kind]
 
 
 def _beat() -> None:

@@ -174,40 +174,60 @@ def worker_env(django_db_setup, django_db_blocker):
 
 
 class Worker:
-    """A real `celery worker -B` process on the test database."""
+    """A real Celery deployment on the test database, as README's "Full deployment"
+    runs it: a `control` worker (start, stop, dispatch, reconcile; with beat) and a
+    `collect` worker (the collectors, one thread per running run), so a terminate is
+    never queued behind collectors. Both consume from the same Redis."""
 
-    def __init__(self, env, log_dir: Path):
-        self.env, self.log_dir, self.process, self.starts = env, log_dir, None, 0
+    def __init__(self, env, log_dir: Path, *, control_threads: int = 8, collect_threads: int = 24, name: str = "worker"):
+        self.env, self.log_dir, self.processes, self.starts = env, log_dir, [], 0
+        self.threads = {"control": control_threads, "collect": collect_threads}
+        self.name = name
 
     def start(self):
         self.starts += 1
-        log = open(self.log_dir / f"worker-{self.starts}.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "-B", "--pool", "threads",
-             "--concurrency", "24", "--loglevel", "INFO", "-s", str(self.log_dir / "beat-schedule")],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.processes = []
+        logs = []
+        for queue, threads in self.threads.items():
+            path = self.log_dir / f"{self.name}-{queue}-{self.starts}.log"
+            beat = ["-B", "-s", str(self.log_dir / f"{self.name}-beat-schedule")] if queue == "control" else []
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "dashboard", "worker", *beat, "-Q", queue,
+                 "-n", f"{self.name}-{queue}-{TEST_INSTANCE}@%h", "--pool", "threads",
+                 "--concurrency", str(threads), "--loglevel", "INFO"],
+                cwd=ROOT, env=self.env, stdout=open(path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            ))
+            logs.append(path)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if b"ready." in (self.log_dir / f"worker-{self.starts}.log").read_bytes():
-                return
-            if self.process.poll() is not None:
-                raise RuntimeError("celery worker exited: " + (self.log_dir / f"worker-{self.starts}.log").read_text()[-3000:])
+        waiting = list(zip(self.processes, logs))
+        while waiting and time.monotonic() < deadline:
+            for process, path in list(waiting):
+                if b"ready." in path.read_bytes():
+                    waiting.remove((process, path))
+                elif process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("celery worker exited: " + path.read_text()[-3000:])
             time.sleep(0.2)
-        raise RuntimeError("celery worker did not become ready in 60 s")
+        if waiting:
+            self.stop()
+            raise RuntimeError("celery worker did not become ready in 60 s")
 
     def kill(self):
         """kill -9, as a crash would."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        for process in self.processes:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
             try:
-                self.process.wait(20)
+                process.wait(20)
             except subprocess.TimeoutExpired:
-                self.kill()
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 @pytest.fixture(scope="session")

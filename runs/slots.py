@@ -1,0 +1,152 @@
+"""Run slots: how many runs may hold the machine at once, and which pending run
+starts next.
+
+A run holds a slot while it is initializing, running or stopping. Two caps apply:
+its team's `max_running` (empty: the team has no cap of its own) and the
+installation's RUNYARD_MAX_RUNNING. A pending run that finds no room stays
+`pending`, saying why in its `status_reason`, and starts as soon as a slot frees:
+the transition out of a slot enqueues `dispatch`, and the reconciler dispatches too.
+
+Order: within a team runs start in creation order. When the installation is full,
+a freed slot goes to the waiting team with the fewest runs holding slots (then to
+the oldest run), so one team's backlog cannot take every slot as slots free.
+
+Admission is decided under one lock (an advisory lock on PostgreSQL; SQLite's
+IMMEDIATE transactions already take the database's write lock), so two workers
+cannot both start a run past a cap.
+"""
+
+import logging
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from runs.lifecycle import HOLDS_SLOT, IllegalTransition, transition
+from runs.models import Run, Status, Team
+
+log = logging.getLogger(__name__)
+
+# Any constant: the key of the advisory lock that serializes admissions.
+SLOTS_LOCK_KEY = 0x72756E79  # "runy"
+
+
+@dataclass
+class SlotPlan:
+    admitted: list[int] = field(default_factory=list)  # pending runs that may start now
+    waiting: dict[int, str] = field(default_factory=dict)  # pending run id -> why it waits
+
+
+def plan_slots() -> SlotPlan:
+    """Which pending runs fit now, and why the others wait. Reads only."""
+    pending = list(Run.objects.filter(status=Status.PENDING).order_by("pk").values_list("pk", "team_id"))
+    plan = SlotPlan()
+    if not pending:
+        return plan
+    live = Counter(Run.objects.filter(status__in=HOLDS_SLOT).values_list("team_id", flat=True))
+    teams = {t.pk: t for t in Team.objects.filter(pk__in={team_id for _, team_id in pending}).only("pk", "name", "max_running")}
+    queues: dict[int, deque[int]] = defaultdict(deque)
+    for run_id, team_id in pending:
+        queues[team_id].append(run_id)
+    # A team's own cap first: past it, its runs wait for the team.
+    for team_id, queue in queues.items():
+        cap = teams[team_id].max_running
+        if cap is None:
+            continue
+        room = max(0, cap - live[team_id])
+        while len(queue) > room:
+            plan.waiting[queue.pop()] = (
+                f"waiting: team {teams[team_id].name} is at its cap of {cap} running run{'s' if cap != 1 else ''}"
+            )
+    # Then the installation's slots, to the team holding the fewest.
+    free = settings.RUNYARD_MAX_RUNNING - sum(live.values())
+    while free > 0 and any(queues.values()):
+        team_id = min((t for t, q in queues.items() if q), key=lambda t: (live[t], queues[t][0]))
+        plan.admitted.append(queues[team_id].popleft())
+        live[team_id] += 1
+        free -= 1
+    cap = settings.RUNYARD_MAX_RUNNING
+    for queue in queues.values():
+        for run_id in queue:
+            plan.waiting[run_id] = f"waiting: all {cap} run slots of this installation are taken"
+    return plan
+
+
+def admit(run_id: int) -> bool:
+    """pending → initializing if the run fits now; else it stays pending, saying why."""
+    with transaction.atomic():
+        _lock_slots()
+        if not Run.objects.filter(pk=run_id, status=Status.PENDING).exists():
+            return False
+        plan = plan_slots()
+        if run_id in plan.admitted:
+            try:
+                transition(run_id, Status.INITIALIZING, reason="picked up by a worker", only_from=[Status.PENDING])
+            except IllegalTransition:
+                return False
+            return True
+        _note_waiting(plan.waiting)
+        return False
+
+
+def dispatch(*, min_age_seconds: float = 0) -> int:
+    """Send a start to every pending run that fits now; returns how many.
+
+    A start that finds the run started already, or no room after all, does
+    nothing, so sending one twice is harmless. `min_age_seconds` spares runs just
+    created, whose own start is on its way.
+    """
+    from runs.tasks import enqueue
+
+    plan = plan_slots()
+    _note_waiting(plan.waiting)
+    ids = plan.admitted
+    if min_age_seconds and ids:
+        young = timezone.now() - timedelta(seconds=min_age_seconds)
+        ids = list(Run.objects.filter(pk__in=ids, created_at__lt=young).values_list("pk", flat=True))
+    for run_id in ids:
+        enqueue("start", run_id, on_commit=False)
+    return len(ids)
+
+
+def _lock_slots() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SLOTS_LOCK_KEY])
+
+
+def _note_waiting(waiting: dict[int, str]) -> None:
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for run_id, reason in waiting.items():
+        by_reason[reason].append(run_id)
+    for reason, ids in by_reason.items():
+        Run.objects.filter(pk__in=ids, status=Status.PENDING).exclude(status_reason=reason).update(status_reason=reason)
+
+
+def queue_position(run: Run) -> int | None:
+    """1-based place of a pending run in its team's queue (creation order); None once it left pending.
+
+    `attach_queue_positions` fills it for a whole page in one query."""
+    if run.status != Status.PENDING:
+        return None
+    known = run.__dict__.get("queue_position")
+    if known is not None:
+        return known
+    return Run.objects.filter(team_id=run.team_id, status=Status.PENDING, pk__lte=run.pk).count()
+
+
+def attach_queue_positions(runs: list[Run]) -> list[Run]:
+    """Set `queue_position` on each run of a page (None if not pending), with one query."""
+    teams = {run.team_id for run in runs if run.status == Status.PENDING}
+    place: dict[int, int] = {}
+    if teams:
+        seen: Counter = Counter()
+        for run_id, team_id in Run.objects.filter(team_id__in=teams, status=Status.PENDING).order_by("pk").values_list("pk", "team_id"):
+            seen[team_id] += 1
+            place[run_id] = seen[team_id]
+    for run in runs:
+        run.queue_position = place.get(run.pk) if run.status == Status.PENDING else None
+    return runs

@@ -207,10 +207,11 @@ RECHECK_SECONDS = 1.0
 def current_user(user):
     """The user as the database has them now (a websocket's scope keeps the one
     from its connect); None once deleted or deactivated."""
+    from django.contrib.auth import get_user_model
+
     if user is None or not user.is_authenticated:
         return None
-    fresh = type(user).objects.filter(pk=user.pk, is_active=True).first()
-    return fresh
+    return get_user_model().objects.filter(pk=user.pk, is_active=True).first()
 
 
 class Recheck:

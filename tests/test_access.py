@@ -33,8 +33,8 @@ from dashboard.asgi import application
 from runs import metrics
 from runs.datasets import create_version
 from runs.lifecycle import transition
-from runs.models import ApiToken, DatasetVersion, LogChunk, Membership, Run, RunFile, Team, TeamSecret
-from runs.services import create_run
+from runs.models import ApiToken, DatasetVersion, LogChunk, Membership, ResourcePreset, Run, RunFile, Team, TeamSecret
+from runs.spec import parse_spec
 from runs.team_secrets import set_secret
 from tests.conftest import BUSYBOX, _user, in_thread, wait_for
 from tests.test_live import ORIGIN, session_cookie
@@ -88,6 +88,14 @@ class World:
         )
 
 
+def quiet_run(user, name: str, team: str = "vision") -> Run:
+    """A pending run as create_run stores it, but queued nowhere: a live worker
+    left by an earlier test must not start it under this one."""
+    spec = parse_spec(spec_yaml(name))
+    return Run.objects.create(name=name, spec=spec, image=spec["image"], owner=user, team=Team.objects.get(name=team),
+                              preset=ResourcePreset.objects.get(name=spec["resources"]["preset"]), executor="local")
+
+
 def store_file(run: Run, path: str, content: bytes) -> RunFile:
     name = default_storage.save(f"test-access/{run.pk}/{path.rsplit('/', 1)[-1]}", ContentFile(content))
     return RunFile.objects.create(run=run, path=path, storage_name=name, size=len(content), sha256=hashlib.sha256(content).hexdigest())
@@ -108,13 +116,13 @@ def make_world() -> World:
     root.token = ApiToken.issue(root)[1]
     users["root"] = root
     alice, vision = users["alice"], Team.objects.get(name="vision")
-    run = create_run(user=alice, source=spec_yaml("vision-run"), executor="local")
+    run = quiet_run(alice, "vision-run")
     LogChunk.objects.create(run=run, first_line=1, line_count=2, lines=[[1.0, 0, "hello from vision"], [2.0, 0, "bye"]])
     Run.objects.filter(pk=run.pk).update(log_lines=2)
     metrics.metric_chunk(run.pk, "loss", [(1, 0.5, 1.0), (2, 0.25, 2.0)]).save()
     store_file(run, "/output/hello.txt", b"hello, vision\n")
     store_file(run, "/output/plot.png", b"\x89PNG not really")
-    done = create_run(user=alice, source=spec_yaml("vision-done"), executor="local")
+    done = quiet_run(alice, "vision-done")
     for status in ("initializing", "running", "stopping", "completed"):
         done = transition(done.pk, status)
     secret = set_secret(vision, "WANDB_KEY", "vision-secret-value", alice)
@@ -670,3 +678,53 @@ def test_a_terminal_closes_when_its_user_loses_access(alice, bob, engine):
 
     terminate_run(run, actor=alice)
     wait_for(run.pk, "terminated", removed=True)
+
+
+def test_the_list_socket_drops_a_team_the_user_leaves_and_keeps_the_other(transactional_db, defaults):
+    """bob is in vision and speech; removed from vision, he stops hearing of its runs
+    (after at most one recheck) and still hears of speech's, on the same socket."""
+    from channels.db import database_sync_to_async
+
+    alice, bob, charlie = _user("alice", "vision"), _user("bob", "vision"), _user("charlie", "speech")
+    Membership.objects.create(user=bob, team=Team.objects.get(name="speech"), role="member")
+    vision = [quiet_run(alice, f"v{i}").pk for i in range(12)]
+    speech = [quiet_run(charlie, f"s{i}", "speech").pk for i in range(12)]
+    bob_cookie = session_cookie(bob)
+
+    async def watch():
+        import asyncio
+
+        socket, connected, _ = await connect("/ws/runs/", bob_cookie)
+        assert connected
+        end = database_sync_to_async(lambda pk: transition(pk, "terminated", reason="test"))
+        await end(vision[0])
+        assert (await socket.receive_json_from(10))["run"] == vision[0]
+        await database_sync_to_async(Membership.objects.filter(user=bob, team__name="vision").delete)()
+        heard = []
+        for v, s in zip(vision[1:], speech[1:]):
+            await end(v)
+            await end(s)
+            while not heard or heard[-1] != s:
+                heard.append((await socket.receive_json_from(10))["run"])
+            await asyncio.sleep(0.3)
+        await socket.disconnect()
+        return heard
+
+    heard = in_thread(watch)
+    assert [run for run in heard if run in speech] == speech[1:]
+    vision_heard = [run for run in heard if run in vision]
+    assert vision_heard == vision[1 : 1 + len(vision_heard)]  # a few in the recheck window at most, then none
+    assert len(vision_heard) < len(vision) - 1
+
+
+def test_welcome_gives_the_first_admin_the_default_team(db, defaults, settings, tmp_path):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.VAR_DIR = tmp_path
+    call_command("welcome", stdout=StringIO())
+    admin = get_user_model().objects.get(username="admin")
+    assert list(Membership.objects.filter(user=admin).values_list("team__name", "role")) == [("default", "admin")]
+    call_command("welcome", stdout=StringIO())
+    assert Membership.objects.count() == 1

@@ -377,7 +377,7 @@ def test_a_bad_token_request_is_a_400_naming_the_field(world, body, loc):
 def test_createtoken_names_and_expires_a_token(db, defaults):
     from io import StringIO
 
-    from django.core.management import call_command
+    from django.core.management import CommandError, call_command
 
     out = StringIO()
     call_command("createtoken", "newbie", "--name", "ci", "--expires-days", "2", stdout=out)
@@ -386,6 +386,9 @@ def test_createtoken_names_and_expires_a_token(db, defaults):
     # No --team: a user in no team joins `default`, explicitly, here and nowhere else.
     assert list(Membership.objects.filter(user__username="newbie").values_list("team__name", "role")) == [("default", "member")]
     assert out.getvalue().strip().splitlines()[-1].startswith("ry_")
+    with pytest.raises(CommandError, match="--expires-days"):
+        call_command("createtoken", "newbie", "--expires-days", "0", stdout=StringIO())
+    assert ApiToken.objects.filter(user__username="newbie").count() == 1
 
 
 def test_the_tokens_page_creates_lists_and_revokes(world):

@@ -49,8 +49,10 @@ OUTSIDERS = {"charlie", "otto", "remy"}
 
 
 @pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def fast_password_hashing(request, settings):
+    # The console in a browser test is another process, with the real hashers.
+    if "browser" not in request.fixturenames:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def expected(persona: str, action: str) -> str:
@@ -731,3 +733,24 @@ def test_welcome_gives_the_first_admin_the_default_team(db, defaults, settings, 
     assert list(Membership.objects.filter(user=admin).values_list("team__name", "role")) == [("default", "admin")]
     call_command("welcome", stdout=StringIO())
     assert Membership.objects.count() == 1
+
+
+def test_a_user_manages_their_tokens_in_the_browser(browser, alice):
+    page = browser.page
+    browser.goto("/")
+    page.get_by_role("link", name="Tokens").click()
+    page.wait_for_url("**/account/tokens/")
+    page.get_by_label("Name").fill("notebook")
+    page.get_by_label("Expires").select_option("7")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.locator(".token-secret").inner_text()
+    browser.screenshot("account-tokens-new")
+    assert call(type("Holder", (), {"token": secret}), "GET", "/runs").status_code == 200
+    row = page.locator("#tokens tr", has_text="notebook")
+    assert row.is_visible() and "never" in row.inner_text()  # not used yet when the page was drawn
+    page.get_by_role("button", name="Revoke notebook").click()
+    page.wait_for_url("**/account/tokens/")
+    assert page.get_by_text("Token revoked").is_visible()
+    assert page.locator("#tokens tr", has_text="notebook").count() == 0
+    assert call(type("Holder", (), {"token": secret}), "GET", "/runs").status_code == 401
+    browser.screenshot("account-tokens")

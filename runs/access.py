@@ -75,8 +75,7 @@ def may(user, action: Action, team: Team | int) -> bool:
         return False
     if user.is_superuser:
         return True
-    role = role_in(user, team)
-    return role is not None and action in ALLOWED[role]
+    return action in ALLOWED.get(role_in(user, team), frozenset())
 
 
 def require(user, action: Action, team: Team) -> None:
@@ -108,7 +107,8 @@ def administered_team_ids(user) -> set[int]:
     superusers are staff and keep Django's own permissions there)."""
     if not is_present(user):
         return set()
-    return set(Membership.objects.filter(user=user, role=Role.ADMIN).values_list("team_id", flat=True))
+    roles = [role for role, actions in ALLOWED.items() if Action.ADMINISTER in actions]
+    return set(Membership.objects.filter(user=user, role__in=roles).values_list("team_id", flat=True))
 
 
 def memberships(user) -> QuerySet[Membership]:
@@ -122,7 +122,7 @@ def default_team(user, action: Action = Action.READ) -> Team | None:
     """The team a request that names none works in: the user's first team where
     the action is allowed. Never a team the user is not in, and never created."""
     for membership in memberships(user):
-        if action in ALLOWED[membership.role]:
+        if action in ALLOWED.get(membership.role, frozenset()):
             return membership.team
     return None
 

@@ -754,3 +754,20 @@ def test_a_user_manages_their_tokens_in_the_browser(browser, alice):
     assert page.locator("#tokens tr", has_text="notebook").count() == 0
     assert call(type("Holder", (), {"token": secret}), "GET", "/runs").status_code == 401
     browser.screenshot("account-tokens")
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_a_code_snapshot_is_reached_through_its_team(world, persona):
+    from runs import access
+    from runs.datasets import create_code_snapshot
+    from runs.models import CodeSnapshot
+
+    snapshot, _ = create_code_snapshot(Team.objects.get(name="vision"), tar_gz({"train.py": b"print(2)"}), "application/gzip", world.users["alice"])
+    content_hash = snapshot.archive.content_hash
+    user = world.users[persona]
+    outcome = expected(persona, READ)
+    if outcome == "allowed":
+        assert access.code_snapshot_for_user(user, "vision", content_hash) == snapshot
+    else:
+        with pytest.raises((CodeSnapshot.DoesNotExist, Team.DoesNotExist)):
+            access.code_snapshot_for_user(user, "vision", content_hash)

@@ -12,9 +12,9 @@ from django.core.exceptions import ValidationError
 
 
 def may_enter_admin(user) -> bool:
-    from runs.selectors import administered_team_ids
+    from runs.access import administered_team_ids, is_present  # models load after this module
 
-    return user.is_active and (user.is_staff or bool(administered_team_ids(user)))
+    return is_present(user) and (user.is_staff or bool(administered_team_ids(user)))
 
 
 class TeamAdminAuthenticationForm(AdminAuthenticationForm):

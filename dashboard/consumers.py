@@ -3,9 +3,13 @@
 /ws/runs/                     status changes of the runs of the user's teams
 /ws/runs/{id}/logs/?after=N   the log after line N in batches, then live, then status changes
 
-Both check the session user and (in asgi.py) the Origin. Lines are always read
-from the database by number, never forwarded from the collector, so a client that
-reconnects with after=N gets exactly the lines after N: no gap, no double.
+Both check the session user and (in asgi.py) the Origin at connect, and the
+user's access (runs.access) again before every message they send, read again at
+most once a second: a member removed from the team mid-stream stops receiving,
+and the socket closes (4403 for the list with no team left, 4404 for a run's log,
+as for a run that does not exist). Lines are always read from the database by
+number, never forwarded from the collector, so a client that reconnects with
+after=N gets exactly the lines after N: no gap, no double.
 """
 
 import asyncio
@@ -14,10 +18,10 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from runs import logstore
+from runs import access, logstore
 from runs.live import remember_server_loop, run_group, team_group
 from runs.lifecycle import FINAL
-from runs.models import Membership, Run
+from runs.models import Run
 
 BATCH_LINES = 2000
 BATCH_BYTES = 1 << 20  # a batch of long lines stops near this size; the next one goes on from there
@@ -34,26 +38,71 @@ class SignedInConsumer(AsyncJsonWebsocketConsumer):
             return None
         return user
 
+    async def close_for_access(self, code: int) -> None:
+        """Close once, however many messages find the access gone."""
+        if not getattr(self, "closed_for_access", False):
+            self.closed_for_access = True
+            await self.close(code=code)
+
 
 class RunsConsumer(SignedInConsumer):
+    """Follows the groups of the user's teams as they are now: a team the user
+    leaves is dropped (and its events in flight with it), a team they join added."""
+
     async def connect(self):
         user = await self.signed_in_user()
         if user is None:
             return
-        self.groups_joined = [team_group(team_id) for team_id in await _team_ids(user)]
-        for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+        self.team_ids: set[int] = set()
+        self.team_of_run: dict[int, int] = {}
+        self.teams_now = access.Recheck(lambda: _readable_team_ids(user))
+        if not await self.teams_now.value():
+            await self.close(code=4403)  # in no team: there is nothing to follow
+            return
         await self.accept()
+        if await self._follow_teams():
+            self.watch = asyncio.create_task(self._watch())
 
     async def disconnect(self, code):
-        for group in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        if hasattr(self, "watch"):
+            self.watch.cancel()
+        for team_id in getattr(self, "team_ids", ()):
+            await self.channel_layer.group_discard(team_group(team_id), self.channel_name)
+
+    async def _follow_teams(self) -> bool:
+        """Join and leave team groups to match the user's access now; False (and
+        the socket closed) once they may see no team at all."""
+        now = await self.teams_now.value()
+        for team_id in now - self.team_ids:
+            await self.channel_layer.group_add(team_group(team_id), self.channel_name)
+        for team_id in self.team_ids - now:
+            await self.channel_layer.group_discard(team_group(team_id), self.channel_name)
+        self.team_ids = now
+        if not now:
+            await self.close_for_access(4403)
+            return False
+        return True
+
+    async def _watch(self):
+        """Access is also checked with no event going out, so a removed user's
+        socket closes without waiting for the next status change."""
+        while await self._follow_teams():
+            await asyncio.sleep(access.RECHECK_SECONDS)
+
+    async def _may_see(self, run_id) -> bool:
+        if not await self._follow_teams():
+            return False
+        if run_id not in self.team_of_run:
+            self.team_of_run[run_id] = await _team_of_run(run_id)
+        return self.team_of_run[run_id] in self.team_ids
 
     async def run_status(self, event):
-        await self.send_json({"type": "status", **{k: v for k, v in event.items() if k != "type"}})
+        if await self._may_see(event.get("run")):
+            await self.send_json({"type": "status", **{k: v for k, v in event.items() if k != "type"}})
 
     async def run_progress(self, event):
-        await self.send_json({"type": "progress", **{k: v for k, v in event.items() if k != "type"}})
+        if await self._may_see(event.get("run")):
+            await self.send_json({"type": "progress", **{k: v for k, v in event.items() if k != "type"}})
 
     async def run_log(self, event):
         pass  # the list page does not show lines
@@ -65,8 +114,8 @@ class RunLogsConsumer(SignedInConsumer):
         if user is None:
             return
         self.run_id = self.scope["url_route"]["kwargs"]["run_id"]
-        run = await _run_for(user, self.run_id)
-        if run is None:
+        self.allowed = access.Recheck(lambda: _may_read_run(user, self.run_id))
+        if not await self.allowed.value():
             await self.close(code=4404)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode())
@@ -91,12 +140,26 @@ class RunLogsConsumer(SignedInConsumer):
     async def run_status(self, event):
         # Lines first: everything up to the status change is sent before it.
         await self._send_new_lines()
+        if not await self._still_allowed():
+            return
         await self.send_json({"type": "status", **{k: v for k, v in event.items() if k != "type"}})
         self.wake.set()
+
+    async def _still_allowed(self) -> bool:
+        """Checked before every message; a user who lost the run gets the close a
+        run that does not exist gets."""
+        if await self.allowed.value():
+            return True
+        if hasattr(self, "pump") and self.pump is not asyncio.current_task():
+            self.pump.cancel()
+        await self.close_for_access(4404)
+        return False
 
     async def _pump(self):
         try:
             while True:
+                if not await self._still_allowed():
+                    return
                 ended = await self._send_new_lines()
                 if ended:
                     await self.send_json({"type": "end", "status": ended})
@@ -116,6 +179,8 @@ class RunLogsConsumer(SignedInConsumer):
 
     async def _send_lines_unlocked(self) -> str | None:
         while True:
+            if not await self._still_allowed():
+                return None
             page, status = await _lines_after(self.run_id, self.after)
             if page["lines"]:
                 await self.send_json({"type": "lines", "lines": page["lines"]})
@@ -124,14 +189,21 @@ class RunLogsConsumer(SignedInConsumer):
                 return status if page["complete"] and status in FINAL else None
 
 
-@database_sync_to_async
-def _team_ids(user) -> list[int]:
-    return list(Membership.objects.filter(user=user).values_list("team_id", flat=True))
+def _readable_team_ids(user) -> set[int]:
+    return access.readable_team_ids(access.current_user(user))
+
+
+def _may_read_run(user, run_id: int) -> bool:
+    try:
+        access.run_for_user(access.current_user(user), run_id)
+    except Run.DoesNotExist:
+        return False
+    return True
 
 
 @database_sync_to_async
-def _run_for(user, run_id: int):
-    return Run.objects.filter(pk=run_id, team__memberships__user=user).first()
+def _team_of_run(run_id) -> int | None:
+    return Run.objects.filter(pk=run_id).values_list("team_id", flat=True).first()
 
 
 @database_sync_to_async

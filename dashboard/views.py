@@ -1,5 +1,5 @@
-"""The web pages (SPEC §5). Server-rendered; every view checks the run's team
-through runs.selectors, and every action goes through runs.services."""
+"""The web pages (SPEC §5). Server-rendered; every view checks access through
+runs.access, and every action goes through runs.services."""
 
 import json
 from pathlib import Path
@@ -12,10 +12,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from runs import metrics
+from runs.access import Action, NotAllowed, default_team, may, run_for_user, visible_runs
 from runs.lifecycle import IllegalTransition
 from runs.models import Run, RunEvent, Status
-from runs.selectors import run_for_user, runs_for_user
-from runs.services import NotAllowed, RunNotFinal, can_change, create_run, ensure_team, reproduce_run, terminate_run
+from runs.selectors import runs_for_user
+from runs.services import RunNotFinal, create_run, reproduce_run, terminate_run
 from runs.slots import attach_queue_positions
 from runs.spec import MAX_SPEC_BYTES, SpecError, dump_spec_yaml, line_of
 
@@ -33,7 +34,6 @@ def _run_or_404(request, run_id: int) -> Run:
 @login_required
 @require_GET
 def runs_list(request):
-    ensure_team(request.user)
     statuses = [s for s in request.GET.getlist("status") if s in Status.values]
     filters = {"statuses": statuses, "tag": request.GET.get("tag", "").strip(),
                "q": request.GET.get("q", "").strip(), "owner": request.GET.get("owner", "").strip()}
@@ -53,7 +53,7 @@ def runs_list(request):
         "all_statuses": Status.choices,
         "older_query": older.urlencode() if more else "",
         "filtered": any(filters.values()) or before is not None,
-        "any_runs": bool(page) or Run.objects.filter(team__memberships__user=request.user).exists(),
+        "any_runs": bool(page) or visible_runs(request.user).exists(),
     }
     template = "dashboard/_runs_table.html" if request.headers.get("HX-Request") else "dashboard/runs_list.html"
     return render(request, template, context)
@@ -73,7 +73,7 @@ def _examples() -> list[dict]:
 @login_required
 @require_http_methods(["GET", "POST"])
 def run_new(request):
-    team = ensure_team(request.user)
+    team = default_team(request.user, Action.CHANGE)  # None: in no team where the user may launch
     source, errors = "", []
     if request.method == "POST":
         upload = request.FILES.get("file")
@@ -87,7 +87,7 @@ def run_new(request):
             except SpecError as exc:
                 errors = [{**error, "line": line_of(source, error["loc"])} for error in exc.errors]
             except NotAllowed as exc:
-                errors = [{"loc": "", "msg": str(exc)}]
+                errors = [{"loc": exc.loc, "msg": str(exc)}]
             else:
                 messages.success(request, f"Run #{run.pk} {run.name} created.")
                 return redirect("run-summary", run.pk)
@@ -95,7 +95,7 @@ def run_new(request):
     return render(request, "dashboard/run_new.html", {
         "source": source or (examples[0]["yaml"] if examples and request.method == "GET" else source),
         "errors": errors, "examples": examples, "examples_json": json.dumps({e["name"]: e["yaml"] for e in examples}),
-        "can_launch": can_change(request.user, team),
+        "can_launch": team is not None, "team": team, "in_a_team": default_team(request.user) is not None,
     }, status=400 if errors else 200)
 
 
@@ -109,7 +109,7 @@ def _phases(run: Run, events: list[RunEvent]) -> list[dict]:
 
 
 def _run_context(request, run: Run, tab: str) -> dict:
-    return {"run": run, "tab": tab, "can_launch": can_change(request.user, run.team)}
+    return {"run": run, "tab": tab, "can_launch": may(request.user, Action.CHANGE, run.team)}
 
 
 @login_required

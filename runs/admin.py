@@ -7,8 +7,8 @@ from runs.lifecycle import IllegalTransition
 from runs.archives import ArchiveError
 from runs.datasets import create_version
 from runs.models import ApiToken, Dataset, DatasetVersion, Membership, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret
-from runs.selectors import administered_team_ids
-from runs.services import NotAllowed, terminate_run
+from runs.access import NotAllowed, administered_team_ids
+from runs.services import terminate_run
 from runs.team_secrets import SecretError, set_secret
 
 
@@ -19,7 +19,8 @@ def team_admin_only(request) -> bool:
 
 class TeamScoped:
     """For a model that belongs to a team: staff keep Django's permissions; a team
-    admin sees, adds and changes only what belongs to the teams they administer."""
+    admin sees, adds and changes only what belongs to the teams they administer
+    (runs.access.administered_team_ids, read once per request)."""
 
     team_field = "team"
     team_admin_may_add = True
@@ -93,7 +94,7 @@ class MembershipAdmin(TeamScoped, admin.ModelAdmin):
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
-    list_display = ["name", "created_at"]
+    list_display = ["name", "max_running", "created_at"]
     inlines = [MembershipInline]
 
 
@@ -104,7 +105,7 @@ class ResourcePresetAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "user", "created_at", "last_used_at"]
+    list_display = ["prefix", "name", "user", "created_at", "expires_at", "last_used_at"]
     readonly_fields = ["digest", "prefix", "created_at", "last_used_at"]
 
 

@@ -11,6 +11,7 @@ import logging
 import posixpath
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
@@ -18,11 +19,12 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from runs import logstore, metrics
+from runs.access import Action, NotAllowed, run_for_user, team_for_user
 from runs.executors import default_executor_name
 from runs.lifecycle import IllegalTransition
-from runs.models import ApiToken, Run, RunEvent, RunFile, Status
-from runs.selectors import run_for_user, runs_for_user
-from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, reproduce_run, terminate_run
+from runs.models import ApiToken, Run, RunEvent, RunFile, Status, Team
+from runs.selectors import runs_for_user
+from runs.services import RunNotFinal, create_run, reproduce_run, terminate_run
 from runs.slots import attach_queue_positions, queue_position
 from runs.spec import SpecError
 from runs.streaming import storage_chunks, stream_response
@@ -57,6 +59,8 @@ def _authenticate(request: HttpRequest):
         if found is None or not found.user.is_active:
             raise ApiError(401, "invalid or revoked token")
         now = timezone.now()
+        if found.expires_at is not None and found.expires_at <= now:
+            raise ApiError(401, "token expired")
         if found.last_used_at is None or (now - found.last_used_at).total_seconds() > 60:
             ApiToken.objects.filter(pk=found.pk).update(last_used_at=now)
         user, how = found.user, "token"
@@ -64,8 +68,13 @@ def _authenticate(request: HttpRequest):
         user, how = request.user, "session"
     else:
         return None, None
-    ensure_team(user)
+    # Nothing here gives the user a team: one in none sees nothing (runs.access).
     return user, how
+
+
+def _not_found_detail(exc: ObjectDoesNotExist) -> str:
+    message = str(exc)
+    return message if message.endswith("not found") else f"{type(exc).__qualname__.split('.')[0].lower()} not found"
 
 
 def api_view(*methods: str, public: bool = False):
@@ -99,9 +108,11 @@ def api_view(*methods: str, public: bool = False):
             except RunNotFinal as exc:
                 return error_response(409, str(exc))
             except NotAllowed as exc:
-                return error_response(403, str(exc))
-            except Run.DoesNotExist:
-                return error_response(404, "run not found")
+                return error_response(403, str(exc), [{"loc": exc.loc, "msg": str(exc)}] if exc.loc else [])
+            except ObjectDoesNotExist as exc:
+                # runs.access: another team's object raises exactly what a missing one does.
+                errors = [{"loc": "team", "msg": "not a team of yours"}] if isinstance(exc, Team.DoesNotExist) else []
+                return error_response(404, _not_found_detail(exc), errors)
 
         return wrapper
 
@@ -207,7 +218,7 @@ def _create(request):
             raise ApiError(400, "the body is not valid JSON", [{"loc": "", "msg": f"invalid JSON: {exc}"}]) from None
     else:
         source = request.body
-    team = team_param(request)
+    team = team_param(request, Action.CHANGE)
     run = create_run(user=request.user, source=source, team=team)
     run = Run.objects.select_related("owner", "team", "preset").get(pk=run.pk)
     response = JsonResponse(serialize_run(run), status=201)
@@ -215,14 +226,10 @@ def _create(request):
     return response
 
 
-def team_param(request):
-    name = request.GET.get("team")
-    if not name:
-        return ensure_team(request.user)
-    team = request.user.teams.filter(name=name).first()
-    if team is None:
-        raise ApiError(404, f"team {name!r} not found", [{"loc": "team", "msg": "not a team of yours"}])
-    return team
+def team_param(request, action: Action = Action.READ) -> Team | None:
+    """The team of ?team=, or the user's first team where `action` is allowed.
+    None only for a read by a user in no team (who then sees nothing)."""
+    return team_for_user(request.user, request.GET.get("team"), action)
 
 
 def _list(request):

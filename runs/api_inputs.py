@@ -5,21 +5,19 @@ import re
 
 from django.http import JsonResponse
 
+from runs.access import Action, dataset_for_user, secret_for_user
 from runs.api import ApiError, api_view, iso, team_param
 from runs.archives import ArchiveError
 from runs.datasets import NAME_PATTERN, create_code_snapshot, create_version, remove_version
-from runs.models import Dataset, DatasetVersion, TeamSecret
-from runs.services import can_change
+from runs.models import DatasetVersion, TeamSecret
 from runs.team_secrets import SecretError, set_secret
 
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip", "application/octet-stream")
 
 
 def _writer_team(request):
-    team = team_param(request)
-    if not can_change(request.user, team):
-        raise ApiError(403, f"viewers cannot change team {team.name}")
-    return team
+    """?team= or the user's first team where they may change things (runs.access)."""
+    return team_param(request, Action.CHANGE)
 
 
 def _archive_body(request):
@@ -43,7 +41,7 @@ def _version_json(version: DatasetVersion) -> dict:
 
 @api_view("GET")
 def datasets(request):
-    team = team_param(request)
+    team = team_param(request)  # None: the user is in no team, and sees nothing
     versions = DatasetVersion.objects.filter(dataset__team=team).select_related("dataset", "archive").order_by("dataset__name", "version")
     items: dict[str, dict] = {}
     for version in versions:
@@ -59,10 +57,7 @@ def dataset_versions(request, name: str):
     if not re.fullmatch(NAME_PATTERN, name):
         raise ApiError(400, "invalid dataset name", [{"loc": "name", "msg": "letters, digits, . _ - only, at most 100"}])
     if request.method == "GET":
-        team = team_param(request)
-        dataset = Dataset.objects.filter(team=team, name=name).first()
-        if dataset is None:
-            raise ApiError(404, f"dataset {name!r} not found")
+        dataset = dataset_for_user(request.user, request.GET.get("team"), name)
         versions = dataset.versions.select_related("dataset", "archive").order_by("version")
         return JsonResponse({"name": name, "versions": [_version_json(v) for v in versions]})
     team = _writer_team(request)
@@ -98,7 +93,7 @@ def code_snapshots(request):
 
 @api_view("GET")
 def secrets(request):
-    team = team_param(request)
+    team = team_param(request)  # None: the user is in no team, and sees nothing
     rows = TeamSecret.objects.filter(team=team).select_related("updated_by").order_by("name")
     return JsonResponse({"items": [
         {"name": s.name, "updated_at": iso(s.updated_at), "updated_by": s.updated_by.get_username() if s.updated_by else None}
@@ -108,14 +103,10 @@ def secrets(request):
 
 @api_view("PUT", "DELETE")
 def secret(request, name: str):
-    team = team_param(request)
-    if not can_change(request.user, team):
-        raise ApiError(403, "viewers cannot change secrets")
     if request.method == "DELETE":
-        deleted, _ = TeamSecret.objects.filter(team=team, name=name).delete()
-        if not deleted:
-            raise ApiError(404, f"secret {name!r} not found")
+        secret_for_user(request.user, request.GET.get("team"), name, Action.CHANGE).delete()
         return JsonResponse({"name": name, "deleted": True})
+    team = _writer_team(request)
     try:
         value = json.loads(request.body or b"null").get("value")
     except (ValueError, AttributeError):

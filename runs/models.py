@@ -48,10 +48,6 @@ class Membership(models.Model):
     def __str__(self):
         return f"{self.user} in {self.team} ({self.role})"
 
-    @property
-    def can_launch(self) -> bool:
-        return self.role in (Role.ADMIN, Role.MEMBER)
-
 
 class ApiToken(models.Model):
     """A bearer token. Only its sha256 is stored; the token itself is shown once."""
@@ -69,9 +65,14 @@ class ApiToken(models.Model):
         return hashlib.sha256(token.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user) -> tuple["ApiToken", str]:
+    def issue(cls, user, name: str = "", expires_at=None) -> tuple["ApiToken", str]:
         token = "ry_" + secrets.token_urlsafe(32)
-        return cls.objects.create(user=user, digest=cls.digest_of(token), prefix=token[:10]), token
+        row = cls.objects.create(user=user, digest=cls.digest_of(token), prefix=token[:10], name=name, expires_at=expires_at)
+        return row, token
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
     def __str__(self):
         return f"{self.prefix}… ({self.user})"

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs import imports, team_secrets
+from runs.access import Action, NotAllowed, require, team_for_user
 from runs.executors import default_executor_name
 from runs.lifecycle import FINAL, IllegalTransition, transition
 from runs.models import Membership, ResourcePreset, Role, Run, Status, Team
@@ -18,27 +19,19 @@ DEFAULT_TEAM = "default"
 CLUSTERS = ("default",)
 
 
-class NotAllowed(Exception):
-    """The user may see the run but not do this to it (a viewer, say)."""
-
-
 class RunNotFinal(Exception):
     def __init__(self, run: Run):
         super().__init__(f"run {run.pk} is {run.status}: only a completed, failed or terminated run can be reproduced")
 
 
-def ensure_team(user) -> Team:
-    """Every user belongs to at least one team; one with none joins `default`."""
-    membership = Membership.objects.filter(user=user).select_related("team").order_by("created_at", "pk").first()
-    if membership:
-        return membership.team
+def join_default_team(user, role: str = Role.MEMBER) -> Team:
+    """Put a user who is in no team into `default`. Membership is given explicitly
+    (SPEC §6): only `createtoken` without --team and the embedded default's first
+    admin (`welcome`) call this; no request ever does."""
     team, _ = Team.objects.get_or_create(name=DEFAULT_TEAM)
-    Membership.objects.get_or_create(user=user, team=team, defaults={"role": Role.MEMBER})
+    if not Membership.objects.filter(user=user).exists():
+        Membership.objects.get_or_create(user=user, team=team, defaults={"role": role})
     return team
-
-
-def membership_for(user, team: Team) -> Membership | None:
-    return Membership.objects.filter(user=user, team=team).first()
 
 
 def create_run(
@@ -59,10 +52,9 @@ def create_run(
     image digest and imports; what is gone since fails the run at initializing.
     """
     spec = frozen_spec if frozen_spec is not None else parse_spec(source)
-    team = team or ensure_team(user)
-    membership = membership_for(user, team)
-    if membership is None or not membership.can_launch:
-        raise NotAllowed(f"you cannot launch runs in team {team.name}")
+    if team is None:
+        team = team_for_user(user, None, Action.CHANGE)  # the user's first team where they may launch
+    require(user, Action.CHANGE, team)
     errors = []
     preset = ResourcePreset.objects.filter(name=spec["resources"]["preset"]).first()
     if preset is None:
@@ -158,17 +150,8 @@ def _apply_overrides(frozen: dict, overrides: dict) -> dict:
     return {**checked, "import": frozen.get("import", {})}
 
 
-def can_change(user, team: Team) -> bool:
-    """May `user` launch and change runs, datasets and secrets of `team`? Viewers may not."""
-    if user.is_superuser:
-        return True
-    membership = membership_for(user, team)
-    return membership is not None and membership.can_launch
-
-
 def _require_launch_rights(run: Run, user) -> None:
-    if not can_change(user, run.team):
-        raise NotAllowed("viewers cannot change runs")
+    require(user, Action.CHANGE, run.team)
 
 
 __all__ = ["IllegalTransition", "NotAllowed", "RunNotFinal", "SpecError", "create_run", "terminate_run", "reproduce_run"]

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from runs import api, api_inputs, openapi
+from runs import api, api_account, api_inputs, openapi
 
 urlpatterns = [
     path("health", api.health),
@@ -24,5 +24,9 @@ urlpatterns = [
     path("code", api_inputs.code_snapshots),
     path("secrets", api_inputs.secrets),
     path("secrets/<str:name>", api_inputs.secret),
+    path("tokens", api_account.tokens_collection),
+    path("tokens/<int:token_id>", api_account.token_detail),
+    path("teams", api_account.teams_collection),
+    path("teams/<str:name>", api_account.team_detail),
     re_path(r"^(?P<path>.*)$", api.not_found),
 ]

@@ -9,7 +9,9 @@ within RUNYARD_TERMINAL_KEEP_SECONDS resumes the same shell (terminal/sessions.p
 
 Only a signed-in member of the run's team who may change its runs gets a shell
 (viewers may not); another team's run is closed with 4404, like a missing one.
-The Origin is checked in dashboard/asgi.py.
+Access (runs.access) is checked again on input and every second: a user removed
+from the team, made a viewer or deactivated has the shell ended and the socket
+closed with 4403. The Origin is checked in dashboard/asgi.py.
 """
 
 import asyncio
@@ -22,13 +24,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from runs import access
 from runs.executors import get_executor
 from runs.executors.base import TERMINAL_MODES, ExecutorError
 from runs.lifecycle import FINAL
 from runs.live import run_group
 from runs.models import Run, Status
-from runs.selectors import run_for_user
-from runs.services import can_change
 from terminal.sessions import find_session, open_session
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         else:
             await sync_to_async(session.resize, thread_sensitive=False)(cols, rows)
         self.session = session
+        self.allowed = access.Recheck(lambda: _may_open_terminal(user, run.pk))
+        self.watch = asyncio.create_task(self._watch_access())
         self.group = run_group(run.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         earlier, ended = session.attach(self.listener)
@@ -110,8 +113,26 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 return
             await self.send(bytes_data=data)
 
+    async def _still_allowed(self) -> bool:
+        """False, with the shell ended and the socket closed, once the user may no
+        longer have a terminal in this run."""
+        if await self.allowed.value():
+            return True
+        if not getattr(self, "closed_for_access", False):
+            self.closed_for_access = True
+            log.info("closing a terminal in run %s: its user lost access", self.session.run_id)
+            if hasattr(self, "pump"):
+                self.pump.cancel()  # its "exit" would come first and say the shell just ended
+            await sync_to_async(self.session.close, thread_sensitive=False)()
+            await self._refuse(4403, "you no longer have access to a terminal in this run")
+        return False
+
+    async def _watch_access(self):
+        while await self._still_allowed():
+            await asyncio.sleep(access.RECHECK_SECONDS)
+
     async def receive(self, text_data=None, bytes_data=None):
-        if self.session is None:
+        if self.session is None or not await self._still_allowed():
             return
         if bytes_data is not None:
             if self.session.terminal.writable and len(bytes_data) <= MAX_INPUT_BYTES:
@@ -143,6 +164,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if hasattr(self, "pump"):
             self.pump.cancel()
+        if hasattr(self, "watch"):
+            self.watch.cancel()
 
 
 def _size(cols, rows) -> tuple[int, int]:
@@ -162,7 +185,16 @@ def _run_and_rights(user, run_id: int):
     """The run, whether the user may open a terminal in it, and its executor
     (found here: it may read the database, and only this thread may)."""
     try:
-        run = run_for_user(user, run_id)
+        run = access.run_for_user(user, run_id)
     except Run.DoesNotExist:
         return None, False, None
-    return run, can_change(user, run.team), get_executor(run.executor)
+    return run, access.may(user, access.Action.TERMINAL, run.team), get_executor(run.executor)
+
+
+def _may_open_terminal(user, run_id: int) -> bool:
+    user = access.current_user(user)
+    try:
+        run = access.run_for_user(user, run_id)
+    except Run.DoesNotExist:
+        return False
+    return access.may(user, access.Action.TERMINAL, run.team)

@@ -4,11 +4,9 @@ over its cap is refused without the server holding it in memory.
 
 Real PostgreSQL, storage and a real Daphne (the `console_url` fixture)."""
 
-import asyncio
 import http.client
 import io
 import json
-import os
 import random
 import re
 import struct

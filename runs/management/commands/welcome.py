@@ -5,7 +5,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from runs.executors import default_executor_name
-from runs.services import ensure_team
+from runs.models import Role
+from runs.services import join_default_team
 
 
 class Command(BaseCommand):
@@ -21,7 +22,7 @@ class Command(BaseCommand):
         if admin is None:
             password = secrets.token_urlsafe(12)
             admin = User.objects.create_superuser("admin", password=password)
-            ensure_team(admin)
+            join_default_team(admin, Role.ADMIN)  # the one membership given without asking (SPEC §6)
             password_file.write_text(password + "\n")
             password_file.chmod(0o600)
         if password_file.exists():

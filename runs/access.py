@@ -1,0 +1,232 @@
+"""Who may do what, in one place (SPEC §3, §5, §6).
+
+Everything a user reaches (a run, a dataset, a code snapshot, a secret, a team's
+settings) belongs to a team, and the user's role in that team decides:
+
+    role        read   change (launch, terminate, upload, set)   terminal   administer
+    admin        yes    yes                                       yes        yes
+    member       yes    yes                                       yes        no
+    viewer       yes    no                                        no         no
+    superuser: everything in every team. A deactivated user, or one in no team: nothing.
+
+The lookups work like healthchecks' `_get_check_for_user`: they return the object,
+raise the model's own DoesNotExist for anyone outside its team (a foreign object
+looks exactly like a missing one), and raise NotAllowed (403) for a teammate whose
+role forbids the action. The API, the pages, the websockets, the file downloads, the
+terminal and the admin all ask here; nothing else writes the rule.
+"""
+
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from django.db.models import QuerySet
+
+from runs.models import CodeSnapshot, Dataset, Membership, Role, Run, Team, TeamSecret
+
+
+class Action(StrEnum):
+    READ = "read"
+    CHANGE = "change"
+    TERMINAL = "terminal"
+    ADMINISTER = "administer"
+
+
+ALLOWED: dict[str, frozenset[Action]] = {
+    Role.ADMIN: frozenset(Action),
+    Role.MEMBER: frozenset({Action.READ, Action.CHANGE, Action.TERMINAL}),
+    Role.VIEWER: frozenset({Action.READ}),
+}
+
+# What a refusal says the role cannot do.
+_REFUSED = {
+    Action.READ: "see anything in team {team}",
+    Action.CHANGE: "launch or change anything in team {team}",
+    Action.TERMINAL: "open a terminal in a run",
+    Action.ADMINISTER: "change the settings of team {team}",
+}
+
+
+class NotAllowed(Exception):
+    """The user sees the object but their role does not allow this: a 403.
+    `loc` names the input at fault, when there is one (the API's errors[].loc)."""
+
+    def __init__(self, message: str, loc: str = ""):
+        super().__init__(message)
+        self.loc = loc
+
+
+def is_present(user) -> bool:
+    """Signed in and active: anyone else reaches nothing."""
+    return user is not None and user.is_authenticated and user.is_active
+
+
+def role_in(user, team: Team | int) -> str | None:
+    """The user's role in the team, None when not a member (superusers included)."""
+    if not is_present(user):
+        return None
+    team_id = team if isinstance(team, int) else team.pk
+    return Membership.objects.filter(user=user, team_id=team_id).values_list("role", flat=True).first()
+
+
+def may(user, action: Action, team: Team | int) -> bool:
+    if not is_present(user):
+        return False
+    if user.is_superuser:
+        return True
+    return action in ALLOWED.get(role_in(user, team), frozenset())
+
+
+def require(user, action: Action, team: Team) -> None:
+    """NotAllowed unless the user may; call it once the team is known to be visible."""
+    if may(user, action, team):
+        return
+    role = role_in(user, team)
+    who = f"{role}s" if role else "non-members"
+    raise NotAllowed(f"{who} cannot {_REFUSED[action].format(team=team.name)}")
+
+
+# ------------------------------------------------------------------ teams
+
+
+def readable_teams(user) -> QuerySet[Team]:
+    if not is_present(user):
+        return Team.objects.none()
+    if user.is_superuser:
+        return Team.objects.all()
+    return Team.objects.filter(memberships__user=user)
+
+
+def readable_team_ids(user) -> set[int]:
+    return set(readable_teams(user).values_list("pk", flat=True))
+
+
+def administered_team_ids(user) -> set[int]:
+    """The teams whose admin page the user may manage in /admin/ (by membership:
+    superusers are staff and keep Django's own permissions there)."""
+    if not is_present(user):
+        return set()
+    roles = [role for role, actions in ALLOWED.items() if Action.ADMINISTER in actions]
+    return set(Membership.objects.filter(user=user, role__in=roles).values_list("team_id", flat=True))
+
+
+def memberships(user) -> QuerySet[Membership]:
+    """The user's memberships, oldest first: the first is their default team."""
+    if not is_present(user):
+        return Membership.objects.none()
+    return Membership.objects.filter(user=user).select_related("team").order_by("created_at", "pk")
+
+
+def default_team(user, action: Action = Action.READ) -> Team | None:
+    """The team a request that names none works in: the user's first team where
+    the action is allowed. Never a team the user is not in, and never created."""
+    for membership in memberships(user):
+        if action in ALLOWED.get(membership.role, frozenset()):
+            return membership.team
+    return None
+
+
+def team_for_user(user, name: str | None, action: Action = Action.READ) -> Team | None:
+    """The team `name` (or the default one when no name is given) if the user may
+    see it; Team.DoesNotExist for a team they are not in; NotAllowed when their role
+    forbids the action. No name and no team of the user's: None for reads (they see
+    nothing), NotAllowed naming `team` for anything else."""
+    if name:
+        team = readable_teams(user).filter(name=name).first()
+        if team is None:
+            raise Team.DoesNotExist(f"team {name!r} not found")
+        require(user, action, team)
+        return team
+    team = default_team(user, action)
+    if team is not None or action == Action.READ:
+        return team
+    some = default_team(user, Action.READ)
+    if some is not None:
+        require(user, action, some)  # a viewer: says what their role cannot do
+    raise NotAllowed("you are in no team where you may do this: name one with ?team= or ask a team admin to add you", "team")
+
+
+# ------------------------------------------------------------------ runs
+
+
+def visible_runs(user) -> QuerySet[Run]:
+    """Every run the user may read, the base of every list."""
+    if not is_present(user):
+        return Run.objects.none()
+    runs = Run.objects.all()
+    if not user.is_superuser:
+        runs = runs.filter(team__memberships__user=user)
+    return runs
+
+
+def run_for_user(user, run_id: int, action: Action = Action.READ) -> Run:
+    """The run, if the user may `action` it. Run.DoesNotExist for a run of another
+    team, exactly as for one that does not exist; NotAllowed for a teammate's
+    role that forbids the action."""
+    run = visible_runs(user).select_related("owner", "team", "preset").filter(pk=run_id).first()
+    if run is None:
+        raise Run.DoesNotExist("run not found")
+    require(user, action, run.team)
+    return run
+
+
+# ------------------------------------------------------------------ what runs read
+
+
+def dataset_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> Dataset:
+    team = team_for_user(user, team_name, action)
+    found = Dataset.objects.filter(team=team, name=name).first() if team else None
+    if found is None:
+        raise Dataset.DoesNotExist(f"dataset {name!r} not found")
+    return found
+
+
+def code_snapshot_for_user(user, team_name: str | None, content_hash: str, action: Action = Action.READ) -> CodeSnapshot:
+    team = team_for_user(user, team_name, action)
+    found = CodeSnapshot.objects.filter(team=team, archive__content_hash=content_hash).select_related("archive").first() if team else None
+    if found is None:
+        raise CodeSnapshot.DoesNotExist(f"code snapshot {content_hash[:12]!r} not found")
+    return found
+
+
+def secret_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> TeamSecret:
+    team = team_for_user(user, team_name, action)
+    found = TeamSecret.objects.filter(team=team, name=name).first() if team else None
+    if found is None:
+        raise TeamSecret.DoesNotExist(f"secret {name!r} not found")
+    return found
+
+
+# ------------------------------------------------------------------ websockets
+
+
+RECHECK_SECONDS = 1.0
+
+
+def current_user(user):
+    """The user as the database has them now (a websocket's scope keeps the one
+    from its connect); None once deleted or deactivated."""
+    from django.contrib.auth import get_user_model
+
+    if user is None or not user.is_authenticated:
+        return None
+    return get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+
+
+class Recheck:
+    """An answer about access that a websocket asks for every message it sends,
+    read from the database at most once per RECHECK_SECONDS."""
+
+    def __init__(self, read: Callable[[], Any], seconds: float = RECHECK_SECONDS):
+        self._read, self._seconds = read, seconds
+        self._value: Any = None
+        self._read_at: float | None = None
+
+    async def value(self) -> Any:
+        from channels.db import database_sync_to_async
+
+        if self._read_at is None or time.monotonic() - self._read_at >= self._seconds:
+            self._value = await database_sync_to_async(self._read)()
+            self._read_at = time.monotonic()
+        return self._value

@@ -50,3 +50,108 @@ def test_it_rejects_bad_values_naming_the_variable(tmp_path, env, message):
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert message in result.stderr
+
+
+def settings_value(tmp_path, expression: str, **env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "RUNYARD_SECRETS_KEY")}
+    return subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); from django.conf import settings; print(repr({expression}))"],
+        cwd=ROOT, env={**base, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "RUNYARD_VAR_DIR": str(tmp_path), **env},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def check_deploy(tmp_path, **env) -> subprocess.CompletedProcess:
+    # Without the tests' own DJANGO_ALLOW_ASYNC_UNSAFE (conftest), which the check rightly flags.
+    skip = ("DATABASE_URL", "REDIS_URL", "DEBUG", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    base = {k: v for k, v in os.environ.items() if k not in skip}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        cwd=ROOT, env={**base, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "RUNYARD_VAR_DIR": str(tmp_path),
+                       "SECRET_KEY": "a-real-key-" + "x7Qp2vL9" * 7, "DEBUG": "false", **env},
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_https_switch_makes_check_deploy_clean(tmp_path):
+    plain = check_deploy(tmp_path)
+    for warning in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert warning in plain.stderr + plain.stdout
+    served_over_https = check_deploy(tmp_path, RUNYARD_HTTPS="true")
+    assert served_over_https.returncode == 0, served_over_https.stderr
+    assert "System check identified no issues" in served_over_https.stdout
+    assert "WARNING" not in served_over_https.stderr + served_over_https.stdout
+
+
+def test_https_switch_sets_hsts_cookies_and_the_proxy_header(tmp_path):
+    result = settings_value(
+        tmp_path,
+        "(settings.SECURE_HSTS_SECONDS, settings.SECURE_HSTS_INCLUDE_SUBDOMAINS, settings.SECURE_HSTS_PRELOAD, settings.SECURE_SSL_REDIRECT,"
+        " settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE, settings.SECURE_PROXY_SSL_HEADER)",
+        RUNYARD_HTTPS="yes", RUNYARD_HSTS_SECONDS="3600", RUNYARD_HSTS_PRELOAD="false",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3600, True, False, True, True, True, ('HTTP_X_FORWARDED_PROTO', 'https'))"
+    off = settings_value(tmp_path, "(settings.SECURE_SSL_REDIRECT, settings.SESSION_COOKIE_SECURE)")
+    assert off.stdout.strip() == "(False, False)"
+
+
+def test_an_https_console_redirects_plain_http_but_not_the_health_check(tmp_path):
+    code = (
+        "from django.test import Client; c = Client();"
+        "print(c.get('/accounts/login/').status_code, c.get('/accounts/login/').headers.get('Location'), sep='|', end='|');"
+        "print("
+        " c.get('/accounts/login/', headers={'X-Forwarded-Proto': 'https'}).headers.get('Strict-Transport-Security'),"
+        " c.get('/api/v1/health').status_code, sep='|')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup();" + code],
+        cwd=ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "RUNYARD_HTTPS": "true",
+                       "ALLOWED_HOSTS": "testserver"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    status, location, hsts, health = result.stdout.strip().split("|")
+    assert (status, location) == ("301", "https://testserver/accounts/login/")
+    assert hsts == "max-age=31536000; includeSubDomains; preload"
+    assert health != "301"  # answered (200, or 503 as this database is not set up), not redirected
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "DATABASE_URL", "RUNYARD_SECRETS_KEY"])
+def test_a_secret_can_come_from_a_file(tmp_path, name):
+    value = {"SECRET_KEY": "from-a-file-" + "k" * 40, "DATABASE_URL": "postgres://u:p@db.example/runyard",
+             "RUNYARD_SECRETS_KEY": "secrets-key-from-a-file"}[name]
+    secret = tmp_path / "secret"
+    secret.write_text(value + "\n")  # as `echo value > file` writes it
+    env = {f"{name}_FILE": str(secret)}
+    if name == "DATABASE_URL":
+        env["SECRET_KEY"] = "k" * 50
+    result = settings_value(tmp_path, f"settings.{name}", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr(value)
+    if name == "DATABASE_URL":
+        engine = settings_value(tmp_path, "settings.DATABASES['default']['HOST']", **env)
+        assert engine.stdout.strip() == "'db.example'"
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "DATABASE_URL", "RUNYARD_SECRETS_KEY"])
+def test_a_secret_and_its_file_together_are_refused_naming_both(tmp_path, name):
+    secret = tmp_path / "secret"
+    secret.write_text("postgres://u@h/x")
+    result = settings_value(tmp_path, "1", **{name: "postgres://u@h/y", f"{name}_FILE": str(secret)})
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert f"both {name} and {name}_FILE are set" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "DATABASE_URL", "RUNYARD_SECRETS_KEY"])
+def test_a_missing_or_empty_secret_file_is_refused_naming_it(tmp_path, name):
+    missing_file = tmp_path / "no-such-file"
+    result = settings_value(tmp_path, "1", **{f"{name}_FILE": str(missing_file)})
+    assert result.returncode != 0
+    assert f"{name}_FILE='{missing_file}': cannot read the file (No such file or directory)" in result.stderr
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    result = settings_value(tmp_path, "1", **{f"{name}_FILE": str(empty)})
+    assert result.returncode != 0
+    assert f"{name}_FILE='{empty}': the file is empty" in result.stderr

@@ -155,3 +155,104 @@ def test_a_missing_or_empty_secret_file_is_refused_naming_it(tmp_path, name):
     result = settings_value(tmp_path, "1", **{f"{name}_FILE": str(empty)})
     assert result.returncode != 0
     assert f"{name}_FILE='{empty}': the file is empty" in result.stderr
+
+
+def _sign_in(client, username, password, path="/accounts/login/", address="10.1.1.1"):
+    return client.post(path, {"username": username, "password": password}, REMOTE_ADDR=address)
+
+
+def test_repeated_failed_sign_ins_lock_out_even_the_right_password(alice, client, settings):
+    limit = settings.RUNYARD_LOGIN_FAILURE_LIMIT
+    for _ in range(limit - 1):
+        response = _sign_in(client, "alice", "wrong")
+        assert response.status_code == 200
+        assert b"didn't match" in response.content
+    locked = _sign_in(client, "alice", "wrong")
+    assert locked.status_code == 429
+    assert b"Too many failed sign-ins" in locked.content
+    assert b"Try again in 15 minutes" in locked.content
+    assert locked["Retry-After"] == "900"
+    refused = _sign_in(client, "alice", "pw-alice")
+    assert refused.status_code == 429
+    assert b"Try again in 15 minutes" in refused.content
+    assert "_auth_user_id" not in client.session
+    # The lock holds that username from that address: alice elsewhere still signs in.
+    elsewhere = _sign_in(client, "alice", "pw-alice", address="10.2.2.2")
+    assert elsewhere.status_code == 302
+    assert client.session["_auth_user_id"] == str(alice.pk)
+
+
+def test_a_successful_sign_in_resets_the_count(alice, client, settings):
+    limit = settings.RUNYARD_LOGIN_FAILURE_LIMIT
+    for _ in range(limit - 1):
+        assert _sign_in(client, "alice", "wrong").status_code == 200
+    assert _sign_in(client, "alice", "pw-alice").status_code == 302
+    client.logout()
+    for _ in range(limit - 1):
+        assert _sign_in(client, "alice", "wrong").status_code == 200
+    assert _sign_in(client, "alice", "pw-alice").status_code == 302
+
+
+def test_the_admin_sign_in_is_throttled_too(defaults, client, settings, django_user_model):
+    django_user_model.objects.create_superuser("root", "root@example.org", "pw-root")
+    for _ in range(settings.RUNYARD_LOGIN_FAILURE_LIMIT):
+        response = _sign_in(client, "root", "wrong", path="/admin/login/?next=/admin/")
+    assert response.status_code == 429
+    refused = _sign_in(client, "root", "pw-root", path="/admin/login/?next=/admin/")
+    assert refused.status_code == 429
+    assert b"Too many failed sign-ins for <strong>root</strong>" in refused.content
+
+
+def test_the_limit_and_the_wait_are_settings(tmp_path):
+    result = settings_value(tmp_path, "(settings.RUNYARD_LOGIN_FAILURE_LIMIT, settings.AXES_COOLOFF_TIME.total_seconds())",
+                            RUNYARD_LOGIN_FAILURE_LIMIT="3", RUNYARD_LOGIN_COOLOFF_MINUTES="2")
+    assert result.stdout.strip() == "(3, 120.0)"
+    bad = settings_value(tmp_path, "1", RUNYARD_LOGIN_FAILURE_LIMIT="0")
+    assert "RUNYARD_LOGIN_FAILURE_LIMIT='0'" in bad.stderr
+
+
+def test_unknown_bearer_tokens_lock_out_their_address(alice, rf, settings):
+    """runs.throttle.token_refusal, the check the API's bearer authentication makes."""
+    from runs.throttle import token_refusal
+
+    def attempt(valid, address="10.3.3.3"):
+        return token_refusal(rf.get("/api/v1/runs", REMOTE_ADDR=address), valid=valid)
+
+    for _ in range(settings.RUNYARD_TOKEN_FAILURE_LIMIT - 1):
+        assert attempt(valid=False) is None  # the API answers 401
+    assert attempt(valid=True) is None
+    refusal = attempt(valid=False)
+    assert refusal.startswith("too many unknown tokens from your address: try again in 15 minutes")
+    assert attempt(valid=True).startswith("too many unknown tokens")  # even a good token, from there
+    assert attempt(valid=True, address="10.4.4.4") is None
+    assert attempt(valid=False, address="10.4.4.4") is None
+
+
+def test_the_client_address_comes_from_the_proxies_only_as_far_as_they_are_trusted(rf, settings):
+    from runs.throttle import client_ip
+
+    request = rf.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.7")
+    settings.RUNYARD_PROXY_COUNT = 0
+    assert client_ip(request) == "10.0.0.1"
+    settings.RUNYARD_PROXY_COUNT = 1
+    assert client_ip(request) == "203.0.113.7"
+
+
+def test_a_locked_out_browser_is_told_when_to_retry(transactional_db, alice, chromium, console_url, settings):
+    """Through the live console (Daphne, axes' async middleware path) and a real browser."""
+    context = chromium.new_context(base_url=console_url)
+    page = context.new_page()
+    try:
+        for password in ["wrong"] * settings.RUNYARD_LOGIN_FAILURE_LIMIT + ["pw-alice"]:
+            page.goto(console_url + "/accounts/login/")
+            page.get_by_label("Username").fill("alice")
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_load_state()
+        alert = page.get_by_role("alert")
+        assert "Too many failed sign-ins for alice from your address. Try again in 15 minutes (after" in alert.inner_text()
+        assert page.url == console_url + "/accounts/login/"
+        page.goto(console_url + "/")
+        assert page.url.startswith(console_url + "/accounts/login/")  # not signed in
+    finally:
+        context.close()

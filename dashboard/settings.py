@@ -273,3 +273,8 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "runs.throttle.client_ip"
 AXES_LOCKOUT_CALLABLE = "runs.throttle.lockout_response"
 AXES_VERBOSE = False
+
+# The Docker engine's own copy of a run's output (Runyard stores every line itself):
+# at most this many files of this many MiB per container, the older ones compressed.
+RUNYARD_DOCKER_LOG_MAX_SIZE_MB = env_int("RUNYARD_DOCKER_LOG_MAX_SIZE_MB", 20, 1)
+RUNYARD_DOCKER_LOG_MAX_FILES = env_int("RUNYARD_DOCKER_LOG_MAX_FILES", 5, 2)

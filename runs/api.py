@@ -381,5 +381,6 @@ def run_file_raw(request, run_id: int):
     return response
 
 
+@csrf_exempt  # a POST to no endpoint is a JSON 404, not the CSRF middleware's HTML 403
 def not_found(request, path=""):
     return error_response(404, f"no API endpoint at /api/v1/{path}")

@@ -25,6 +25,7 @@ from runs.selectors import run_for_user, runs_for_user
 from runs.services import NotAllowed, RunNotFinal, create_run, ensure_team, reproduce_run, terminate_run
 from runs.spec import SpecError
 from runs.streaming import storage_chunks, stream_response
+from runs.throttle import token_refusal
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def _authenticate(request: HttpRequest):
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "the Authorization header must be 'Bearer <token>'")
         found = ApiToken.objects.select_related("user").filter(digest=ApiToken.digest_of(token.strip())).first()
+        if (refusal := token_refusal(request, valid=found is not None)) is not None:
+            raise ApiError(429, refusal, [{"loc": "Authorization", "msg": refusal}])
         if found is None or not found.user.is_active:
             raise ApiError(401, "invalid or revoked token")
         now = timezone.now()

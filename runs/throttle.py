@@ -10,7 +10,7 @@ process sees them.
 
 from datetime import timedelta
 
-from axes.backends import AxesStandaloneBackend
+from axes.backends import AxesBackend
 from axes.handlers.proxy import AxesProxyHandler
 from axes.helpers import get_client_username, get_cool_off
 from django.conf import settings
@@ -22,10 +22,14 @@ from django.utils import timezone
 TOKEN_ACCOUNT = "(api token)"
 
 
-class SignInThrottle(AxesStandaloneBackend):
+class SignInThrottle(AxesBackend):
     """axes' check, for authentications that come with a request. Without one
     (Django's test client's login(), a script) there is no address to count by,
-    and no web sign-in does that: the login views pass their request."""
+    and no web sign-in does that: the login views pass their request.
+
+    It refuses or passes, never signs in: ModelBackend, next in the list, checks
+    the password. A whole backend (get_user too), as code that keeps the first
+    backend's path in a session expects."""
 
     def authenticate(self, request: HttpRequest | None, username=None, password=None, **kwargs):
         if request is None:

@@ -254,3 +254,15 @@ def test_unknown_tokens_on_the_api_are_throttled_per_address(alice, client, sett
     assert locked.json()["errors"][0]["loc"] == "Authorization"
     assert call(alice.token).status_code == 429  # a guesser learns nothing, even with a good token
     assert call(alice.token, address="10.6.6.6").status_code == 200
+
+
+def test_sign_in_attempts_are_listed_in_the_admin_for_superusers_only(tina, client, django_user_model):
+    _sign_in(client, "tina", "wrong")
+    client.force_login(tina)
+    assert b"Access attempts" not in client.get("/admin/").content
+    assert client.get("/admin/axes/accessattempt/").status_code in (302, 403, 404)
+    root = django_user_model.objects.create_superuser("root", "root@example.org", "pw-root")
+    client.force_login(root)
+    assert b"Access attempts" in client.get("/admin/").content
+    listing = client.get("/admin/axes/accessattempt/")
+    assert listing.status_code == 200 and b"tina" in listing.content

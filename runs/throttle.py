@@ -13,7 +13,9 @@ from datetime import timedelta
 from axes.backends import AxesBackend
 from axes.handlers.proxy import AxesProxyHandler
 from axes.helpers import get_client_username, get_cool_off
+from axes.models import AccessAttempt
 from django.conf import settings
+from django.db.models import Max
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -85,7 +87,9 @@ def token_refusal(request: HttpRequest, valid: bool) -> str | None:
 
     Called once per bearer request with whether the token is one Runyard issued
     (an expired or deactivated user's token is not a guess and does not count). An
-    address past the limit is refused even with a good token: a guesser learns nothing.
+    address past the limit is refused even with a good token: a guesser learns
+    nothing. Refused requests do not count, so the lock ends a cool-off after the
+    last unknown token, however often a client with a good one retries meanwhile.
     """
     credentials = {"username": TOKEN_ACCOUNT}
     if AxesProxyHandler.is_allowed(request, credentials):
@@ -97,5 +101,9 @@ def token_refusal(request: HttpRequest, valid: bool) -> str | None:
         request.axes_locked_out = False
         if not locked:
             return None
-    cool_off, at = _retry_at(request)
-    return f"too many unknown tokens from your address: try again in {_minutes(cool_off)} (after {at})"
+    cool_off = get_cool_off(request) or timedelta(0)
+    last = AccessAttempt.objects.filter(username=TOKEN_ACCOUNT, ip_address=request.axes_ip_address).aggregate(
+        last=Max("attempt_time"))["last"]
+    ends = (last or timezone.now()) + cool_off
+    return (f"too many unknown tokens from your address: try again in {_minutes(ends - timezone.now())} "
+            f"(after {ends.strftime('%H:%M UTC')})")

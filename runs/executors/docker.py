@@ -253,7 +253,7 @@ class DockerExecutor:
     def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
         """Every log entry in order, from `cursor` on (see LogPosition).
 
-        The engine keeps only the newest entries (the log is capped, LOG_CONFIG) and
+        The engine keeps only the newest entries (the log is capped, log_config) and
         ends a follow when it rotates the file, so a read resumes by time: from a
         whole second a little behind the last entry read, skipping the entries of
         that stretch already read. A count within the stretch, not a time, because
@@ -426,7 +426,8 @@ _seconds_cache: dict[bytes, int] = {}
 class _RepeatFilter:
     """Drops entries a follow returns twice. The engine stamps each stream's entries in
     the order it reads them, so within a stream an entry older than the last one
-    passed on, or as old and the same, was passed on already."""
+    passed on, or as old and the same, was passed on already. (Were the host's clock
+    stepped back, entries would be dropped until it caught up: clocks are slewed.)"""
 
     def __init__(self):
         self.last: dict[int, tuple[int, set[bytes]]] = {}

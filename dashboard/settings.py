@@ -7,6 +7,7 @@ REDIS_URL switch to PostgreSQL, Celery workers and channels-redis.
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -51,13 +52,34 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_secret(name: str) -> str:
+    """NAME, or the content of the file NAME_FILE names (Docker and Kubernetes secrets
+    are files, and a value in a file stays out of the process table and `env`)."""
+    value = env_str(name)
+    path = env_str(name + "_FILE")
+    if not path:
+        return value
+    if value:
+        raise ImproperlyConfigured(f"both {name} and {name}_FILE are set: set one of them")
+    try:
+        content = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ImproperlyConfigured(f"{name}_FILE={path!r}: cannot read the file ({reason})") from None
+    content = content.removesuffix("\n").removesuffix("\r")  # what `echo` and editors add
+    if not content.strip():
+        raise ImproperlyConfigured(f"{name}_FILE={path!r}: the file is empty")
+    return content
+
+
 VAR_DIR = Path(env_str("RUNYARD_VAR_DIR") or BASE_DIR / "var")
 (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_str("SECRET_KEY")
+DATABASE_URL = env_secret("DATABASE_URL")
+SECRET_KEY = env_secret("SECRET_KEY")
 if not SECRET_KEY:
-    if not DEBUG and env_str("DATABASE_URL"):
+    if not DEBUG and DATABASE_URL:
         raise ImproperlyConfigured("SECRET_KEY must be set for a full deployment (DATABASE_URL is set)")
     # The embedded default keeps a generated key in var/ so sessions survive restarts.
     key_file = VAR_DIR / "secret_key"
@@ -116,7 +138,6 @@ TEMPLATES = [
     },
 ]
 
-DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
         DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
@@ -244,4 +265,46 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2621440  # Django's default: larger files go to a 
 # one team on its own machine, not for a shared deployment.
 RUNYARD_GIT_ALLOW_FILE = env_bool("RUNYARD_GIT_ALLOW_FILE", not DATABASE_URL)
 # Key for team secrets at rest; derived from SECRET_KEY unless given.
-RUNYARD_SECRETS_KEY = env_str("RUNYARD_SECRETS_KEY")
+RUNYARD_SECRETS_KEY = env_secret("RUNYARD_SECRETS_KEY")
+
+# --- Production: HTTPS and sign-in throttling --------------------------------------
+# RUNYARD_HTTPS=true: the console is served over HTTPS (usually by a reverse proxy
+# that sets X-Forwarded-Proto). Browsers are told to use HTTPS only (HSTS), plain
+# HTTP is redirected, and cookies are never sent in clear. `check --deploy` is then
+# clean. The health check stays reachable over HTTP for load balancers.
+RUNYARD_HTTPS = env_bool("RUNYARD_HTTPS", False)
+if RUNYARD_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("RUNYARD_HSTS_SECONDS", 365 * 24 * 3600, 0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("RUNYARD_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("RUNYARD_HSTS_PRELOAD", True)
+# How many proxies in front of the console append to X-Forwarded-For: the client's
+# address is that many entries from the right. 0: the connection's own address (a
+# client could otherwise forge the header and dodge its lockout).
+RUNYARD_PROXY_COUNT = env_int("RUNYARD_PROXY_COUNT", 0, 0)
+
+# django-axes counts failed sign-ins per username and address, in the database (so
+# every Daphne process sees the same count) and locks that pair out for a while.
+# Bearer tokens the API does not know count per address (runs/throttle.py).
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last: it turns a lockout into the page
+AUTHENTICATION_BACKENDS = ["runs.throttle.SignInThrottle", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = "runs.throttle.failure_limit"
+RUNYARD_LOGIN_FAILURE_LIMIT = env_int("RUNYARD_LOGIN_FAILURE_LIMIT", 5, 1)
+RUNYARD_TOKEN_FAILURE_LIMIT = env_int("RUNYARD_TOKEN_FAILURE_LIMIT", 20, 1)
+RUNYARD_LOGIN_COOLOFF_MINUTES = env_int("RUNYARD_LOGIN_COOLOFF_MINUTES", 15, 1)
+AXES_COOLOFF_TIME = timedelta(minutes=RUNYARD_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "runs.throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "runs.throttle.lockout_response"
+AXES_VERBOSE = False
+
+# The Docker engine's own copy of a run's output (Runyard stores every line itself):
+# at most this many files of this many MiB per container, the older ones compressed.
+RUNYARD_DOCKER_LOG_MAX_SIZE_MB = env_int("RUNYARD_DOCKER_LOG_MAX_SIZE_MB", 20, 1)
+RUNYARD_DOCKER_LOG_MAX_FILES = env_int("RUNYARD_DOCKER_LOG_MAX_FILES", 5, 2)

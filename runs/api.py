@@ -28,6 +28,7 @@ from runs.services import RunNotFinal, create_run, reproduce_run, terminate_run
 from runs.slots import attach_queue_positions, queue_position
 from runs.spec import SpecError
 from runs.streaming import storage_chunks, stream_response
+from runs.throttle import token_refusal
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def _authenticate(request: HttpRequest):
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "the Authorization header must be 'Bearer <token>'")
         found = ApiToken.objects.select_related("user").filter(digest=ApiToken.digest_of(token.strip())).first()
+        if (refusal := token_refusal(request, valid=found is not None)) is not None:
+            raise ApiError(429, refusal, [{"loc": "Authorization", "msg": refusal}])
         if found is None or not found.user.is_active:
             raise ApiError(401, "invalid or revoked token")
         now = timezone.now()
@@ -390,5 +393,6 @@ def run_file_raw(request, run_id: int):
     return response
 
 
+@csrf_exempt  # a POST to no endpoint is a JSON 404, not the CSRF middleware's HTML 403
 def not_found(request, path=""):
     return error_response(404, f"no API endpoint at /api/v1/{path}")

@@ -30,6 +30,67 @@ RUNYARD_DIR = "/run/runyard"
 REPORTER_DIR = "/opt/runyard/python"
 READ_AHEAD_FRAMES = 50_000
 STREAM_OF_FRAME = {1: 0, 2: 1}  # docker's frame types: 1 stdout, 2 stderr
+# The engine's own copy of a run's output is capped: Runyard stores every line
+# itself, and the collector reads well within the cap. The `local` driver: its
+# follows survive a rotation (json-file's lose and repeat entries there, engine
+# 20.10), and its rotated files stay readable by the logs API. follow_logs resumes
+# by time, so files dropped behind the collector do not matter.
+
+
+def log_config() -> dict:
+    size, files = settings.RUNYARD_DOCKER_LOG_MAX_SIZE_MB, settings.RUNYARD_DOCKER_LOG_MAX_FILES
+    return {"Type": "local", "Config": {"max-size": f"{size}m", "max-file": str(files), "compress": "true"}}
+
+
+# The engine cuts a line longer than this into pieces of exactly this size, and
+# the `local` driver loses the newline after the last piece: a piece without a
+# newline that is shorter ends its line.
+ENGINE_PIECE_BYTES = 16 * 1024
+
+
+class LogPosition:
+    """Where a read of a container's log stands: `count` entries read of those at or
+    after the whole second `since` (0: from the first entry), in the order the logs
+    API returns them. Packed into one integer for Run.log_cursor; a cursor from
+    before (a plain count) decodes to since=0 and means the same."""
+
+    COUNT_BITS = 24
+    MARGIN_SECONDS = 2  # how far behind the newest entry the resume point stays
+
+    def __init__(self, since: int = 0, count: int = 0):
+        self.since, self.count, self.skip = since, count, 0
+        self.recent: deque[int] = deque()  # whole seconds of the entries counted
+
+    @classmethod
+    def decode(cls, cursor: int) -> "LogPosition":
+        return cls(cursor >> cls.COUNT_BITS, cursor & ((1 << cls.COUNT_BITS) - 1))
+
+    def encode(self) -> int:
+        return (self.since << self.COUNT_BITS) | min(self.count + self.skip, (1 << self.COUNT_BITS) - 1)
+
+    def restart(self) -> None:
+        """A new follow from `since` begins: its first entries are the ones already read."""
+        self.skip, self.count = self.skip + self.count, 0
+        self.recent.clear()
+
+    def take(self, second: int) -> bool:
+        """Count the next entry of the follow; False if it was read before (a replay)."""
+        replayed = self.skip > 0
+        if replayed:
+            self.skip -= 1
+        if second >= self.since:  # a later follow from `since` returns it again
+            self.count += 1
+            self.recent.append(second)
+        if not replayed and second - self.MARGIN_SECONDS > self.since:
+            # Move the resume point up; count again only what lies at or after it.
+            self.since = second - self.MARGIN_SECONDS
+            while self.recent and self.recent[0] < self.since:
+                self.recent.popleft()
+            self.count = sum(1 for s in self.recent if s >= self.since)
+        return not replayed
+
+    def __str__(self) -> str:
+        return f"entry {self.count + self.skip} from second {self.since}"
 
 
 def engine_reachable(timeout: float = 2.0) -> bool:
@@ -130,8 +191,7 @@ class DockerExecutor:
                     pids_limit=4096,
                     tmpfs={RUNYARD_DIR: "mode=1777,size=1m"},
                     volumes=mounts,
-                    # No rotation: every line must still be there when the collector reads it.
-                    log_config={"Type": "json-file", "Config": {}},
+                    log_config=log_config(),
                     stdin_open=False,
                     tty=False,
                 )
@@ -191,13 +251,15 @@ class DockerExecutor:
         return _ChunkReader(chunks)
 
     def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
-        """Every log entry in order; the first `cursor` entries are skipped.
+        """Every log entry in order, from `cursor` on (see LogPosition).
 
-        The cursor counts entries from the container's start rather than using a
-        time: stdout and stderr entries can be written slightly out of time order,
-        so only a count resumes exactly.
+        The engine keeps only the newest entries (the log is capped, log_config) and
+        ends a follow when it rotates the file, so a read resumes by time: from a
+        whole second a little behind the last entry read, skipping the entries of
+        that stretch already read. A count within the stretch, not a time, because
+        stdout and stderr entries can be written slightly out of time order.
         """
-        position = cursor
+        position = LogPosition.decode(cursor)
         while True:
             container = self._container(run)
             if container is None:
@@ -207,23 +269,23 @@ class DockerExecutor:
             ended_before_read = container.status not in ("running", "created", "restarting", "paused")
             try:
                 for frame in self._read_logs(run, position):
-                    if frame is not None:
-                        position = frame.cursor
                     yield frame
             except _StreamBroke as exc:
-                log.warning("run %s: log stream broke (%s), reading on from entry %s", run.pk, exc, position)
+                log.warning("run %s: log stream broke (%s), reading on from %s", run.pk, exc, position)
                 time.sleep(1)
                 continue
             if ended_before_read:
                 return
 
-    def _read_logs(self, run, skip: int) -> Iterator[LogFrame | None]:
+    def _read_logs(self, run, start: "LogPosition") -> Iterator[LogFrame | None]:
+        """One follow from `start`; `start` is advanced past every entry yielded."""
         client = _client()  # a connection of its own, held for as long as the run lasts
+        params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"}
+        if start.since:
+            params["since"] = start.since
         try:
             response = client.api._get(
-                client.api._url("/containers/{0}/logs", self.container_name(run)),
-                params={"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"},
-                stream=True,
+                client.api._url("/containers/{0}/logs", self.container_name(run)), params=params, stream=True,
             )
             client.api._raise_for_status(response)
         except NotFound:
@@ -257,7 +319,8 @@ class DockerExecutor:
 
         reader = threading.Thread(target=read, name=f"logs-run-{run.pk}", daemon=True)
         reader.start()
-        position = 0
+        start.restart()
+        repeats = _RepeatFilter()
         try:
             while True:
                 if not arrived.wait(1.0):
@@ -267,11 +330,15 @@ class DockerExecutor:
                 finished = bool(outcome)  # read before draining: nothing can follow the end
                 while frames:
                     kind, data = frames.popleft()
-                    position += 1
-                    if position <= skip:
-                        continue
                     stamp, _, text = data.partition(b" ")
-                    yield LogFrame(cursor=position, time=_docker_time(stamp), stream=STREAM_OF_FRAME.get(kind, 0), data=text)
+                    stream = STREAM_OF_FRAME.get(kind, 0)
+                    if repeats.seen(stream, stamp, text):
+                        continue  # the engine sent it again (it does, following across a rotation)
+                    if not start.take(_docker_second(stamp)):
+                        continue  # read before this follow began
+                    if len(text) != ENGINE_PIECE_BYTES and not text.endswith(b"\n"):
+                        text += b"\n"
+                    yield LogFrame(cursor=start.encode(), time=_docker_time(stamp), stream=stream, data=text)
                 if finished:
                     if outcome[0] is not None:
                         raise _StreamBroke(outcome[0])
@@ -354,6 +421,38 @@ class DockerExecutor:
 
 
 _seconds_cache: dict[bytes, int] = {}
+
+
+class _RepeatFilter:
+    """Drops entries a follow returns twice. The engine stamps each stream's entries in
+    the order it reads them, so within a stream an entry older than the last one
+    passed on, or as old and the same, was passed on already. (Were the host's clock
+    stepped back, entries would be dropped until it caught up: clocks are slewed.)"""
+
+    def __init__(self):
+        self.last: dict[int, tuple[int, set[bytes]]] = {}
+
+    def seen(self, stream: int, stamp: bytes, text: bytes) -> bool:
+        at = _docker_nanoseconds(stamp)
+        last_at, texts = self.last.get(stream, (-1, set()))
+        if at < last_at or (at == last_at and text in texts):
+            return True
+        if at == last_at:
+            texts.add(text)
+        else:
+            self.last[stream] = (at, {text})
+        return False
+
+
+def _docker_nanoseconds(stamp: bytes) -> int:
+    whole, _, fraction = stamp.rstrip(b"Z").partition(b".")
+    digits = fraction[:9].ljust(9, b"0")  # RFC 3339 "nano" drops trailing zeros
+    return _docker_second(whole) * 1_000_000_000 + (int(digits) if digits.isdigit() else 0)
+
+
+def _docker_second(stamp: bytes) -> int:
+    """The whole second of a docker timestamp, exactly (a float of the whole time can round up)."""
+    return int(_docker_time(stamp.partition(b".")[0]))
 
 
 def _docker_time(stamp: bytes) -> float:

@@ -82,6 +82,7 @@ RUN_FIELDS: dict[str, dict] = {
     "changes": {"type": "object", "description": "a reproduction's changes: {field: {from, to}}",
                 "additionalProperties": obj({"from": {}, "to": {}})},
     "exports_state": {"type": ["string", "null"], "enum": ["complete", "partial", "failed", None]},
+    "queue_position": {**nullable(INTEGER), "minimum": 1, "description": "1-based place in the team's queue while pending"},
     "url": {**STRING, "description": "the run's page"},
 }
 

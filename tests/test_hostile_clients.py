@@ -7,16 +7,35 @@ The API tables hold the cases a fuzz loop over every endpoint found (and the hol
 the issue reports); each row is a body or parameters a client could send.
 """
 
+import base64
 import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
+import docker
 import pytest
-import yaml
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.test import Client, RequestFactory
 
+from dashboard.asgi import application
 from runs import api as runs_api
+from runs.executors import get_executor
 from runs.models import Run, TeamSecret
-from tests.conftest import BUSYBOX, Api
+from runs.services import terminate_run
+from terminal import sessions
+from tests.conftest import BUSYBOX, in_thread, wait_for
 from tests.test_api import assert_error, complete, launch, spec
+from tests.test_engine import launch as launch_run
+from tests.test_live import ORIGIN, collect, session_cookie
+from tests.test_terminal import Conversation, executor, running  # noqa: F401  (executor: a fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -308,3 +327,344 @@ def test_no_odd_query_parameter_on_any_endpoint_is_a_server_error(alice):
                 if response.status_code >= 500:
                     server_errors.append((endpoint, name, value, response.status_code))
     assert server_errors == []
+
+
+# ---------------------------------------------------------------- websockets
+
+
+MALFORMED_FRAMES = [  # as the server receives them (the test client refuses empty frames)
+    {"text": "not json"},
+    {"text": ""},
+    {"text": "[1, 2]"},
+    {"text": '"a string"'},
+    {"text": '{"type": 5}'},
+    {"text": '{"type": "subscribe", "run": "*"}'},
+    {"text": "[" * 100_000},
+    {"text": '{"a": ' * 10_000 + "1" + "}" * 10_000},
+    {"text": '{"x": NaN, "y": 1e999}'},
+    {"text": "x" * 1_000_000},
+    {"bytes": b"\x00\xff binary"},
+    {"bytes": b""},
+    {"text": None, "bytes": None},
+]
+
+
+def test_the_runs_socket_answers_malformed_frames_and_stays_up(alice, engine):
+    cookie = session_cookie(alice)
+
+    async def talk():
+        socket = WebsocketCommunicator(application, "/ws/runs/", headers=[ORIGIN, (b"cookie", cookie)])
+        assert (await socket.connect(timeout=10))[0]
+        answers = []
+        for frame in MALFORMED_FRAMES:
+            await socket.send_input({"type": "websocket.receive", **frame})
+            answers.append(await socket.receive_json_from(timeout=10))
+        # Still up, still telling the team.
+        run = await database_sync_to_async(launch_local)(alice, "true")
+        seen = []
+        while "completed" not in seen:
+            message = await socket.receive_json_from(timeout=30)
+            if message["type"] == "status" and message["run"] == run.pk:
+                seen.append(message["to"])
+        await socket.disconnect()
+        return answers, seen
+
+    answers, seen = in_thread(talk)
+    assert [a["type"] for a in answers] == ["error"] * len(MALFORMED_FRAMES)
+    assert all(a["detail"] for a in answers)
+    assert seen[-1] == "completed"
+
+
+def test_the_log_socket_answers_malformed_frames_and_keeps_streaming(alice, engine):
+    cookie = session_cookie(alice)
+    run = launch_local(alice, "for i in 1 2 3; do echo before-$i; done; sleep 3; for i in 1 2 3; do echo after-$i; done")
+    wait_for(run.pk, "running")
+
+    async def talk():
+        socket = WebsocketCommunicator(application, f"/ws/runs/{run.pk}/logs/?after=0", headers=[ORIGIN, (b"cookie", cookie)])
+        assert (await socket.connect(timeout=10))[0]
+        for frame in MALFORMED_FRAMES:
+            await socket.send_input({"type": "websocket.receive", **frame})
+        messages = []
+        while not messages or messages[-1]["type"] != "end":
+            messages.append(await socket.receive_json_from(timeout=30))
+        await socket.disconnect()
+        return messages
+
+    messages = in_thread(talk)
+    assert [m for m in messages if m["type"] == "error"] and all(m["detail"] for m in messages if m["type"] == "error")
+    lines = [line["text"] for m in messages if m["type"] == "lines" for line in m["lines"]]
+    assert lines == ["before-1", "before-2", "before-3", "after-1", "after-2", "after-3"]
+    assert messages[-1] == {"type": "end", "status": "completed"}
+
+
+@pytest.mark.parametrize("after", ["99999999999999999999999", "-5", "1e999", "x", "%00"])
+def test_the_log_socket_takes_an_odd_after(alice, engine, after):
+    run = wait_for(launch_local(alice, "echo one").pk, "completed", removed=True)
+    connected, _, messages = in_thread(collect, f"/ws/runs/{run.pk}/logs/?after={after}", [ORIGIN, (b"cookie", session_cookie(alice))])
+    assert connected
+    assert messages[-1] == {"type": "end", "status": "completed"}
+
+
+def launch_local(user, command: str) -> Run:
+    return launch_run(user, "local", command)
+
+
+RESIZES = [
+    ({"type": "resize", "cols": "1e999", "rows": 30}, "error"),
+    ('{"type": "resize", "cols": 1e999, "rows": 30}', "error"),
+    ('{"type": "resize", "cols": NaN, "rows": 30}', "error"),
+    ({"type": "resize", "cols": -5, "rows": -5}, "2 2"),
+    ({"type": "resize", "cols": "x", "rows": "y"}, "error"),
+    ({"type": "resize", "cols": None, "rows": None}, "error"),
+    ({"type": "resize"}, "error"),
+    ({"type": "resize", "cols": True, "rows": False}, "error"),
+    ({"type": "resize", "cols": {"deep": [1] * 500}, "rows": 30}, "error"),
+    ({"type": "resize", "cols": [[[[1]]]], "rows": 30}, "error"),
+    ({"type": "resize", "cols": 10**30, "rows": 10**30}, "500 1000"),
+    ({"type": "resize", "cols": 123.9, "rows": 33.2}, "33 123"),
+    ("not json", "error"),
+    ("[]", "error"),
+    ('{"type": "explode"}', "error"),
+    ("{" * 50_000, "error"),
+]
+
+
+def test_the_terminal_answers_absurd_resizes_and_malformed_frames(alice, executor):
+    cookie = session_cookie(alice)
+    run = running(alice, executor)
+
+    async def talk():
+        shell = Conversation(run.pk, cookie, "mode=shell&cols=1e999&rows=-3")
+        assert (await shell.open())[0]
+        await shell.control("session")
+        await shell.type("stty size\n")
+        await shell.until("24 80")  # the size in the URL was no number: the default
+        results = []
+        for resize, expected in RESIZES:
+            await shell.socket.send_to(text_data=resize if isinstance(resize, str) else json.dumps(resize))
+            if expected == "error":
+                results.append((await shell.control("error"))["type"])
+            else:
+                marker = f"size-{len(results)}"
+                await shell.type(f"echo {marker}: $(stty size)\n")
+                await shell.until(f"{marker}: {expected}")
+                results.append(expected)
+        await shell.socket.send_to(bytes_data=b"x" * (2 * 1024 * 1024))  # more than one paste
+        results.append((await shell.control("error"))["type"])
+        await shell.type("echo still-$((40 + 2))\n")
+        await shell.until("still-42")
+        await shell.socket.send_to(text_data=json.dumps({"type": "close"}))
+        results.append((await shell.control("exit"))["type"])
+        return results
+
+    results = in_thread(talk)
+    assert results == [expected for _, expected in RESIZES] + ["error", "exit"]
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def test_a_user_holds_at_most_the_allowed_number_of_terminals(alice, bob, engine, settings):
+    settings.RUNYARD_TERMINAL_MAX_SESSIONS = 2
+    alice_cookie, bob_cookie = session_cookie(alice), session_cookie(bob)
+    run = running(alice, "local")
+
+    async def talk():
+        opened = [Conversation(run.pk, alice_cookie) for _ in range(2)]
+        for shell in opened:
+            await shell.open()
+            await shell.control("session")
+        third = Conversation(run.pk, alice_cookie)
+        await third.open()
+        refused = (await third.control("error"))["detail"], (await third.control("closed"))["code"]
+        # A teammate has places of their own.
+        teammates = Conversation(run.pk, bob_cookie)
+        await teammates.open()
+        bobs = (await teammates.control("session"))["type"]
+        # One closed: a place again.
+        await opened[0].socket.send_to(text_data=json.dumps({"type": "close"}))
+        await opened[0].control("exit")
+        again = Conversation(run.pk, alice_cookie)
+        await again.open()
+        later = (await again.control("session"))["type"]
+        for shell in (opened[1], teammates, again):
+            await shell.socket.send_to(text_data=json.dumps({"type": "close"}))
+            await shell.control("exit")
+        return refused, bobs, later
+
+    (detail, code), bobs, later = in_thread(talk)
+    assert code == 4429
+    assert "2 terminals open, the most allowed" in detail
+    assert (bobs, later) == ("session", "session")
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def shell_pid(run: Run, session_id: str) -> int:
+    """The host PID of a session's shell: the PTY's child, or the engine's exec inspect."""
+    session = next(s for s in sessions.sessions_of_run(run.pk) if s.id == session_id)
+    terminal = session.terminal
+    if run.executor == "local":
+        return terminal.process.pid
+    return terminal.shell_process()[0]
+
+
+def alive(pid: int) -> bool:
+    """Is `pid` a live process (not gone, not a zombie waiting to be reaped)?"""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until_gone(pid: int, timeout: float = 40) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def open_then_drop(run: Run, cookie: bytes) -> tuple[str, int]:
+    """A shell that starts a job, then its browser goes away: the session id and the job's host PID."""
+
+    async def talk():
+        shell = Conversation(run.pk, cookie)
+        await shell.open()
+        session_id = (await shell.control("session"))["id"]
+        # A job that ignores the hangup a closing terminal sends: it must end with the shell all the same.
+        await shell.type("(trap '' HUP; exec sleep 1000) & echo started-$((1 + 1))-$!.\n")
+        await shell.until("started-2-")
+        await shell.until(".\r\n")
+        await shell.socket.disconnect()
+        return session_id, shell.output.decode().split("started-2-")[-1].split(".")[0]
+
+    session_id, job = in_thread(talk)
+    if run.executor == "docker":  # $! is the container's PID: the host's from `docker top`
+        top = docker.from_env().containers.get(get_executor("docker").container_name(run)).top(ps_args="-eo pid,args")
+        job = next(pid for pid, command in top["Processes"] if command == "sleep 1000")
+    return session_id, int(job)
+
+
+def test_a_dropped_shell_is_gone_once_its_keep_time_passes(alice, executor, settings):
+    settings.RUNYARD_TERMINAL_KEEP_SECONDS = 1
+    run = running(alice, executor)
+    session_id, job = open_then_drop(run, session_cookie(alice))
+    pid = shell_pid(run, session_id)
+    assert alive(pid) and alive(job)
+    assert wait_until_gone(pid), f"the shell {pid} outlived its keep time"
+    assert wait_until_gone(job), f"the shell's job {job} outlived it"
+    assert sessions.find_session(session_id, run_id=run.pk, user_id=alice.pk) is None
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def test_a_dropped_shell_is_gone_once_its_run_ends(alice, executor):
+    run = running(alice, executor)
+    session_id, job = open_then_drop(run, session_cookie(alice))
+    pid = shell_pid(run, session_id)
+    assert alive(pid) and alive(job)  # kept for its keep time (60 s): the browser may come back
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+    assert wait_until_gone(pid), f"the shell {pid} outlived its run"
+    assert wait_until_gone(job), f"the shell's job {job} outlived its run"
+    assert sessions.find_session(session_id, run_id=run.pk, user_id=alice.pk) is None
+
+
+class RawWebsocket:
+    """Just enough of a websocket client (RFC 6455) to talk to a real Daphne from a test."""
+
+    def __init__(self, port: int, path: str, cookie: bytes):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n"
+            f"Cookie: {cookie.decode()}\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert b" 101 " in head.split(b"\r\n")[0], head
+        self.output = b""
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            assert chunk, "the server closed the connection"
+            data += chunk
+        return data
+
+    def send(self, data: bytes, text: bool = False) -> None:
+        mask = os.urandom(4)
+        length = len(data)
+        size = bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + struct.pack(">H", length)
+        self.sock.sendall(bytes([0x80 | (1 if text else 2)]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def receive(self) -> tuple[int, bytes]:
+        first, second = self._exactly(2)
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack(">H", self._exactly(2))[0]
+        elif length == 127:
+            length = struct.unpack(">Q", self._exactly(8))[0]
+        return first & 0x0F, self._exactly(length)
+
+    def until(self, text: bytes) -> None:
+        while text not in self.output:
+            opcode, data = self.receive()
+            if opcode == 2:
+                self.output += data
+
+
+@pytest.fixture
+def own_console(worker_env, tmp_path):
+    """A Daphne of this test's own, to be stopped as an operator would stop it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "daphne.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+        cwd=Path(__file__).resolve().parent.parent, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "daphne.log").read_text()[-3000:]
+            time.sleep(0.2)
+    yield port, process
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_shells_end_when_the_server_stops(alice, executor, own_console):
+    port, daphne = own_console
+    run = running(alice, executor)
+    shell = RawWebsocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(alice))
+    opcode, hello = shell.receive()
+    assert json.loads(hello)["type"] == "session"
+    shell.send(b"(trap '' HUP; exec sleep 1000) & echo pids-$((1 + 1))-$$-$!.\n")
+    shell.until(b"pids-2-")
+    shell.until(b".\r\n")
+    pids = [int(p) for p in shell.output.decode().split("pids-2-")[-1].split(".")[0].split("-")]
+    if executor == "docker":  # the container's PIDs: the host's from `docker top`
+        top = docker.from_env().containers.get(get_executor("docker").container_name(run)).top(ps_args="-eo pid,args")
+        pids = [int(pid) for pid, command in top["Processes"] if command in ("sh -l", "sleep 1000")]
+        assert len(pids) == 2, top
+    assert all(alive(pid) for pid in pids)
+
+    daphne.send_signal(signal.SIGTERM)  # the operator stops the console; the run goes on
+    daphne.wait(30)
+    assert [pid for pid in pids if not wait_until_gone(pid)] == []
+    assert Run.objects.get(pk=run.pk).status == "running"
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.http.request import RawPostDataException
 from django.http import HttpRequest
 
 MAX_JSON_BYTES = 256 * 1024
@@ -124,6 +125,9 @@ def read_body(request: HttpRequest, *, max_bytes: int = MAX_JSON_BYTES) -> bytes
         body = request.body
     except RequestDataTooBig:
         raise too_big from None
+    except RawPostDataException:  # a form, read already (the CSRF check of a session POST)
+        raise BodyError(415, f"send application/json, not {request.content_type or 'a form'}",
+                        "expected Content-Type: application/json", loc="Content-Type") from None
     if len(body) > max_bytes:
         raise too_big
     return body

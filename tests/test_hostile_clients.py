@@ -32,7 +32,7 @@ from runs.models import Run, TeamSecret
 from runs.services import terminate_run
 from terminal import sessions
 from tests.conftest import BUSYBOX, in_thread, wait_for
-from tests.test_api import assert_error, complete, launch, spec
+from tests.test_api import assert_error, complete, launch, signed_in_with_csrf, spec
 from tests.test_engine import launch as launch_run
 from tests.test_live import ORIGIN, collect, session_cookie
 from tests.test_terminal import Conversation, executor, running  # noqa: F401  (executor: a fixture)
@@ -176,6 +176,15 @@ def test_it_refuses_a_wrong_override_naming_the_field(api, alice, overrides, loc
 def test_it_refuses_a_hostile_reproduce_body(api, alice, body, content_type, status):
     run = complete(launch(alice))
     assert_error(api.post(f"/runs/{run.pk}/reproduce", body, content_type=content_type), status)
+    assert Run.objects.count() == 1
+
+
+def test_it_answers_a_form_sent_to_reproduce_with_415(alice):
+    run = complete(launch(alice))
+    client, token = signed_in_with_csrf(alice)
+    # The CSRF check reads the form before the view does.
+    response = client.post(f"/api/v1/runs/{run.pk}/reproduce", {"csrfmiddlewaretoken": token, "env": "A=1"})
+    assert_error(response, 415)
     assert Run.objects.count() == 1
 
 

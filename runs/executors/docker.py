@@ -445,8 +445,8 @@ class DockerTerminal:
         if self.exec_id:
             try:
                 self.kill_shell()
-            except (APIError, DockerException, OSError):
-                log.warning("could not end the shell of exec %s", self.exec_id, exc_info=True)
+            except (APIError, DockerException, OSError) as exc:  # the container is stopping, say
+                log.warning("could not end the shell of exec %s: %s", self.exec_id, exc)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -34,9 +34,9 @@ from runs.executors.base import TERMINAL_MODES, ExecutorError
 from runs.lifecycle import FINAL
 from runs.live import run_group
 from runs.models import Run, Status
+from runs.request_json import BodyError, decode_json
 from runs.selectors import run_for_user
 from runs.services import can_change
-from runs.request_json import BodyError, decode_json
 from terminal.sessions import TooManySessions, find_session, open_session, session_slot
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 def _clamped(value, top: int) -> int | None:
     """A whole number of cells within MIN_SIZE..top from a JSON number; None for
     anything else (a string, a bool, null, inf, nan, a mapping)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return max(MIN_SIZE, min(top, int(value)))
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return max(MIN_SIZE, min(top, int(value)))  # an int past any float (10**400) is clamped too
 
 
 def _size(cols, rows) -> tuple[int, int] | None:
@@ -213,9 +215,9 @@ def _size_from_query(cols: str, rows: str) -> tuple[int, int]:
 
     def number(text: str, default: int, top: int) -> int:
         text = text.strip()
-        if not text.isascii() or not text.isdigit() or len(text) > 6:
+        if not text.isascii() or not text.isdigit():
             return default
-        return max(MIN_SIZE, min(top, int(text)))
+        return top if len(text) > 6 else max(MIN_SIZE, min(top, int(text)))
 
     return number(cols, DEFAULT_SIZE[0], MAX_COLS), number(rows, DEFAULT_SIZE[1], MAX_ROWS)
 

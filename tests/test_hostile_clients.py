@@ -430,6 +430,7 @@ RESIZES = [
     ({"type": "resize", "cols": True, "rows": False}, "error"),
     ({"type": "resize", "cols": {"deep": [1] * 500}, "rows": 30}, "error"),
     ({"type": "resize", "cols": [[[[1]]]], "rows": 30}, "error"),
+    ('{"type": "resize", "cols": 1%s, "rows": 1%s}' % ("0" * 400, "0" * 400), "500 1000"),
     ({"type": "resize", "cols": 10**30, "rows": 10**30}, "500 1000"),
     ({"type": "resize", "cols": 123.9, "rows": 33.2}, "33 123"),
     ("not json", "error"),
@@ -444,7 +445,7 @@ def test_the_terminal_answers_absurd_resizes_and_malformed_frames(alice, executo
     run = running(alice, executor)
 
     async def talk():
-        shell = Conversation(run.pk, cookie, "mode=shell&cols=1e999&rows=-3")
+        shell = Conversation(run.pk, cookie, "mode=shell&cols=1e999&rows=-3")  # not whole numbers: 80x24
         assert (await shell.open())[0]
         await shell.control("session")
         await shell.type("stty size\n")

@@ -694,8 +694,8 @@ def line_of(source: str, loc: str) -> int | None:
     if not loc:
         return None
     try:
-        node = yaml.compose(source, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        node = yaml.compose(source, Loader=_UniqueKeySafeLoader)  # which bounds the nesting
+    except (yaml.YAMLError, SpecError):
         return None
     parts: list[str | int] = []
     for quoted, index, plain in _LOC_PART.findall(loc):

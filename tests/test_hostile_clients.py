@@ -120,6 +120,19 @@ def test_it_still_takes_anchors_aliases_and_merges_within_bounds(api):
     assert api.post("/runs", spec_json(env={"A": {"secret": "S"}}), content_type="application/json").status_code == 400  # no such secret: a 400, as ever
 
 
+@pytest.mark.parametrize(
+    "source",
+    ["a: " + "[" * 5_000 + "]" * 5_000, ALIAS_BOMB + "name: x\n", 'name: "a\\0b"\nimage: x\nrun: [{command: hi}]\n'],
+    ids=["deep", "alias-bomb", "nul"],
+)
+def test_the_new_run_page_shows_a_hostile_specs_errors(alice, source):
+    client = Client()
+    client.force_login(alice)
+    response = client.post("/runs/new/", {"spec": source})
+    assert response.status_code == 400
+    assert not Run.objects.exists()
+
+
 # ---------------------------------------------------------------- reproduce
 
 

@@ -51,9 +51,11 @@ def deep_json(depth: int) -> str:
     return '{"name": "x", "image": "y", "run": ' + "[" * depth + "]" * depth + "}"
 
 
-ALIAS_BOMB = "".join(
+# "Billion laughs": nine lines that PyYAML builds cheaply (each alias is one shared
+# object) but that expand to 9**9 strings once stored or serialized.
+ALIAS_BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
     f"{name}: &{name} [{', '.join([f'*{before}'] * 9)}]\n" for before, name in zip("abcdefgh", "bcdefghi")
-).replace("b: &b [*a", 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\nb: &b [*a', 1)
+)
 LONG_COMMAND = "x" * 100_000
 
 
@@ -689,5 +691,32 @@ def test_shells_end_when_the_server_stops(alice, executor, own_console):
     daphne.wait(30)
     assert [pid for pid in pids if not wait_until_gone(pid)] == []
     assert Run.objects.get(pk=run.pk).status == "running"
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def container_processes(run: Run) -> list[str]:
+    top = docker.from_env().containers.get(get_executor("docker").container_name(run)).top(ps_args="-eo pid,args")
+    return [command for _, command in top["Processes"]]
+
+
+def test_a_shell_is_killed_from_inside_its_container_when_the_engine_is_elsewhere(alice, engine, docker_engine):
+    """With an engine on another machine this host's /proc shows nothing of the
+    container: the container itself finds the shell's processes by their marker."""
+    run = running(alice, "docker")
+    terminal = get_executor("docker").open_terminal(run, "shell", 80, 24)
+    try:
+        terminal.write(b"(trap '' HUP; exec sleep 1000) &\n")
+        deadline = time.monotonic() + 30
+        while "sleep 1000" not in container_processes(run):
+            assert time.monotonic() < deadline, container_processes(run)
+            time.sleep(0.1)
+        assert "sh -l" in container_processes(run)
+        terminal.kill_from_inside(terminal.shell_process()[1])
+        left = container_processes(run)
+        assert "sleep 1000" not in left and "sh -l" not in left, left
+        assert "sleep 120" in left  # the run's own command goes on
+    finally:
+        terminal.close()
     terminate_run(run, actor=alice)
     wait_for(run.pk, "terminated", removed=True)

@@ -475,7 +475,12 @@ class DockerTerminal:
         if can_see(container.get("Pid") or 0, container_id):
             kill_terminal_processes(self.marker, pid or None, cgroup=container_id)
         else:
-            # The engine runs elsewhere: the container finds the shell's processes by their marker.
-            script = (f'for e in /proc/[0-9]*/environ; do if tr "\\0" "\\n" < "$e" 2>/dev/null | '
-                      f'grep -qx "{TERMINAL_MARKER}={self.marker}"; then p="${{e#/proc/}}"; kill -KILL "${{p%/environ}}"; fi; done')
-            self.client.api.exec_start(self.client.api.exec_create(container_id, ["/bin/sh", "-c", script])["Id"])
+            self.kill_from_inside(container_id)
+
+    def kill_from_inside(self, container_id: str) -> None:
+        """Kill the shell's processes from inside its container, found by their marker:
+        for an engine on another machine, whose processes this host's /proc does not show."""
+        script = (f'for e in /proc/[0-9]*/environ; do if tr "\\0" "\\n" < "$e" 2>/dev/null | '
+                  f'grep -qx "{TERMINAL_MARKER}={self.marker}"; then p="${{e#/proc/}}"; kill -KILL "${{p%/environ}}"; fi; done')
+        # Not detached: returns once the script has run.
+        self.client.api.exec_start(self.client.api.exec_create(container_id, ["/bin/sh", "-c", script])["Id"])

@@ -13,8 +13,8 @@ import re
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.http.request import RawPostDataException
 from django.http import HttpRequest
+from django.http.request import RawPostDataException
 
 MAX_JSON_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32

@@ -35,12 +35,19 @@ from tests.conftest import BUSYBOX, in_thread, wait_for
 from tests.test_api import assert_error, complete, launch, signed_in_with_csrf, spec
 from tests.test_engine import launch as launch_run
 from tests.test_live import ORIGIN, collect, session_cookie
-from tests.test_terminal import Conversation, executor, running  # noqa: F401  (executor: a fixture)
+from tests.test_terminal import Conversation, running
 
 
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(params=["docker", "local"])
+def executor(request, engine):
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+    return request.param
 
 
 def spec_json(**extra) -> str:
@@ -445,7 +452,7 @@ RESIZES = [
     ({"type": "resize", "cols": True, "rows": False}, "error"),
     ({"type": "resize", "cols": {"deep": [1] * 500}, "rows": 30}, "error"),
     ({"type": "resize", "cols": [[[[1]]]], "rows": 30}, "error"),
-    ('{"type": "resize", "cols": 1%s, "rows": 1%s}' % ("0" * 400, "0" * 400), "500 1000"),
+    (f'{{"type": "resize", "cols": 1{"0" * 400}, "rows": 1{"0" * 400}}}', "500 1000"),
     ({"type": "resize", "cols": 10**30, "rows": 10**30}, "500 1000"),
     ({"type": "resize", "cols": 123.9, "rows": 33.2}, "33 123"),
     ("not json", "error"),
@@ -651,31 +658,31 @@ def own_console(worker_env, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = open(tmp_path / "daphne.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
-        cwd=Path(__file__).resolve().parent.parent, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "daphne.log").read_text()[-3000:]
-            time.sleep(0.2)
-    yield port, process
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    with (tmp_path / "daphne.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+            cwd=Path(__file__).resolve().parent.parent, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "daphne.log").read_text()[-3000:]
+                time.sleep(0.2)
+        yield port, process
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def test_shells_end_when_the_server_stops(alice, executor, own_console):
     port, daphne = own_console
     run = running(alice, executor)
     shell = RawWebsocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(alice))
-    opcode, hello = shell.receive()
+    _, hello = shell.receive()
     assert json.loads(hello)["type"] == "session"
     shell.send(b"(trap '' HUP; exec sleep 1000) & echo pids-$((1 + 1))-$$-$!.\n")
     shell.until(b"pids-2-")

@@ -29,6 +29,12 @@ POLL_SECONDS = 2.0  # a missed notification costs at most this long
 
 
 class SignedInConsumer(AsyncJsonWebsocketConsumer):
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        """These sockets only speak. Whatever a client sends (text that is not JSON, a
+        binary frame, JSON of any shape) is answered with an error and changes nothing:
+        it is never decoded, so no frame can end the consumer."""
+        await self.send_json({"type": "error", "detail": "this socket takes no messages: it only sends updates"})
+
     async def signed_in_user(self):
         """The session's user, or None after closing the socket with 4401."""
         remember_server_loop(asyncio.get_running_loop())

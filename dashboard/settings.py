@@ -207,6 +207,8 @@ if RUNYARD_INSTANCE_ID and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", RUNYARD_
     raise ImproperlyConfigured(f"RUNYARD_INSTANCE_ID={RUNYARD_INSTANCE_ID!r}: expected 1-32 of a-z, 0-9 and -")
 # A web terminal whose browser dropped is kept this long for it to come back.
 RUNYARD_TERMINAL_KEEP_SECONDS = env_int("RUNYARD_TERMINAL_KEEP_SECONDS", 60, 0)
+# Terminals (shells and attaches) one user may hold open at once, in one server process.
+RUNYARD_TERMINAL_MAX_SESSIONS = env_int("RUNYARD_TERMINAL_MAX_SESSIONS", 8, 1)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -23,3 +23,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("runs.urls")),
 ]
+
+# JSON under /api/, Django's pages elsewhere.
+handler400 = "runs.api.bad_request"
+handler403 = "runs.api.permission_denied"
+handler404 = "runs.api.page_not_found"
+handler500 = "runs.api.server_error"

@@ -6,7 +6,6 @@ Every error is {"detail": ..., "errors": [{"loc", "msg"}]}.
 
 import base64
 import functools
-import json
 import logging
 import posixpath
 
@@ -16,9 +15,10 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
+from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
-from runs import logstore, metrics
+from runs import logstore, metrics, request_json
 from runs.access import Action, NotAllowed, run_for_user, team_for_user
 from runs.executors import default_executor_name
 from runs.lifecycle import IllegalTransition
@@ -92,6 +92,7 @@ def api_view(*methods: str, public: bool = False):
                 response["Allow"] = ", ".join(methods)
                 return response
             try:
+                _refuse_unstorable_params(request, kwargs)
                 if not public:
                     user, how = _authenticate(request)
                     if user is None:
@@ -120,6 +121,26 @@ def api_view(*methods: str, public: bool = False):
         return wrapper
 
     return decorate
+
+
+def _refuse_unstorable_params(request: HttpRequest, path_params: dict) -> None:
+    """NUL in a query or path parameter would reach PostgreSQL, which refuses it with a 500."""
+    params = [(key, value) for key, values in request.GET.lists() for value in (key, *values)]
+    params += [(key, value) for key, value in path_params.items() if isinstance(value, str)]
+    bad = sorted({key for key, value in params if "\x00" in value})
+    if bad:
+        raise ApiError(400, "a parameter contains a NUL character", [{"loc": key, "msg": "must not contain NUL (%00)"} for key in bad])
+
+
+def json_body(request: HttpRequest, *, raw: bool = False):
+    """The request's JSON body (None if empty), or its bytes with `raw`; bounded in
+    size and nesting (runs.request_json), every bad body a 4xx naming the problem."""
+    try:
+        if raw:
+            return request_json.read_body(request, max_bytes=MAX_BODY_BYTES)
+        return request_json.read_json(request, max_bytes=MAX_BODY_BYTES)
+    except request_json.BodyError as exc:
+        raise ApiError(exc.status, exc.detail, exc.errors) from None
 
 
 def _int_param(request: HttpRequest, name: str, default: int, minimum: int, maximum: int) -> int:
@@ -212,15 +233,8 @@ def _create(request):
     # Checked before the body is read: the CSRF check may have parsed a form's stream already.
     if content_type != "application/json" and content_type not in YAML_TYPES and content_type != "":
         raise ApiError(415, f"send the spec as application/yaml or application/json, not {content_type}")
-    if len(request.body) > MAX_BODY_BYTES:
-        raise ApiError(400, "the spec is larger than 256 KiB")
-    if content_type == "application/json":
-        try:
-            source = json.loads(request.body or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "the body is not valid JSON", [{"loc": "", "msg": f"invalid JSON: {exc}"}]) from None
-    else:
-        source = request.body
+    # YAML goes to the spec parser as bytes: it bounds YAML's nesting and aliases itself.
+    source = json_body(request) if content_type == "application/json" else json_body(request, raw=True)
     team = team_param(request, Action.CHANGE)
     run = create_run(user=request.user, source=source, team=team)
     run = Run.objects.select_related("owner", "team", "preset").get(pk=run.pk)
@@ -283,14 +297,7 @@ def run_terminate(request, run_id: int):
 @api_view("POST")
 def run_reproduce(request, run_id: int):
     run = run_for_user(request.user, run_id)
-    overrides = None
-    if request.body:
-        if request.content_type != "application/json":
-            raise ApiError(415, "send the changes as application/json, e.g. {\"env\": {\"K\": \"V\"}}")
-        try:
-            overrides = json.loads(request.body)
-        except ValueError as exc:
-            raise ApiError(400, "the body is not valid JSON", [{"loc": "", "msg": f"invalid JSON: {exc}"}]) from None
+    overrides = json_body(request)  # None for no body: the same spec
     new = reproduce_run(run, actor=request.user, overrides=overrides)
     response = JsonResponse(serialize_run(run_for_user(request.user, new.pk)), status=201)
     response["Location"] = f"/api/v1/runs/{new.pk}"
@@ -396,3 +403,21 @@ def run_file_raw(request, run_id: int):
 @csrf_exempt  # a POST to no endpoint is a JSON 404, not the CSRF middleware's HTML 403
 def not_found(request, path=""):
     return error_response(404, f"no API endpoint at /api/v1/{path}")
+
+
+# Django's own error pages (dashboard/urls.py handler400/403/404/500): under /api/
+# they answer in the API's shape, so a client never has to parse an HTML page.
+def _api_error_or_page(status: int, detail: str, page_view):
+    def handler(request, exception=None):
+        if request.path.startswith("/api/"):
+            return error_response(status, detail)
+        return page_view(request) if exception is None else page_view(request, exception)
+
+    handler.__name__ = f"error_{status}"
+    return handler
+
+
+bad_request = _api_error_or_page(400, "the request could not be read (too large, or malformed)", defaults.bad_request)
+permission_denied = _api_error_or_page(403, "forbidden", defaults.permission_denied)
+page_not_found = _api_error_or_page(404, "no such API endpoint or object", defaults.page_not_found)
+server_error = _api_error_or_page(500, "internal error: the request was not carried out; please report it", defaults.server_error)

@@ -1,12 +1,11 @@
 """API v1 for what runs read: datasets, code snapshots and team secrets."""
 
-import json
 import re
 
 from django.http import JsonResponse
 
 from runs.access import Action, dataset_for_user, secret_for_user
-from runs.api import ApiError, api_view, iso, team_param
+from runs.api import ApiError, api_view, iso, json_body, team_param
 from runs.archives import ArchiveError
 from runs.datasets import NAME_PATTERN, create_code_snapshot, create_version, remove_version
 from runs.models import DatasetVersion, TeamSecret
@@ -107,10 +106,10 @@ def secret(request, name: str):
         secret_for_user(request.user, request.GET.get("team"), name, Action.CHANGE).delete()
         return JsonResponse({"name": name, "deleted": True})
     team = _writer_team(request)
-    try:
-        value = json.loads(request.body or b"null").get("value")
-    except (ValueError, AttributeError):
-        raise ApiError(400, 'send {"value": "..."} as JSON', [{"loc": "value", "msg": "required"}]) from None
+    body = json_body(request)
+    if not isinstance(body, dict) or "value" not in body:
+        raise ApiError(400, 'send {"value": "..."} as JSON', [{"loc": "value", "msg": "required"}])
+    value = body["value"]
     try:
         stored = set_secret(team, name, value, request.user)
     except SecretError as exc:

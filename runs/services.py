@@ -1,6 +1,7 @@
 """What users do to runs: create, terminate, reproduce. The API, the pages and the
 admin all come through here."""
 
+import json
 from datetime import timedelta
 
 import yaml
@@ -129,16 +130,10 @@ def reproduce_run(run: Run, *, actor, overrides: dict | None = None) -> Run:
 
 
 def _apply_overrides(frozen: dict, overrides: dict) -> dict:
-    if not isinstance(overrides, dict):
-        raise SpecError([{"loc": "", "msg": "expected a mapping of changes"}])
-    unknown = [key for key in overrides if key not in REPRODUCE_CHANGES]
-    if unknown:
-        raise SpecError([{"loc": key, "msg": f"cannot be changed when reproducing (only {', '.join(REPRODUCE_CHANGES)})"} for key in unknown])
+    _check_override_shapes(overrides)
     # Validate the changed parts through the same parser as a new spec, in the user's shape.
     user_shape = yaml.safe_load(dump_spec_yaml(frozen))
     if "env" in overrides:
-        if not isinstance(overrides["env"], dict):
-            raise SpecError([{"loc": "env", "msg": "expected a mapping"}])
         merged_env = {**user_shape.get("env", {}), **overrides["env"]}
         user_shape["env"] = {k: v for k, v in merged_env.items() if v is not None}  # null removes a variable
     if "run" in overrides:
@@ -148,6 +143,27 @@ def _apply_overrides(frozen: dict, overrides: dict) -> dict:
     checked = parse_spec(user_shape)
     # Imports stay exactly as frozen (the parser would see only their user-facing form).
     return {**checked, "import": frozen.get("import", {})}
+
+
+def _check_override_shapes(overrides) -> None:
+    """The shape of each change, before it is merged into the spec: every wrong
+    type is a SpecError naming its field (the parser then checks the values)."""
+    if not isinstance(overrides, dict):
+        raise SpecError([{"loc": "", "msg": "expected a mapping of changes, e.g. {\"env\": {\"K\": \"V\"}}"}])
+    errors = [{"loc": str(key), "msg": f"cannot be changed when reproducing (only {', '.join(REPRODUCE_CHANGES)})"}
+              for key in overrides if key not in REPRODUCE_CHANGES]
+    env = overrides.get("env", {})
+    if not isinstance(env, dict):
+        errors.append({"loc": "env", "msg": "expected a mapping of variable names to values (null removes one)"})
+    else:
+        errors += [{"loc": f"env[{json.dumps(name, ensure_ascii=False)}]", "msg": "expected a string, {\"secret\": NAME} or null"}
+                   for name, value in env.items() if not (value is None or isinstance(value, str | dict))]
+    if "run" in overrides and not isinstance(overrides["run"], list):
+        errors.append({"loc": "run", "msg": "expected a list of commands, e.g. [{\"command\": \"python train.py\"}]"})
+    if not isinstance(overrides.get("resources") or {}, dict):
+        errors.append({"loc": "resources", "msg": "expected a mapping, e.g. {\"preset\": \"cpu-small\"}"})
+    if errors:
+        raise SpecError(errors)
 
 
 def _require_launch_rights(run: Run, user) -> None:

@@ -21,6 +21,10 @@ import yaml
 __all__ = ["SpecError", "parse_spec", "dump_spec_yaml", "line_of", "MAX_SPEC_BYTES"]
 
 MAX_SPEC_BYTES = 256 * 1024
+# Hostile YAML: nesting deeper than this is refused before PyYAML recurses into it,
+# and a document whose aliases expand it past this size is refused before it is built.
+MAX_YAML_DEPTH = 32
+MAX_EXPANDED_YAML_BYTES = 4 * MAX_SPEC_BYTES
 MAX_NAME_LENGTH = 200
 MAX_TAG_LENGTH = 64
 MAX_GRACE_SECONDS = 3600
@@ -52,6 +56,7 @@ _MSG_BOOLEAN = "expected a boolean"
 _MSG_DURATION = "expected a duration like 10s"
 _MSG_EMPTY = "must not be empty"
 _MSG_ABSOLUTE_PATH = "expected an absolute path"
+_MSG_UNSTORABLE = "must not contain NUL (\\0) or an unpaired surrogate"
 
 Error = dict[str, str]
 Errors = list[Error]
@@ -115,7 +120,21 @@ class _DuplicateKeyError(yaml.YAMLError):
 
 
 class _UniqueKeySafeLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys; PyYAML silently keeps the last one."""
+    """SafeLoader that refuses duplicate mapping keys; PyYAML silently keeps the last one.
+    It also refuses nesting deeper than MAX_YAML_DEPTH while composing: PyYAML's
+    composer recurses once per level, and "a: [[[[..." would otherwise end in RecursionError."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self._depth >= MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark
+            raise SpecError([{"loc": "", "msg": f"invalid YAML: nested deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}"}])
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen_keys: set[Any] = set()
@@ -151,6 +170,41 @@ def _path_to_node(node: yaml.Node, target: yaml.Node, visited: set[int]) -> list
         if sub_path is not None:
             return [segment, *sub_path]
     return None
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose aliases, written out, make it larger than
+    MAX_EXPANDED_YAML_BYTES ("billion laughs": a few lines that expand to gigabytes
+    once stored as JSON), or that contains itself. Iterative, each node sized once."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the nodes whose children are being sized: the path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_sized = stack.pop()
+        key = id(node)
+        if children_sized:
+            open_nodes.discard(key)
+            own = len(node.value) + 1 if isinstance(node, yaml.ScalarNode) else 1
+            sizes[key] = own + sum(sizes[id(child)] for child in _node_children(node))
+            if sizes[key] > MAX_EXPANDED_YAML_BYTES:
+                raise SpecError([{"loc": "", "msg": f"invalid YAML: its aliases expand it beyond {MAX_EXPANDED_YAML_BYTES // 1024} KiB"}])
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            line = node.start_mark.line + 1
+            raise SpecError([{"loc": "", "msg": f"invalid YAML: an alias refers to a node that contains it (line {line})"}])
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _node_children(node))
 
 
 def _duplicate_key_error(root: yaml.Node | None, exc: _DuplicateKeyError) -> Error:
@@ -206,7 +260,10 @@ def _load_yaml(source: str | bytes) -> Any:
             root = loader.get_node()
         if loader.check_node():
             raise SpecError([{"loc": "", "msg": "expected a single YAML document, found several"}])
-        return None if root is None else loader.construct_document(root)
+        if root is None:
+            return None
+        _check_expanded_size(root)
+        return loader.construct_document(root)
     except _DuplicateKeyError as exc:
         raise SpecError([_duplicate_key_error(root, exc)]) from None
     except yaml.YAMLError as exc:
@@ -248,9 +305,24 @@ def _parse_fields(
     return parsed
 
 
+def _storable(text: str) -> bool:
+    """No NUL and no lone surrogate: YAML's "\\0" and "\\ud800" escapes make both,
+    and neither can be stored (PostgreSQL refuses NUL, UTF-8 the surrogate)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _parse_string(value: Any, loc: str, errors: Errors) -> str | None:
     if not isinstance(value, str):
         _add(errors, loc, _MSG_STRING)
+        return None
+    if not _storable(value):
+        _add(errors, loc, _MSG_UNSTORABLE)
         return None
     return value
 
@@ -330,6 +402,9 @@ def _parse_grace_seconds(value: Any, loc: str, errors: Errors) -> float | None:
 def _check_container_path(path: Any, loc: str, errors: Errors, *, allow_root: bool) -> bool:
     if not isinstance(path, str) or not path.startswith("/"):
         _add(errors, loc, _MSG_ABSOLUTE_PATH)
+        return False
+    if not _storable(path):
+        _add(errors, loc, _MSG_UNSTORABLE)
         return False
     if not allow_root and not path.strip("/"):
         _add(errors, loc, "must not be the root directory")
@@ -619,8 +694,8 @@ def line_of(source: str, loc: str) -> int | None:
     if not loc:
         return None
     try:
-        node = yaml.compose(source, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        node = yaml.compose(source, Loader=_UniqueKeySafeLoader)  # which bounds the nesting
+    except (yaml.YAMLError, SpecError):
         return None
     parts: list[str | int] = []
     for quoted, index, plain in _LOC_PART.findall(loc):

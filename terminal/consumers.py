@@ -7,6 +7,12 @@ then bytes, then {"type": "exit"} when the shell ends, or {"type": "error",
 "detail"} before a close. A dropped connection that comes back with session=ID
 within RUNYARD_TERMINAL_KEEP_SECONDS resumes the same shell (terminal/sessions.py).
 
+What a client sends is never trusted: sizes are clamped (cols 2..1000, rows 2..500),
+a malformed control frame gets an {"type": "error"} answer and changes nothing, and
+whatever ends the consumer (a crash included) lets go of its session, which then
+ends after its keep time. A user holds at most RUNYARD_TERMINAL_MAX_SESSIONS
+terminals; one more is refused with 4429.
+
 Only a signed-in member of the run's team who may change its runs gets a shell
 (viewers may not); another team's run is closed with 4404, like a missing one.
 Access (runs.access) is checked again on input and every second: a user removed
@@ -17,6 +23,7 @@ closed with 4403. The Origin is checked in dashboard/asgi.py.
 import asyncio
 import json
 import logging
+import math
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
@@ -30,12 +37,17 @@ from runs.executors.base import TERMINAL_MODES, ExecutorError
 from runs.lifecycle import FINAL
 from runs.live import run_group
 from runs.models import Run, Status
-from terminal.sessions import find_session, open_session
+from runs.request_json import BodyError, decode_json
+from terminal.sessions import TooManySessions, find_session, open_session, session_slot
 
 log = logging.getLogger(__name__)
 
 OPEN_STATUSES = (Status.RUNNING, Status.IDLE)
 MAX_INPUT_BYTES = 1024 * 1024  # a large paste, not more
+MAX_CONTROL_BYTES = 4096  # a control message is a few dozen bytes
+MAX_COLS, MAX_ROWS = 1000, 500
+MIN_SIZE = 2  # Docker ignores a resize to 1 cell, and a 1-cell terminal shows nothing anyway
+DEFAULT_SIZE = (80, 24)
 
 
 class TerminalConsumer(AsyncWebsocketConsumer):
@@ -60,7 +72,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return await self._refuse(4400, f"mode must be one of {', '.join(TERMINAL_MODES)}")
         if run.status not in OPEN_STATUSES:
             return await self._refuse(4409, f"the run is {run.status}: a terminal needs a running or idle run")
-        cols, rows = _size(query.get("cols", [None])[0], query.get("rows", [None])[0])
+        cols, rows = _size_from_query(query.get("cols", [""])[0], query.get("rows", [""])[0])
 
         self.outbox: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -70,10 +82,13 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         resumed = session is not None
         if session is None:
             try:
-                terminal = await sync_to_async(executor.open_terminal, thread_sensitive=False)(run, mode, cols, rows)
+                with session_slot(user.pk):
+                    terminal = await sync_to_async(executor.open_terminal, thread_sensitive=False)(run, mode, cols, rows)
+                    session = open_session(terminal, run_id=run.pk, user_id=user.pk, mode=mode)
+            except TooManySessions as exc:
+                return await self._refuse(4429, str(exc))
             except ExecutorError as exc:
                 return await self._refuse(4409, str(exc))
-            session = open_session(terminal, run_id=run.pk, user_id=user.pk, mode=mode)
             log.info("%s opened a %s terminal in run %s", user.get_username(), mode, run.pk)
         else:
             await sync_to_async(session.resize, thread_sensitive=False)(cols, rows)
@@ -131,24 +146,62 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         while await self._still_allowed():
             await asyncio.sleep(access.RECHECK_SECONDS)
 
+    async def _warn(self, detail: str) -> None:
+        """A frame that could not be used: say so, keep the terminal."""
+        await self.send(text_data=json.dumps({"type": "error", "detail": detail}))
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However this consumer ends (a normal close, a crash, the server stopping),
+            # its session is let go: it then ends after its keep time, never lives on unwatched.
+            self._let_go()
+
+    def _let_go(self) -> None:
+        if self.session is not None and hasattr(self, "listener"):
+            self.session.detach(self.listener)
+        if hasattr(self, "pump"):
+            self.pump.cancel()
+        if hasattr(self, "watch"):
+            self.watch.cancel()
+
     async def receive(self, text_data=None, bytes_data=None):
         if self.session is None or not await self._still_allowed():
             return
-        if bytes_data is not None:
-            if self.session.terminal.writable and len(bytes_data) <= MAX_INPUT_BYTES:
-                await sync_to_async(self.session.write, thread_sensitive=False)(bytes_data)
-            return
         try:
-            message = json.loads(text_data or "")
-        except ValueError:
-            return
-        if not isinstance(message, dict):
-            return
-        if message.get("type") == "resize":
-            cols, rows = _size(message.get("cols"), message.get("rows"))
-            await sync_to_async(self.session.resize, thread_sensitive=False)(cols, rows)
-        elif message.get("type") == "close":
+            if bytes_data is not None:
+                await self._keystrokes(bytes_data)
+            else:
+                await self._control(text_data or "")
+        except Exception:  # nothing a client sends may end the consumer
+            log.exception("terminal input for run %s failed", self.session.run_id)
+            await self._warn("that message could not be handled")
+
+    async def _keystrokes(self, data: bytes) -> None:
+        if not self.session.terminal.writable:
+            return  # attach: the main process has no stdin
+        if len(data) > MAX_INPUT_BYTES:
+            return await self._warn(f"input of more than {MAX_INPUT_BYTES} bytes in one frame is dropped")
+        await sync_to_async(self.session.write, thread_sensitive=False)(data)
+
+    async def _control(self, text: str) -> None:
+        if len(text) > MAX_CONTROL_BYTES:
+            return await self._warn(f"a control message is at most {MAX_CONTROL_BYTES} bytes")
+        try:
+            message = decode_json(text.encode("utf-8", "replace"), max_bytes=MAX_CONTROL_BYTES, max_depth=2)
+        except BodyError as exc:
+            return await self._warn(f"a control message is a JSON object: {exc.errors[0]['msg']}")
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "resize":
+            size = _size(message.get("cols"), message.get("rows"))
+            if size is None:
+                return await self._warn(f"resize needs numbers: cols {MIN_SIZE}..{MAX_COLS}, rows {MIN_SIZE}..{MAX_ROWS}")
+            await sync_to_async(self.session.resize, thread_sensitive=False)(*size)
+        elif kind == "close":
             await sync_to_async(self.session.close, thread_sensitive=False)()
+        else:
+            await self._warn('a control message is {"type": "resize", "cols": C, "rows": R} or {"type": "close"}')
 
     async def run_status(self, event):
         """The run has ended: so has its terminal (a local shell would outlive it)."""
@@ -159,25 +212,37 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         pass
 
     async def disconnect(self, code):
+        self._let_go()  # the session is kept for a while: the browser may come back
         if self.session is not None:
-            self.session.detach(self.listener)  # kept for a while: the browser may come back
             await self.channel_layer.group_discard(self.group, self.channel_name)
-        if hasattr(self, "pump"):
-            self.pump.cancel()
-        if hasattr(self, "watch"):
-            self.watch.cancel()
 
 
-def _size(cols, rows) -> tuple[int, int]:
-    """A terminal size from what the browser sent; 80x24 for what is not a number."""
+def _clamped(value, top: int) -> int | None:
+    """A whole number of cells within MIN_SIZE..top from a JSON number; None for
+    anything else (a string, a bool, null, inf, nan, a mapping)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return max(MIN_SIZE, min(top, int(value)))  # an int past any float (10**400) is clamped too
 
-    def number(value, default: int, top: int) -> int:
-        try:
-            return max(2, min(top, int(value)))
-        except (TypeError, ValueError):
+
+def _size(cols, rows) -> tuple[int, int] | None:
+    """The terminal size a resize asks for, clamped; None if it is not two numbers."""
+    cols, rows = _clamped(cols, MAX_COLS), _clamped(rows, MAX_ROWS)
+    return None if cols is None or rows is None else (cols, rows)
+
+
+def _size_from_query(cols: str, rows: str) -> tuple[int, int]:
+    """The first size, from the URL: what is not a whole number falls back to 80x24."""
+
+    def number(text: str, default: int, top: int) -> int:
+        text = text.strip()
+        if not text.isascii() or not text.isdigit():
             return default
+        return top if len(text) > 6 else max(MIN_SIZE, min(top, int(text)))
 
-    return number(cols, 80, 500), number(rows, 24, 200)
+    return number(cols, DEFAULT_SIZE[0], MAX_COLS), number(rows, DEFAULT_SIZE[1], MAX_ROWS)
 
 
 @database_sync_to_async

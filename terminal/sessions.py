@@ -1,4 +1,4 @@
-"""Terminal sessions that outlive a dropped connection.
+"""Terminal sessions that outlive a dropped connection, and never outlive their welcome.
 
 A session owns a terminal inside a run (runs.executors: a shell exec'd in the
 container, or an attach) and a thread that reads it. What the terminal prints
@@ -6,19 +6,37 @@ is kept in a scrollback buffer. When the browser's websocket drops, the session
 waits RUNYARD_TERMINAL_KEEP_SECONDS for it to come back with the session id:
 it then gets the scrollback and carries on in the same shell. Sessions live in
 the Daphne process that opened them.
+
+A shell holds the run's secrets in its environment, so it is ended for certain:
+when its keep time passes with nobody attached, when its run ends (seen here
+every few seconds, whoever is attached), and when this process exits. Ending it
+kills its processes (Terminal.close), not just the connection to them. A user
+holds at most RUNYARD_TERMINAL_MAX_SESSIONS sessions at once.
 """
 
+import atexit
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from django.conf import settings
+from django.db import connections
+
+from runs.lifecycle import FINAL
+from runs.models import Run
 
 log = logging.getLogger(__name__)
 
 SCROLLBACK_BYTES = 256 * 1024
+REAP_EVERY_SECONDS = 5.0
+
+
+class TooManySessions(Exception):
+    """The user already holds RUNYARD_TERMINAL_MAX_SESSIONS terminals."""
 
 
 class TerminalSession:
@@ -75,12 +93,37 @@ class TerminalSession:
             self.terminal.resize(cols, rows)
 
     def close(self) -> None:
+        """End the terminal: its processes are killed; the reader then sees the end."""
         _forget(self)
-        self.terminal.close()
+        try:
+            self.terminal.close()
+        except Exception:  # one terminal that fails to close must not keep the others open
+            log.exception("closing the terminal of run %s failed", self.run_id)
 
 
 _sessions: dict[str, TerminalSession] = {}
+_opening: Counter[int] = Counter()  # per user: terminals being opened, not yet sessions
 _sessions_lock = threading.Lock()
+
+
+@contextmanager
+def session_slot(user_id: int) -> Iterator[None]:
+    """Hold one of the user's RUNYARD_TERMINAL_MAX_SESSIONS places while a terminal
+    is opened (open_session inside the block fills it); TooManySessions if none is free."""
+    limit = settings.RUNYARD_TERMINAL_MAX_SESSIONS
+    with _sessions_lock:
+        held = sum(1 for s in _sessions.values() if s.user_id == user_id) + _opening[user_id]
+        if held >= limit:
+            raise TooManySessions(f"you have {held} terminals open, the most allowed: close one (or wait for a "
+                                  f"dropped one to end, {settings.RUNYARD_TERMINAL_KEEP_SECONDS} s) and try again")
+        _opening[user_id] += 1
+    try:
+        yield
+    finally:
+        with _sessions_lock:
+            _opening[user_id] -= 1
+            if not _opening[user_id]:
+                del _opening[user_id]
 
 
 def open_session(terminal, *, run_id: int, user_id: int, mode: str) -> TerminalSession:
@@ -101,21 +144,50 @@ def find_session(session_id: str, *, run_id: int, user_id: int) -> TerminalSessi
     return session
 
 
+def sessions_of_run(run_id: int) -> list[TerminalSession]:
+    with _sessions_lock:
+        return [s for s in _sessions.values() if s.run_id == run_id]
+
+
 def _forget(session: TerminalSession) -> None:
     with _sessions_lock:
         _sessions.pop(session.id, None)
 
 
 def reap(now: float | None = None) -> int:
-    """Close sessions left detached longer than RUNYARD_TERMINAL_KEEP_SECONDS."""
+    """Close sessions left detached longer than RUNYARD_TERMINAL_KEEP_SECONDS, and
+    those whose run has ended (attached or not). Returns how many were closed."""
     now = time.monotonic() if now is None else now
     keep = settings.RUNYARD_TERMINAL_KEEP_SECONDS
     with _sessions_lock:
-        stale = [s for s in _sessions.values() if s.detached_at is not None and now - s.detached_at > keep]
+        current = list(_sessions.values())
+    stale = [s for s in current if s.detached_at is not None and now - s.detached_at > keep]
+    ended_runs = _ended_runs({s.run_id for s in current}) if current else set()
+    stale += [s for s in current if s.run_id in ended_runs and s not in stale]
     for session in stale:
-        log.info("closing terminal session of run %s: nobody came back for it", session.run_id)
+        why = "its run has ended" if session.run_id in ended_runs else "nobody came back for it"
+        log.info("closing terminal session of run %s: %s", session.run_id, why)
         session.close()
     return len(stale)
+
+
+def _ended_runs(run_ids: set[int]) -> set[int]:
+    """Which of these runs are over (or gone)."""
+    try:
+        live = set(Run.objects.filter(pk__in=run_ids).exclude(status__in=FINAL).values_list("pk", flat=True))
+    except Exception:  # the database is away for a moment: ask again next time
+        log.warning("could not read the status of runs with terminals", exc_info=True)
+        return set()
+    return run_ids - live
+
+
+def close_all() -> int:
+    """End every session of this process (it is stopping)."""
+    with _sessions_lock:
+        current = list(_sessions.values())
+    for session in current:
+        session.close()
+    return len(current)
 
 
 _reaper: threading.Thread | None = None
@@ -129,8 +201,16 @@ def _start_reaper() -> None:
 
         def every_few_seconds():
             while True:
-                time.sleep(5)
-                reap()
+                # A short keep time (tests, a strict deployment) is kept within a second or so.
+                time.sleep(min(REAP_EVERY_SECONDS, max(0.5, settings.RUNYARD_TERMINAL_KEEP_SECONDS / 2)))
+                try:
+                    reap()
+                except Exception:
+                    log.exception("reaping terminal sessions failed")
+                finally:
+                    connections.close_all()  # this thread's own: none is held between rounds
 
         _reaper = threading.Thread(target=every_few_seconds, name="terminal-reaper", daemon=True)
+        # The server stops (Daphne on SIGTERM/SIGINT, `make run` ended): no shell stays behind.
+        atexit.register(close_all)
     _reaper.start()

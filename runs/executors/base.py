@@ -97,10 +97,14 @@ class Terminal(Protocol):
     def resize(self, cols: int, rows: int) -> None: ...
 
     def close(self) -> None:
-        """End it: the shell gets a hangup."""
+        """End it: the shell gets a hangup, then what is left of it is killed. Its
+        processes really end (the shell holds the run's secrets in its environment)."""
 
 
 TERMINAL_MODES = ("shell", "attach")
+# In a web terminal shell's environment, with a random value of its own: how its
+# processes are told from others' when they must be killed.
+TERMINAL_MARKER = "RUNYARD_TERMINAL"
 # Bash where the image has it, else sh; a login shell, so the image's profile applies.
 SHELL_COMMAND = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
 

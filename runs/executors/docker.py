@@ -7,6 +7,7 @@ import calendar
 import io
 import logging
 import math
+import secrets
 import socket
 import struct
 import tarfile
@@ -21,8 +22,9 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
 )
+from runs.executors.terminal_processes import can_see, kill_terminal_processes
 
 log = logging.getLogger(__name__)
 
@@ -408,11 +410,13 @@ class DockerExecutor:
                 # The main process has no TTY and no stdin: its output, live, read-only.
                 sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1})
                 return DockerTerminal(client, sock, exec_id=None)
+            marker = secrets.token_hex(12)  # finds the shell's processes from inside the container, if need be
             exec_id = client.api.exec_create(
-                container.id, SHELL_COMMAND, stdin=True, tty=True, environment={"TERM": "xterm-256color"},
+                container.id, SHELL_COMMAND, stdin=True, tty=True,
+                environment={"TERM": "xterm-256color", TERMINAL_MARKER: marker},
             )["Id"]
             sock = client.api.exec_start(exec_id, tty=True, socket=True)
-            terminal = DockerTerminal(client, sock, exec_id=exec_id)
+            terminal = DockerTerminal(client, sock, exec_id=exec_id, marker=marker)
             terminal.resize(cols, rows)
             return terminal
         except (APIError, DockerException) as exc:
@@ -493,8 +497,8 @@ class DockerTerminal:
     """A shell exec'd with a TTY (raw bytes both ways), or an attach to the main
     process (multiplexed output frames, read-only)."""
 
-    def __init__(self, client, sock, exec_id: str | None):
-        self.client, self.exec_id = client, exec_id
+    def __init__(self, client, sock, exec_id: str | None, marker: str = ""):
+        self.client, self.exec_id, self.marker = client, exec_id, marker
         self.sock = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
         self.sock.settimeout(None)
         self.writable = exec_id is not None
@@ -535,9 +539,47 @@ class DockerTerminal:
                 pass  # the shell has ended
 
     def close(self) -> None:
+        """End it. Closing the stream alone would leave an exec'd shell running in the
+        container (with the run's secrets in its environment): its processes are killed."""
+        if self.exec_id:
+            try:
+                self.kill_shell()
+            except (APIError, DockerException, OSError) as exc:  # the container is stopping, say
+                log.warning("could not end the shell of exec %s: %s", self.exec_id, exc)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
         self.client.close()
+
+    def shell_process(self) -> tuple[int, str] | None:
+        """(host PID, container id) of the exec'd shell while it runs, from the engine's exec inspect."""
+        found = self.client.api.exec_inspect(self.exec_id)
+        pid = found.get("Pid") or 0
+        return (pid, found.get("ContainerID", "")) if found.get("Running") and pid > 0 else None
+
+    def kill_shell(self) -> None:
+        """Kill the shell and everything it started (its jobs outlive it otherwise, in the
+        container): from this host where the engine's processes are visible, else from
+        inside the container."""
+        try:
+            found = self.client.api.exec_inspect(self.exec_id)
+            pid, container_id = found.get("Pid") or 0, found.get("ContainerID", "")
+            container = self.client.api.inspect_container(container_id)["State"]
+        except NotFound:
+            return  # the container is gone, and its processes with it
+        if not container.get("Running"):
+            return  # the container's processes have all ended with it
+        if can_see(container.get("Pid") or 0, container_id):
+            kill_terminal_processes(self.marker, pid or None, cgroup=container_id)
+        else:
+            self.kill_from_inside(container_id)
+
+    def kill_from_inside(self, container_id: str) -> None:
+        """Kill the shell's processes from inside its container, found by their marker:
+        for an engine on another machine, whose processes this host's /proc does not show."""
+        script = (f'for e in /proc/[0-9]*/environ; do if tr "\\0" "\\n" < "$e" 2>/dev/null | '
+                  f'grep -qx "{TERMINAL_MARKER}={self.marker}"; then p="${{e#/proc/}}"; kill -KILL "${{p%/environ}}"; fi; done')
+        # Not detached: returns once the script has run.
+        self.client.api.exec_start(self.client.api.exec_create(container_id, ["/bin/sh", "-c", script])["Id"])

@@ -11,6 +11,7 @@ folders above it are 0700, the files Runyard writes there 0600.
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import struct
@@ -25,8 +26,9 @@ from pathlib import Path
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
 )
+from runs.executors.terminal_processes import kill_terminal_processes
 from runs.private_files import open_private_for_append, private_dir, write_private
 
 
@@ -179,6 +181,7 @@ class LocalExecutor:
             os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
+        _kill_terminals(run_dir / "terminals")
         shutil.rmtree(run_dir, ignore_errors=True)
 
     def live_run_ids(self) -> set[int]:
@@ -198,7 +201,8 @@ class LocalExecutor:
             raise ExecutorError("the run's environment is missing") from None
         home = run_dir / "work"
         home.mkdir(parents=True, exist_ok=True)
-        return LocalTerminal([*SHELL_COMMAND], cwd=home, env={**env, "TERM": "xterm-256color"}, cols=cols, rows=rows)
+        return LocalTerminal([*SHELL_COMMAND], cwd=home, env={**env, "TERM": "xterm-256color"}, cols=cols, rows=rows,
+                             records=run_dir / "terminals")
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -208,19 +212,35 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass
 
 
+def _kill_terminals(records: Path) -> None:
+    """The run has ended: so have its web terminal shells and what they started,
+    whichever process opened them (each is a session of its own, out of reach of
+    the run's process group)."""
+    if not records.is_dir():
+        return
+    for record in records.iterdir():
+        try:
+            kill_terminal_processes(record.read_text(), int(record.name))
+        except (OSError, ValueError):
+            pass
+        record.unlink(missing_ok=True)
+
+
 class LocalTerminal:
-    """A shell on its own PTY, in the run's directory and environment."""
+    """A shell on its own PTY, in the run's directory and environment. `records`: a
+    folder where it is noted while it runs, so the run's end can kill it from any process."""
 
     writable = True
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict, cols: int, rows: int):
+    def __init__(self, argv: list[str], cwd: Path, env: dict, cols: int, rows: int, records: Path | None = None):
         self.master, follower = os.openpty()
         self.guard = threading.Lock()  # the PTY's file number is used only while open
         self.open = True
         self.resize(cols, rows)
+        self.marker = secrets.token_hex(12)
         try:
             self.process = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower,
+                argv, cwd=cwd, env={**env, TERMINAL_MARKER: self.marker}, stdin=follower, stdout=follower, stderr=follower,
                 start_new_session=True, close_fds=True,
                 preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the PTY is its controlling terminal
             )
@@ -229,6 +249,11 @@ class LocalTerminal:
             raise ExecutorError(f"could not start a shell: {exc}") from None
         finally:
             os.close(follower)
+        self.record = None
+        if records is not None:
+            records.mkdir(mode=0o700, exist_ok=True)
+            self.record = records / str(self.process.pid)
+            self.record.write_text(self.marker)
 
     def read(self) -> bytes:
         try:
@@ -254,13 +279,16 @@ class LocalTerminal:
                 fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def close(self) -> None:
-        """Hang up the shell (and what it started); kill what ignores that. The
-        reader then sees the end."""
-        if self.process.poll() is not None:
-            return
-        _signal_group(self.process.pid, signal.SIGHUP)
-        try:
-            self.process.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        """Kill the shell and everything it started, jobs in groups of their own
+        included (found by its session and marker); the reader then sees the end."""
+        # Also once the shell has exited by itself: the jobs it left behind still run.
+        kill_terminal_processes(self.marker, self.process.pid)
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGHUP)  # where /proc cannot tell (macOS), the group at least
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)

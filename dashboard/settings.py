@@ -86,9 +86,10 @@ if not SECRET_KEY:
     if not key_file.exists():
         import secrets
 
+        from runs.private_files import write_private  # os and pathlib only: safe before Django is set up
+
         VAR_DIR.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
+        write_private(key_file, secrets.token_urlsafe(50))  # 0600 from the first byte
     SECRET_KEY = key_file.read_text().strip()
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])

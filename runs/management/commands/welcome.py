@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand
 
 from runs.executors import default_executor_name
 from runs.models import Role
+from runs.private_files import write_private
 from runs.services import join_default_team
 
 
@@ -23,8 +24,7 @@ class Command(BaseCommand):
             password = secrets.token_urlsafe(12)
             admin = User.objects.create_superuser("admin", password=password)
             join_default_team(admin, Role.ADMIN)  # the one membership given without asking (SPEC §6)
-            password_file.write_text(password + "\n")
-            password_file.chmod(0o600)
+            write_private(password_file, password + "\n")  # 0600 from the first byte
         if password_file.exists():
             login = f"admin / {password_file.read_text().strip()}"
         else:

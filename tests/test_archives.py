@@ -17,13 +17,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.test import Client
 
 from runs.models import Archive, CodeSnapshot, Dataset, DatasetVersion
-from tests.conftest import Api
+from tests.conftest import Api, in_thread
 
 MiB = 1 << 20
 
@@ -182,7 +181,7 @@ def _asgi_post(path: str, chunks: list[bytes], declared: bool) -> tuple[int, byt
     async def send(message):
         sent.append(message)
 
-    async_to_sync(BodyLimitMiddleware(_echo_length))(scope, receive, send)
+    in_thread(BodyLimitMiddleware(_echo_length), scope, receive, send)  # Playwright may hold this thread's loop
     start = next(m for m in sent if m["type"] == "http.response.start")
     return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"), len(chunks) - len(messages)
 

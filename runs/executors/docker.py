@@ -338,7 +338,7 @@ class DockerExecutor:
                         continue  # the engine sent it again (it does, following across a rotation)
                     if not start.take(_docker_second(stamp)):
                         continue  # read before this follow began
-                    if len(text) != ENGINE_PIECE_BYTES and not text.endswith(b"\n"):
+                    if not _is_piece(text) and not text.endswith(b"\n"):
                         text += b"\n"
                     yield LogFrame(cursor=start.encode(), time=_docker_time(stamp), stream=stream, data=text)
                 if finished:
@@ -431,21 +431,32 @@ class _RepeatFilter:
     """Drops entries a follow returns twice. The engine stamps each stream's entries in
     the order it reads them, so within a stream an entry older than the last one
     passed on, or as old and the same, was passed on already. (Were the host's clock
-    stepped back, entries would be dropped until it caught up: clocks are slewed.)"""
+    stepped back, entries would be dropped until it caught up: clocks are slewed.)
+
+    One exception: the pieces of a line longer than the engine's piece all carry the
+    line's stamp, and a line of one repeated character has identical pieces; a piece
+    the same as the entry just passed is the line going on, not a repeat."""
 
     def __init__(self):
-        self.last: dict[int, tuple[int, set[bytes]]] = {}
+        self.last: dict[int, tuple[int, list[bytes]]] = {}
 
     def seen(self, stream: int, stamp: bytes, text: bytes) -> bool:
         at = _docker_nanoseconds(stamp)
-        last_at, texts = self.last.get(stream, (-1, set()))
-        if at < last_at or (at == last_at and text in texts):
+        last_at, texts = self.last.get(stream, (-1, []))
+        if at < last_at:
             return True
-        if at == last_at:
-            texts.add(text)
-        else:
-            self.last[stream] = (at, {text})
+        if at > last_at:
+            self.last[stream] = (at, [text])
+            return False
+        if text in texts and not (_is_piece(text) and texts[-1] == text):
+            return True
+        texts.append(text)
         return False
+
+
+def _is_piece(text: bytes) -> bool:
+    """A piece of a longer line: exactly the engine's piece size, not ended."""
+    return len(text) == ENGINE_PIECE_BYTES and not text.endswith(b"\n")
 
 
 def _docker_nanoseconds(stamp: bytes) -> int:

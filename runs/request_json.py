@@ -16,6 +16,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 from django.http.request import RawPostDataException
 
+from runs.spec import storable_text
+
 MAX_JSON_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32
 
@@ -96,18 +98,8 @@ def _storable(value: Any) -> bool:
             pending.extend(item.values())
         elif isinstance(item, list):
             pending.extend(item)
-        elif isinstance(item, str) and not _storable_text(item):
+        elif isinstance(item, str) and not storable_text(item):
             return False
-    return True
-
-
-def _storable_text(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
     return True
 
 

@@ -305,7 +305,7 @@ def _parse_fields(
     return parsed
 
 
-def _storable(text: str) -> bool:
+def storable_text(text: str) -> bool:
     """No NUL and no lone surrogate: YAML's "\\0" and "\\ud800" escapes make both,
     and neither can be stored (PostgreSQL refuses NUL, UTF-8 the surrogate)."""
     if "\x00" in text:
@@ -321,7 +321,7 @@ def _parse_string(value: Any, loc: str, errors: Errors) -> str | None:
     if not isinstance(value, str):
         _add(errors, loc, _MSG_STRING)
         return None
-    if not _storable(value):
+    if not storable_text(value):
         _add(errors, loc, _MSG_UNSTORABLE)
         return None
     return value
@@ -403,7 +403,7 @@ def _check_container_path(path: Any, loc: str, errors: Errors, *, allow_root: bo
     if not isinstance(path, str) or not path.startswith("/"):
         _add(errors, loc, _MSG_ABSOLUTE_PATH)
         return False
-    if not _storable(path):
+    if not storable_text(path):
         _add(errors, loc, _MSG_UNSTORABLE)
         return False
     if not allow_root and not path.strip("/"):

@@ -25,7 +25,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from playwright.sync_api import expect
 
-from runs import logstore, metrics, reports, team_secrets
+from runs import metrics, reports, team_secrets
 from runs.executors import get_executor
 from runs.models import LogChunk, ResourcePreset, Run, RunEvent, TeamSecret
 from runs.services import create_run, terminate_run
@@ -56,16 +56,6 @@ def put_secret(user, name: str, value: str):
 def launch_with_secret(user, executor: str, command: str, **extra) -> Run:
     spec = yaml.safe_dump({"name": "secretive", "image": BUSYBOX, "env": {"TOKEN": {"secret": "TOKEN"}}, "run": [{"command": command}], **extra})
     return create_run(user=user, source=spec, executor=executor)
-
-
-def all_lines(run: Run) -> list[dict]:
-    lines, after = [], 0
-    while True:
-        page = logstore.read_lines(run, after=after, limit=10000)
-        if not page["lines"]:
-            return lines
-        lines.extend(page["lines"])
-        after = page["next"]
 
 
 def everything_a_viewer_can_read(run: Run, user) -> str:

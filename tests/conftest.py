@@ -277,7 +277,10 @@ def console_url(worker_env, tmp_path_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log_path = tmp_path_factory.mktemp("console") / "daphne.log"
+    # Kept with the worker's logs where CI keeps artifacts: a failed page test is read from it.
+    log_dir = Path(os.environ["RUNYARD_TEST_ARTIFACTS"]) if os.environ.get("RUNYARD_TEST_ARTIFACTS") else tmp_path_factory.mktemp("console")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "daphne.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
         cwd=ROOT, env=worker_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,

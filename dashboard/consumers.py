@@ -21,7 +21,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from runs import access, logstore
 from runs.live import remember_server_loop, run_group, team_group
 from runs.lifecycle import FINAL
-from runs.models import Run
+from runs.models import Run, RunEvent
 
 BATCH_LINES = 2000
 BATCH_BYTES = 1 << 20  # a batch of long lines stops near this size; the next one goes on from there
@@ -130,6 +130,7 @@ class RunLogsConsumer(SignedInConsumer):
         except ValueError:
             self.after = 0
         self.wake = asyncio.Event()
+        self.final_status_sent = self.ended = False
         self.sending = asyncio.Lock()  # one reader of "lines after N" at a time, or lines go out twice
         await self.channel_layer.group_add(run_group(self.run_id), self.channel_name)
         await self.accept()
@@ -144,12 +145,21 @@ class RunLogsConsumer(SignedInConsumer):
         self.wake.set()
 
     async def run_status(self, event):
+        if self.ended:
+            return  # the final status went out before the end already
         # Lines first: everything up to the status change is sent before it.
         await self._send_new_lines()
         if not await self._still_allowed():
             return
-        await self.send_json({"type": "status", **{k: v for k, v in event.items() if k != "type"}})
+        await self._send_status({k: v for k, v in event.items() if k != "type"})
         self.wake.set()
+
+    async def _send_status(self, change: dict) -> None:
+        if change.get("to") in FINAL:
+            if self.final_status_sent:
+                return  # the pump sent it, reading the run before this message came
+            self.final_status_sent = True
+        await self.send_json({"type": "status", **change})
 
     async def _still_allowed(self) -> bool:
         """Checked before every message; a user who lost the run gets the close a
@@ -168,6 +178,11 @@ class RunLogsConsumer(SignedInConsumer):
                     return
                 ended = await self._send_new_lines()
                 if ended:
+                    # The pump may see the run final before the status change's own
+                    # message arrives: the final status always comes before the end.
+                    if not self.final_status_sent:
+                        await self._send_status(await _final_change(self.run_id))
+                    self.ended = True
                     await self.send_json({"type": "end", "status": ended})
                     return
                 try:
@@ -205,6 +220,15 @@ def _may_read_run(user, run_id: int) -> bool:
     except Run.DoesNotExist:
         return False
     return True
+
+
+@database_sync_to_async
+def _final_change(run_id: int) -> dict:
+    """The run's last status change, in the shape live.announce_status sends it."""
+    event = RunEvent.objects.filter(run_id=run_id).order_by("-at", "-pk").first()
+    if event is None:
+        return {"run": run_id, "to": Run.objects.filter(pk=run_id).values_list("status", flat=True).first()}
+    return {"run": run_id, "from": event.from_status, "to": event.to_status, "at": event.at.isoformat(), "reason": event.reason}
 
 
 @database_sync_to_async

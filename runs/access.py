@@ -174,28 +174,27 @@ def run_for_user(user, run_id: int, action: Action = Action.READ) -> Run:
 # ------------------------------------------------------------------ what runs read
 
 
-def dataset_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> Dataset:
+def _owned_by_team(model, user, team_name: str | None, action: Action, what: str, **lookup):
+    """One object of `model` in the named (or default) team, found by `lookup`;
+    model.DoesNotExist, saying `what`, when the user's team has none."""
     team = team_for_user(user, team_name, action)
-    found = Dataset.objects.filter(team=team, name=name).first() if team else None
+    found = model.objects.filter(team=team, **lookup).first() if team else None
     if found is None:
-        raise Dataset.DoesNotExist(f"dataset {name!r} not found")
+        raise model.DoesNotExist(f"{what} not found")
     return found
+
+
+def dataset_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> Dataset:
+    return _owned_by_team(Dataset, user, team_name, action, f"dataset {name!r}", name=name)
 
 
 def code_snapshot_for_user(user, team_name: str | None, content_hash: str, action: Action = Action.READ) -> CodeSnapshot:
-    team = team_for_user(user, team_name, action)
-    found = CodeSnapshot.objects.filter(team=team, archive__content_hash=content_hash).select_related("archive").first() if team else None
-    if found is None:
-        raise CodeSnapshot.DoesNotExist(f"code snapshot {content_hash[:12]!r} not found")
-    return found
+    return _owned_by_team(CodeSnapshot, user, team_name, action, f"code snapshot {content_hash[:12]!r}",
+                          archive__content_hash=content_hash)
 
 
 def secret_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> TeamSecret:
-    team = team_for_user(user, team_name, action)
-    found = TeamSecret.objects.filter(team=team, name=name).first() if team else None
-    if found is None:
-        raise TeamSecret.DoesNotExist(f"secret {name!r} not found")
-    return found
+    return _owned_by_team(TeamSecret, user, team_name, action, f"secret {name!r}", name=name)
 
 
 # ------------------------------------------------------------------ websockets

@@ -6,7 +6,6 @@ GET /teams                   the caller's teams and their role in each
 GET, PATCH /teams/{name}     a team's settings and usage; PATCH by its admins (and superusers)
 """
 
-import json
 
 from django.db import transaction
 from django.db.models import Count
@@ -14,7 +13,7 @@ from django.http import HttpResponse, JsonResponse
 
 from runs import tokens
 from runs.access import Action, readable_teams, team_for_user
-from runs.api import MAX_BODY_BYTES, ApiError, api_view, iso
+from runs.api import ApiError, api_view, iso, json_body
 from runs.lifecycle import LIVE
 from runs.models import ApiToken, Membership, Run, Status, Team
 from runs.tasks import enqueue_dispatch
@@ -26,16 +25,9 @@ LIVE_STATUSES = [status for status in Status.values if status in LIVE]
 
 def json_object(request, fields: tuple[str, ...]) -> dict:
     """The body as a JSON object holding only `fields`; an empty body is {}."""
-    if not request.body:
+    body = json_body(request)  # bounded in size and depth, like every JSON body of the API
+    if body is None and not request.body:
         return {}
-    if request.content_type != "application/json":
-        raise ApiError(415, f"send application/json, not {request.content_type or 'nothing'}")
-    if len(request.body) > MAX_BODY_BYTES:
-        raise ApiError(400, "the body is larger than 256 KiB", [{"loc": "", "msg": "too large"}])
-    try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ApiError(400, "the body is not valid JSON", [{"loc": "", "msg": f"invalid JSON: {exc.__class__.__name__}"}]) from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", [{"loc": "", "msg": "expected an object"}])
     unknown = [key for key in body if key not in fields]

@@ -121,6 +121,7 @@ class LogWriter:
                 text = team_secrets.without_partial_value_at_end(text, self.mask)
             kept = text.encode()[: self.line_cap].decode("utf-8", "ignore")
             text = kept + TRUNCATED_MARKER.format(cut_off + size - len(kept.encode()))
+            size = len(text.encode())
         if reports.is_report(text):
             try:
                 if cut:
@@ -130,7 +131,7 @@ class LogWriter:
             except reports.Malformed:
                 self.malformed += 1  # kept in the log below, where the user can see it
         self.lines.append([round(at, 6), stream, text])
-        self.line_bytes += len(text.encode())
+        self.line_bytes += size
 
     def _take_report(self, at: float, report: reports.Report) -> None:
         new_keys = report.metrics.keys() - self.metric_keys

@@ -118,7 +118,9 @@ def test_a_start_that_takes_longer_than_its_lease_completes(alice, engine, docke
 
 
 def test_an_export_copy_that_takes_longer_than_its_lease_is_stored_once(alice, engine, docker_engine):
-    count = 20000
+    # Enough files that copying them out takes well over the 6 s lease on an idle
+    # machine too (20,000 took 5.3 s on one).
+    count = 40000
     source = yaml.safe_dump({
         "name": "many-outputs", "image": BUSYBOX,
         "run": [{"command": f"mkdir -p /output; i=0; while [ $i -lt {count} ]; do echo \"file $i\" > /output/f$i.txt; i=$((i+1)); done; echo written"}],

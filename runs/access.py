@@ -164,7 +164,7 @@ def run_for_user(user, run_id: int, action: Action = Action.READ) -> Run:
     """The run, if the user may `action` it. Run.DoesNotExist for a run of another
     team, exactly as for one that does not exist; NotAllowed for a teammate's
     role that forbids the action."""
-    run = visible_runs(user).select_related("owner", "team", "preset").filter(pk=run_id).first()
+    run = visible_runs(user).select_related("owner", "team", "preset", "cluster").filter(pk=run_id).first()
     if run is None:
         raise Run.DoesNotExist("run not found")
     require(user, action, run.team)

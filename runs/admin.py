@@ -6,7 +6,7 @@ from django.shortcuts import redirect, render
 from runs.lifecycle import IllegalTransition
 from runs.archives import ArchiveError
 from runs.datasets import create_version
-from runs.models import ApiToken, Dataset, DatasetVersion, Membership, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret
+from runs.models import ApiToken, Cluster, Dataset, DatasetVersion, Membership, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret
 from runs.access import NotAllowed, administered_team_ids
 from runs.services import terminate_run
 from runs.team_secrets import SecretError, set_secret
@@ -98,9 +98,24 @@ class TeamAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
 
 
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "manager", "registry", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "kind", "manager", "tls_dir", "registry"]}),
+        ("Swarm nodes (terminals, stops, logs and exports talk to the node's own engine)",
+         {"fields": ["node_engines", "node_engine_port"]}),
+    ]
+
+
 @admin.register(ResourcePreset)
 class ResourcePresetAdmin(admin.ModelAdmin):
-    list_display = ["name", "cpus", "memory_mb", "gpus", "credits_per_hour"]
+    list_display = ["name", "cpus", "memory_mb", "gpus", "credits_per_hour", "offered_by"]
+    filter_horizontal = ["clusters"]
+
+    @admin.display(description="clusters")
+    def offered_by(self, obj):
+        return ", ".join(c.name for c in obj.clusters.all()) or "every cluster"
 
 
 @admin.register(ApiToken)
@@ -133,8 +148,8 @@ class RunFileInline(ShownToTeamAdmins, admin.TabularInline):
 
 @admin.register(Run)
 class RunAdmin(TeamScoped, admin.ModelAdmin):
-    list_display = ["id", "name", "status", "owner", "team", "executor", "created_at"]
-    list_filter = ["status", ("team", admin.RelatedOnlyFieldListFilter), "executor"]
+    list_display = ["id", "name", "status", "owner", "team", "cluster", "node", "created_at"]
+    list_filter = ["status", ("team", admin.RelatedOnlyFieldListFilter), "cluster", "executor"]
     search_fields = ["name"]
     inlines = [RunEventInline, RunFileInline]
     actions = ["terminate"]

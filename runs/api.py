@@ -189,6 +189,8 @@ def serialize_run(run: Run) -> dict:
         "spec": run.spec,
         "reproduced_from": run.reproduced_from_id,
         "executor": run.executor,
+        "cluster": run.cluster.name if run.cluster_id else "default",
+        "node": run.node or None,
         "log_lines": run.log_lines,
         "imports": run.imports,
         "changes": run.changes,
@@ -237,7 +239,7 @@ def _create(request):
     source = json_body(request) if content_type == "application/json" else json_body(request, raw=True)
     team = team_param(request, Action.CHANGE)
     run = create_run(user=request.user, source=source, team=team)
-    run = Run.objects.select_related("owner", "team", "preset").get(pk=run.pk)
+    run = Run.objects.select_related("owner", "team", "preset", "cluster").get(pk=run.pk)
     response = JsonResponse(serialize_run(run), status=201)
     response["Location"] = f"/api/v1/runs/{run.pk}"
     return response

@@ -78,12 +78,55 @@ class ApiToken(models.Model):
         return f"{self.prefix}… ({self.user})"
 
 
+class Cluster(models.Model):
+    """Where runs run (SPEC §7): one Docker engine, or a Docker Swarm whose manager
+    places each run on a node with room. `resources.cluster` in a run file names one."""
+
+    class Kind(models.TextChoices):
+        ENGINE = "engine", "Single Docker engine"
+        SWARM = "swarm", "Docker Swarm"
+
+    name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.ENGINE)
+    manager = models.CharField(
+        max_length=500, blank=True,
+        help_text="the Swarm manager's Docker endpoint (unix:///path/docker.sock or tcp://host:2376); "
+                  "for a single engine, empty: this console's own engine (DOCKER_HOST)",
+    )
+    tls_dir = models.CharField(
+        max_length=500, blank=True,
+        help_text="a folder on the console's host with ca.pem, cert.pem and key.pem for TLS to the "
+                  "manager and the nodes (as DOCKER_CERT_PATH); empty: no TLS",
+    )
+    registry = models.CharField(
+        max_length=200, blank=True,
+        help_text="the default registry (host[:port]): an image named without a registry host "
+                  "(runyard/python:3.11) is pulled from here",
+    )
+    node_engines = models.JSONField(
+        default=dict, blank=True,
+        help_text='how to reach each node\'s own engine (terminals, stops, logs, exports): '
+                  '{"node name": "tcp://10.0.0.12:2376", ...}, by the node\'s `name` label or hostname',
+    )
+    node_engine_port = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="for a node not in node_engines: its engine at tcp://<the node's swarm address>:<this port>",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return self.name
+
+
 class ResourcePreset(models.Model):
     name = models.SlugField(max_length=64, unique=True)
     cpus = models.DecimalField(max_digits=6, decimal_places=2, help_text="CPU cores")
     memory_mb = models.PositiveIntegerField(help_text="memory limit in MiB")
-    gpus = models.PositiveSmallIntegerField(default=0)
+    gpus = models.PositiveSmallIntegerField(default=0, help_text="GPUs (on a Swarm: the generic resource `gpu`)")
     credits_per_hour = models.DecimalField(max_digits=10, decimal_places=4)
+    clusters = models.ManyToManyField(
+        Cluster, blank=True, related_name="presets", help_text="the clusters that offer it; none chosen: every cluster",
+    )
 
     def __str__(self):
         return self.name
@@ -118,6 +161,12 @@ class Run(models.Model):
     )
     executor = models.CharField(max_length=16)
     container_id = models.CharField(max_length=100, blank=True)
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="runs")
+    # Once placed: the node's `name` label, else its hostname (SPEC §7).
+    node = models.CharField(max_length=200, blank=True)
+    # When a run that its cluster places (Swarm) was handed to the cluster: from then on it
+    # holds its team's slot, and waits `pending` for the cluster to find it room.
+    submitted_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     initializing_at = models.DateTimeField(null=True, blank=True)

@@ -8,7 +8,7 @@ __all__ = ["run_for_user", "runs_for_user"]  # run_for_user lives in runs.access
 
 
 def runs_for_user(user, *, statuses=(), tag="", q="", owner="", before_id=None, limit=50) -> QuerySet:
-    runs = visible_runs(user).select_related("owner", "team", "preset").order_by("-pk")
+    runs = visible_runs(user).select_related("owner", "team", "preset", "cluster").order_by("-pk")
     if statuses:
         runs = runs.filter(status__in=statuses)
     if tag:

@@ -8,16 +8,14 @@ import yaml
 from django.db import transaction
 from django.utils import timezone
 
-from runs import imports, team_secrets
+from runs import clusters, imports, team_secrets
 from runs.access import Action, NotAllowed, require, team_for_user
-from runs.executors import default_executor_name
 from runs.lifecycle import FINAL, IllegalTransition, transition
 from runs.models import Membership, ResourcePreset, Role, Run, Status, Team
 from runs.spec import SpecError, dump_spec_yaml, parse_spec
 from runs.tasks import enqueue
 
 DEFAULT_TEAM = "default"
-CLUSTERS = ("default",)
 
 
 class RunNotFinal(Exception):
@@ -61,8 +59,11 @@ def create_run(
     if preset is None:
         known = ", ".join(ResourcePreset.objects.order_by("name").values_list("name", flat=True))
         errors.append({"loc": "resources.preset", "msg": f"unknown preset {spec['resources']['preset']!r} (known: {known})"})
-    if spec["resources"]["cluster"] not in CLUSTERS:
-        errors.append({"loc": "resources.cluster", "msg": f"unknown cluster {spec['resources']['cluster']!r} (known: default)"})
+    cluster, cluster_errors = clusters.check_resources(spec, preset)
+    errors += cluster_errors
+    if cluster is not None and cluster.kind == cluster.Kind.SWARM and spec.get("import"):
+        errors.append({"loc": "import", "msg": f"imports are not available on Swarm cluster {cluster.name!r} yet: "
+                       "run this on a single-engine cluster, or copy the data into the image"})
     if reproduced_from is not None:
         read, image_digest = reproduced_from.imports, reproduced_from.image_digest
     else:
@@ -86,7 +87,8 @@ def create_run(
             changes=changes or {},
             imports=read,
             image_digest=image_digest,
-            executor=executor or default_executor_name(),
+            cluster=cluster,
+            executor=clusters.executor_name(cluster, executor),
         )
         enqueue("start", run.pk)
     return run

@@ -175,9 +175,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_QUEUES = {name: {"exchange": name, "routing_key": name} for name in ("control", "collect")}  # no -Q: both
 CELERY_TASK_DEFAULT_QUEUE = "control"
 CELERY_TASK_ROUTES = {"runs.tasks.collect": {"queue": "collect"}}
+RUNYARD_RECONCILE_SECONDS = env_int("RUNYARD_RECONCILE_SECONDS", 15, 1)
 CELERY_BEAT_SCHEDULE = {
-    "reconcile-runs": {"task": "runs.tasks.reconcile", "schedule": float(env_int("RUNYARD_RECONCILE_SECONDS", 15, 1))},
+    "reconcile-runs": {"task": "runs.tasks.reconcile", "schedule": float(RUNYARD_RECONCILE_SECONDS)},
 }
+# A Swarm node whose engine has not answered for this long, or that its manager
+# reports down, is lost: its runs end `failed` naming it (SPEC §7). One reconcile
+# period by default, so a lost node's runs end within two.
+RUNYARD_NODE_LOST_SECONDS = env_int("RUNYARD_NODE_LOST_SECONDS", RUNYARD_RECONCILE_SECONDS, 1)
 
 if REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}

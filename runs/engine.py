@@ -15,7 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from runs import exports, imports, slots, team_secrets
-from runs.executors import EXECUTOR_NAMES, get_executor
+from runs.executors import EXECUTOR_NAMES, executor_for, get_executor, swarm_executors
 from runs.executors.base import ExecutorError, ExitInfo, Limits
 from runs.leases import LeaseHeartbeat, LeaseLost, release_lease, renew_lease, take_lease
 from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 RENEW_EVERY_SECONDS = 5.0
 MAIN_EXIT_CHECK_SECONDS = 1.0
+PLACEMENT_CHECK_SECONDS = 0.5
 
 
 def _new_owner(kind: str) -> str:
@@ -33,7 +34,7 @@ def _new_owner(kind: str) -> str:
 
 
 # What a start came to.
-STARTED, TERMINATED_MEANWHILE, NOTHING = "started", "terminated", ""
+STARTED, SUBMITTED, TERMINATED_MEANWHILE, NOTHING = "started", "submitted", "terminated", ""
 
 
 def start_run(run_id: int) -> None:
@@ -52,38 +53,46 @@ def start_run(run_id: int) -> None:
             outcome = _start(run_id, heartbeat)
     finally:
         release_lease(run_id, owner)
-    if outcome == STARTED:
+    if outcome in (STARTED, SUBMITTED):
         from runs.tasks import enqueue
 
-        enqueue("collect", run_id)
+        enqueue("collect", run_id)  # a submitted run's collector also watches it being placed
     elif outcome == TERMINATED_MEANWHILE:
         stop_run(run_id)  # the user terminated it while we were starting it: honour that now
 
 
 def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
     run = Run.objects.get(pk=run_id)
-    if run.status == Status.PENDING:
+    if run.status == Status.PENDING and not run.submitted_at:
         if not slots.admit(run_id):
             return NOTHING
-    elif run.status != Status.INITIALIZING:
+    elif run.status not in (Status.INITIALIZING, Status.PENDING):
         return NOTHING
     run = Run.objects.select_related("preset").get(pk=run_id)
-    executor = get_executor(run.executor)
+    executor = executor_for(run)
     try:
         env = _resolve_env(run)
         digest = executor.prepare(run)
         if digest != run.image_digest:
             run.image_digest = digest
             Run.objects.filter(pk=run_id).update(image_digest=digest)
-        limits = Limits(cpus=float(run.preset.cpus), memory_mb=run.preset.memory_mb)
+        limits = Limits(cpus=float(run.preset.cpus), memory_mb=run.preset.memory_mb, gpus=run.preset.gpus)
         handle = executor.start(run, env, limits, imports.volumes_for(run))
     except ExecutorError as exc:
         if heartbeat.lost:
             # Another worker owns the start now: whether the run failed is its call.
             log.warning("run %s: start failed after its lease was taken over: %s", run_id, exc)
             return NOTHING
+        if run.status == Status.PENDING:
+            # A submitted run fails at initializing, as on one engine (SPEC §1).
+            try:
+                transition(run_id, Status.INITIALIZING, reason="checking the image", only_from=[Status.PENDING])
+            except IllegalTransition:
+                return NOTHING
         _fail_initializing(run, executor, str(exc))
         return NOTHING
+    if getattr(executor, "places_runs", False):
+        return SUBMITTED  # its cluster starts it when a node has room; the collector watches
     try:
         transition(run_id, Status.RUNNING, reason="main process started", only_from=[Status.INITIALIZING], container_id=handle[:100])
         return STARTED
@@ -124,9 +133,15 @@ def collect_run(run_id: int) -> None:
         return
     try:
         run = Run.objects.select_related("preset").get(pk=run_id)
-        if run.status in (Status.PENDING, Status.INITIALIZING) or run.container_removed_at:
+        if run.container_removed_at:
             return
-        executor = get_executor(run.executor)
+        executor = executor_for(run)
+        if run.status in (Status.PENDING, Status.INITIALIZING):
+            if not (getattr(executor, "places_runs", False) and (run.submitted_at or run.status == Status.INITIALIZING)):
+                return  # its start task brings it to running
+            run = _await_placement(run_id, executor, owner)
+            if run is None:
+                return
         if run.status == Status.TERMINATED:
             executor.stop(run, _remaining_grace(run))
         if run.status == Status.IDLE and executor.exists(run):
@@ -166,6 +181,44 @@ def collect_run(run_id: int) -> None:
         log.info("run %s: another collector took over", run_id)
     finally:
         release_lease(run_id, owner)
+
+
+def _await_placement(run_id: int, executor, owner: str) -> Run | None:
+    """A run its cluster places (Swarm): `pending` while no node has room, saying why;
+    `initializing` while its node pulls the image; returns the run once its main
+    process runs, or ended meanwhile (terminated: the caller stops it). None if it
+    failed to start (settled here)."""
+    renewed = time.monotonic()
+    while True:
+        run = Run.objects.select_related("preset").get(pk=run_id)
+        if run.status not in (Status.PENDING, Status.INITIALIZING):
+            return run
+        placement = executor.placement(run)
+        if placement.state == "waiting":
+            if run.status == Status.PENDING and run.status_reason != placement.reason:
+                Run.objects.filter(pk=run_id, status=Status.PENDING).update(status_reason=placement.reason[:1000])
+        elif placement.state in ("initializing", "running") or (placement.state == "ended" and placement.ran):
+            try:
+                if run.status == Status.PENDING:
+                    transition(run_id, Status.INITIALIZING, reason=f"placed on node {placement.node}",
+                               only_from=[Status.PENDING], node=placement.node)
+                if placement.state != "initializing":
+                    transition(run_id, Status.RUNNING, reason=f"main process started on node {placement.node}",
+                               only_from=[Status.INITIALIZING], node=placement.node)
+            except IllegalTransition:
+                continue  # terminated meanwhile: read it again
+        else:  # it ended without running (the image could not be pulled), or its service is gone
+            if run.status == Status.PENDING:
+                try:
+                    transition(run_id, Status.INITIALIZING, reason="placed", only_from=[Status.PENDING], node=placement.node)
+                except IllegalTransition:
+                    continue
+            _fail_initializing(run, executor, placement.reason)
+            return None
+        if time.monotonic() - renewed > RENEW_EVERY_SECONDS:
+            renew_lease(run_id, owner)
+            renewed = time.monotonic()
+        time.sleep(PLACEMENT_CHECK_SECONDS)
 
 
 def _remaining_grace(run: Run) -> float:
@@ -246,7 +299,7 @@ def stop_run(run_id: int) -> None:
         # Only a final run is stopped (a terminated one, or one whose container was
         # left behind): a live run's container belongs to its start and collect tasks.
         return
-    executor = get_executor(run.executor)
+    executor = executor_for(run)
     executor.stop(run, _remaining_grace(run))
     # If a collector is still following the output it finalizes; else this one does.
     collect_run(run_id)
@@ -269,6 +322,10 @@ def reconcile_runs() -> dict[str, int]:
     for run_id in Run.objects.filter(lease_free, status=Status.INITIALIZING).values_list("pk", flat=True):
         enqueue("start", run_id, on_commit=False)
         counts["start"] += 1
+    # Runs handed to their cluster (Swarm) that wait for room: their collector watches them.
+    for run_id in Run.objects.filter(lease_free, status=Status.PENDING, submitted_at__isnull=False).values_list("pk", flat=True):
+        enqueue("collect", run_id, on_commit=False)
+        counts["collect"] += 1
     for run_id in Run.objects.filter(lease_free, status__in=[Status.RUNNING, Status.STOPPING]).values_list("pk", flat=True):
         enqueue("collect", run_id, on_commit=False)
         counts["collect"] += 1
@@ -277,7 +334,12 @@ def reconcile_runs() -> dict[str, int]:
         enqueue("stop", run_id, on_commit=False)
         counts["stop"] += 1
     for run in Run.objects.filter(lease_free, status=Status.IDLE):
-        if not get_executor(run.executor).exists(run):
+        try:
+            gone = not executor_for(run).exists(run)
+        except Exception:  # its engine is away: asked again next round
+            log.warning("run %s: could not tell whether its container is still there", run.pk, exc_info=True)
+            continue
+        if gone:
             enqueue("collect", run.pk, on_commit=False)
     counts["orphans"] = _remove_orphans()
     return counts
@@ -285,8 +347,8 @@ def reconcile_runs() -> dict[str, int]:
 
 def _remove_orphans() -> int:
     removed = 0
-    for name in EXECUTOR_NAMES:
-        executor = get_executor(name)
+    for executor in [get_executor(name) for name in EXECUTOR_NAMES] + swarm_executors():
+        name = executor.name
         try:
             present = executor.live_run_ids()
         except Exception:  # an engine that is not there has no orphans to remove

@@ -7,6 +7,11 @@ installation's RUNYARD_MAX_RUNNING. A pending run that finds no room stays
 `pending`, saying why in its `status_reason`, and starts as soon as a slot frees:
 the transition out of a slot enqueues `dispatch`, and the reconciler dispatches too.
 
+A run on a Swarm cluster is admitted by its team's cap only: admitted, it is handed
+to the cluster (`submitted_at`) and holds its team's slot from then on, while it
+still waits `pending` for the Swarm to find a node with room. The installation's
+cap is the one engine's, and counts only the runs on it.
+
 Order: within a team runs start in creation order. When the installation is full,
 a freed slot goes to the waiting team with the fewest runs holding slots (then to
 the oldest run), so one team's backlog cannot take every slot as slots free.
@@ -23,6 +28,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from runs.lifecycle import HOLDS_SLOT, IllegalTransition, transition
@@ -30,6 +36,7 @@ from runs.models import Run, Status, Team
 
 log = logging.getLogger(__name__)
 
+SWARM = "swarm"  # the executor of runs that their cluster places
 # Any constant: the key of the advisory lock that serializes admissions.
 SLOTS_LOCK_KEY = 0x72756E79  # "runy"
 
@@ -42,11 +49,15 @@ class SlotPlan:
 
 def plan_slots() -> SlotPlan:
     """Which pending runs fit now, and why the others wait. Reads only."""
-    pending = list(Run.objects.filter(status=Status.PENDING).order_by("pk").values_list("pk", "team_id"))
+    waiting = Run.objects.filter(status=Status.PENDING, submitted_at__isnull=True).order_by("pk")
+    pending = list(waiting.values_list("pk", "team_id"))
     plan = SlotPlan()
     if not pending:
         return plan
-    live = Counter(Run.objects.filter(status__in=HOLDS_SLOT).values_list("team_id", flat=True))
+    on_clusters = set(waiting.filter(executor=SWARM).values_list("pk", flat=True))
+    holding = Run.objects.filter(Q(status__in=HOLDS_SLOT) | Q(status=Status.PENDING, submitted_at__isnull=False))
+    live = Counter(holding.values_list("team_id", flat=True))
+    engine_live = holding.exclude(executor=SWARM).count()
     teams = {t.pk: t for t in Team.objects.filter(pk__in={team_id for _, team_id in pending}).only("pk", "name", "max_running")}
     queues: dict[int, deque[int]] = defaultdict(deque)
     for run_id, team_id in pending:
@@ -61,8 +72,13 @@ def plan_slots() -> SlotPlan:
             plan.waiting[queue.pop()] = (
                 f"waiting: team {teams[team_id].name} is at its cap of {cap} running run{'s' if cap != 1 else ''}"
             )
+    # A Swarm finds its runs room itself.
+    for queue in queues.values():
+        for run_id in [r for r in queue if r in on_clusters]:
+            queue.remove(run_id)
+            plan.admitted.append(run_id)
     # Then the installation's slots, to the team holding the fewest.
-    free = settings.RUNYARD_MAX_RUNNING - sum(live.values())
+    free = settings.RUNYARD_MAX_RUNNING - engine_live
     while free > 0 and any(queues.values()):
         team_id = min((t for t, q in queues.items() if q), key=lambda t: (live[t], queues[t][0]))
         plan.admitted.append(queues[team_id].popleft())
@@ -83,6 +99,11 @@ def admit(run_id: int) -> bool:
             return False
         plan = plan_slots()
         if run_id in plan.admitted:
+            run = Run.objects.get(pk=run_id)
+            if run.executor == SWARM:
+                # Handed to its cluster; it stays pending until a node has room (runs.engine).
+                return bool(Run.objects.filter(pk=run_id, status=Status.PENDING, submitted_at__isnull=True).update(
+                    submitted_at=timezone.now(), status_reason="waiting: handed to the cluster"))
             try:
                 transition(run_id, Status.INITIALIZING, reason="picked up by a worker", only_from=[Status.PENDING])
             except IllegalTransition:

@@ -32,7 +32,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from runs import access
-from runs.executors import get_executor
+from runs.executors import executor_for
 from runs.executors.base import TERMINAL_MODES, ExecutorError
 from runs.lifecycle import FINAL
 from runs.live import run_group
@@ -253,7 +253,7 @@ def _run_and_rights(user, run_id: int):
         run = access.run_for_user(user, run_id)
     except Run.DoesNotExist:
         return None, False, None
-    return run, access.may(user, access.Action.TERMINAL, run.team), get_executor(run.executor)
+    return run, access.may(user, access.Action.TERMINAL, run.team), executor_for(run)
 
 
 def _may_open_terminal(user, run_id: int) -> bool:

@@ -1,5 +1,6 @@
-"""Executors run a run's main process: Docker containers, or local processes where
-no Docker engine is reachable. Both implement runs.executors.base.Executor."""
+"""Executors run a run's main process: Docker containers, local processes where no
+Docker engine is reachable, or services of a Docker Swarm (a cluster of kind swarm).
+All implement runs.executors.base.Executor."""
 
 import secrets
 from functools import lru_cache
@@ -7,6 +8,7 @@ from functools import lru_cache
 from django.conf import settings
 from django.db import IntegrityError
 
+# The executors of this installation's own machine; `swarm` is one per Swarm cluster.
 EXECUTOR_NAMES = ("docker", "local")
 
 
@@ -25,7 +27,27 @@ def instance_id() -> str:
     return row.instance_id
 
 
-def get_executor(name: str):
+def executor_for(run):
+    """The executor that runs `run`: on a Swarm, the one of the run's own cluster."""
+    if run.executor == "swarm":
+        from runs.models import Cluster
+
+        return get_executor("swarm", Cluster.objects.get(pk=run.cluster_id))
+    return get_executor(run.executor)
+
+
+def swarm_executors() -> list:
+    """One executor for each Swarm cluster, for the reconciler."""
+    from runs.models import Cluster
+
+    return [get_executor("swarm", cluster) for cluster in Cluster.objects.filter(kind=Cluster.Kind.SWARM)]
+
+
+def get_executor(name: str, cluster=None):
+    if name == "swarm":
+        from runs.executors.swarm import SwarmExecutor
+
+        return SwarmExecutor(instance_id(), cluster)
     if name == "docker":
         from runs.executors.docker import DockerExecutor
 

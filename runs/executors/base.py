@@ -44,6 +44,7 @@ class ExitInfo:
 class Limits:
     cpus: float
     memory_mb: int
+    gpus: int = 0  # honoured where the cluster has GPUs (a Swarm's generic resource `gpu`)
 
 
 class Executor(Protocol):

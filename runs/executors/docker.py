@@ -138,12 +138,19 @@ class _ChunkReader(io.RawIOBase):
 class DockerExecutor:
     name = "docker"
 
-    def __init__(self, instance_id: str):
-        self.instance_id = instance_id
+    def __init__(self, instance_id: str, base_url: str = "", tls=None):
+        # base_url: another engine than this console's own (a Swarm node's, say).
+        self.instance_id, self.base_url, self.tls = instance_id, base_url, tls
 
     @cached_property
     def client(self) -> docker.DockerClient:
-        return _client()
+        return self.new_client()
+
+    def new_client(self, timeout: float = 60) -> docker.DockerClient:
+        """A client of this executor's engine, with a connection pool of its own."""
+        if self.base_url:
+            return docker.DockerClient(base_url=self.base_url, tls=self.tls or False, timeout=timeout)
+        return _client(timeout=timeout)
 
     def container_name(self, run) -> str:
         return f"runyard-{self.instance_id}-run-{run.pk}"
@@ -270,7 +277,7 @@ class DockerExecutor:
             # the whole file; a read begun after the stop is complete.
             ended_before_read = container.status not in ("running", "created", "restarting", "paused")
             try:
-                for frame in self._read_logs(run, position):
+                for frame in self._read_logs(run, container.id, position):
                     yield frame
             except _StreamBroke as exc:
                 log.warning("run %s: log stream broke (%s), reading on from %s", run.pk, exc, position)
@@ -279,15 +286,15 @@ class DockerExecutor:
             if ended_before_read:
                 return
 
-    def _read_logs(self, run, start: "LogPosition") -> Iterator[LogFrame | None]:
+    def _read_logs(self, run, container_id: str, start: "LogPosition") -> Iterator[LogFrame | None]:
         """One follow from `start`; `start` is advanced past every entry yielded."""
-        client = _client()  # a connection of its own, held for as long as the run lasts
+        client = self.new_client()  # a connection of its own, held for as long as the run lasts
         params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"}
         if start.since:
             params["since"] = start.since
         try:
             response = client.api._get(
-                client.api._url("/containers/{0}/logs", self.container_name(run)), params=params, stream=True,
+                client.api._url("/containers/{0}/logs", container_id), params=params, stream=True,
             )
             client.api._raise_for_status(response)
         except NotFound:
@@ -404,7 +411,7 @@ class DockerExecutor:
         container = self._container(run)
         if container is None or container.status != "running":
             raise ExecutorError("the run's container is not running")
-        client = _client()  # a connection of its own, held while the terminal is open
+        client = self.new_client()  # a connection of its own, held while the terminal is open
         try:
             if mode == "attach":
                 # The main process has no TTY and no stdin: its output, live, read-only.

@@ -29,6 +29,7 @@ TEST_INSTANCE = "t" + os.urandom(3).hex()
 # emptied the tables, must not make up an instance of its own.
 settings.RUNYARD_INSTANCE_ID = TEST_INSTANCE
 BUSYBOX = "runyard/busybox:latest"
+pytest_plugins = ["tests.swarm_lab"]
 
 
 def missing(what: str):
@@ -370,3 +371,20 @@ def in_thread(coroutine_function, *args):
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(conversation).result()
+
+
+@pytest.fixture
+def lab_cluster(swarm_lab, engine):
+    """The swarm lab registered as cluster `lab`, as `make cluster` does, with its presets:
+    cpu-1 and cpu-2 (one or two CPUs: the lab's nodes have two each) and gpu-1 (one of
+    the fake GPUs that n3 advertises)."""
+    from django.core.management import call_command
+
+    call_command(
+        "register_cluster", "lab", "--lab", str(swarm_lab.dir),
+        "--preset", "cpu-1:1:1024", "--preset", "cpu-2:2:2048", "--preset", "gpu-1:0.5:256:1",
+        stdout=open(os.devnull, "w"),
+    )
+    from runs.models import Cluster
+
+    return Cluster.objects.get(name="lab")

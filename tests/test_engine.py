@@ -1,5 +1,6 @@
-"""The run lifecycle on real containers and real local processes, driven by a real
-Celery worker (SPEC §1). Every test runs on both executors."""
+"""The run lifecycle on real containers, real local processes and a real Swarm of
+three engines, driven by a real Celery worker (SPEC §1, §7). Every test that is not
+about one engine's own features runs on all three executors."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from runs import logstore
-from runs.executors import get_executor
+from runs.executors import executor_for
 from runs.lifecycle import transition
 from runs.models import Run, RunEvent
 from runs.services import create_run, terminate_run
@@ -20,10 +21,12 @@ from tests.conftest import BUSYBOX, Api, wait_for
 FINAL = {"completed", "failed", "terminated"}
 
 
-@pytest.fixture(params=["docker", "local"])
+@pytest.fixture(params=["docker", "local", "swarm"])
 def executor(request, engine):
     if request.param == "docker":
         request.getfixturevalue("docker_engine")
+    if request.param == "swarm":
+        request.getfixturevalue("lab_cluster")  # a three-node Swarm of real engines
     return request.param
 
 
@@ -33,6 +36,8 @@ def spec(*commands: str, **extra) -> str:
 
 
 def launch(user, executor: str, *commands: str, **extra) -> Run:
+    if executor == "swarm":
+        extra["resources"] = {"cluster": "lab", **extra.get("resources", {})}
     return create_run(user=user, source=spec(*commands, **extra), executor=executor)
 
 
@@ -46,7 +51,7 @@ def statuses(run: Run) -> list[str]:
 
 
 def container_left(run: Run) -> bool:
-    return get_executor(run.executor).exists(run)
+    return executor_for(run).exists(run)
 
 
 def wait_for_log(run: Run, text: str, timeout: float = 30):

@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/runyard
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup run test bench images clean cluster-lab cluster-down
+.PHONY: setup run test bench images clean cluster cluster-lab cluster-down
 
 setup: $(STAMP) static/vendor/.copied
 
@@ -54,6 +54,14 @@ bench: setup images
 NODES ?= 3
 cluster-lab:
 	NODES=$(NODES) lab/swarm.sh up
+
+# The console as `make run` starts it, with the lab registered as cluster `lab` and its
+# presets cpu-1 and cpu-2: a run file with `resources: {cluster: lab, preset: cpu-1}` runs there.
+cluster: setup images cluster-lab
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py register_cluster lab --lab var/lab --preset cpu-1:1:1024 --preset cpu-2:2:2048
+	$(BIN)/python manage.py welcome --url http://127.0.0.1:$(PORT)/
+	$(BIN)/daphne -b 127.0.0.1 -p $(PORT) dashboard.asgi:application
 
 cluster-down:
 	lab/swarm.sh down

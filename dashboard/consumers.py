@@ -110,6 +110,10 @@ class RunsConsumer(SignedInConsumer):
         if await self._may_see(event.get("run")):
             await self.send_json({"type": "progress", **{k: v for k, v in event.items() if k != "type"}})
 
+    async def run_waiting(self, event):
+        if await self._may_see(event.get("run")):
+            await self.send_json({"type": "waiting", **{k: v for k, v in event.items() if k != "type"}})
+
     async def run_log(self, event):
         pass  # the list page does not show lines
 

@@ -19,6 +19,7 @@ from runs.executors import EXECUTOR_NAMES, executor_for, get_executor, swarm_exe
 from runs.executors.base import ExecutorError, ExitInfo, Limits
 from runs.leases import LeaseHeartbeat, LeaseLost, release_lease, renew_lease, take_lease
 from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
+from runs.live import announce_waiting
 from runs.logstore import LogWriter
 from runs.models import Run, Status
 
@@ -196,7 +197,8 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
         placement = executor.placement(run)
         if placement.state == "waiting":
             if run.status == Status.PENDING and run.status_reason != placement.reason:
-                Run.objects.filter(pk=run_id, status=Status.PENDING).update(status_reason=placement.reason[:1000])
+                if Run.objects.filter(pk=run_id, status=Status.PENDING).update(status_reason=placement.reason[:1000]):
+                    announce_waiting(run_id, run.team_id, placement.reason)
         elif placement.state in ("initializing", "running") or (placement.state == "ended" and placement.ran):
             try:
                 if run.status == Status.PENDING:

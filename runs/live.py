@@ -79,3 +79,11 @@ def announce_progress(run_id: int, team_id: int, samples: list) -> None:
         _send(team_group(team_id), message)
     except Exception:
         log.warning("could not announce progress of run %s", run_id, exc_info=True)
+
+
+def announce_waiting(run_id: int, team_id: int, reason: str) -> None:
+    """A pending run says why it waits now (its cluster has no room, say): the list shows it."""
+    try:
+        _send(team_group(team_id), {"type": "run.waiting", "run": run_id, "reason": reason})
+    except Exception:
+        log.warning("could not announce why run %s waits", run_id, exc_info=True)

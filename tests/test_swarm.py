@@ -233,3 +233,25 @@ def test_a_cluster_or_preset_that_does_not_fit_is_a_400_naming_the_field(api, re
     response = api.post("/runs", yaml.safe_dump(body))
     assert response.status_code == 400, response.content
     assert loc in [e["loc"] for e in response.json()["errors"]]
+
+
+def test_the_list_shows_live_why_a_run_waits_and_when_it_starts(browser, alice, lab_cluster):
+    from playwright.sync_api import expect
+
+    runs = [on_lab(alice, "sleep 300", preset="cpu-2") for _ in range(3)]
+    try:
+        for run in runs:
+            wait_for(run.pk, "running")
+        browser.goto("/")
+        waiting = on_lab(alice, "echo finally", "sleep 300", preset="cpu-2")
+        runs.append(waiting)
+        row = browser.page.locator(f"#run-{waiting.pk}")
+        # Neither the reason nor the place in the queue needs a reload.
+        expect(row).to_contain_text("insufficient resources on 3 nodes")
+        expect(row).to_contain_text("#1 in the team's queue")
+        browser.screenshot("swarm-list-waiting")
+        terminate_run(runs[0], actor=alice)
+        expect(row.locator(".badge")).to_have_text("Running", timeout=30000)
+        expect(row).not_to_contain_text("waiting")
+    finally:
+        end_all(alice, runs)

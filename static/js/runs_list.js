@@ -20,6 +20,13 @@ async function refreshRow(runId) {
   }
 }
 
+function refreshWaiting(except) {
+  for (const row of document.querySelectorAll("tr[data-run]")) {
+    const runId = Number(row.dataset.run);
+    if (runId !== except && row.querySelector(".waiting")) refreshRow(runId);
+  }
+}
+
 // Progress may be reported many times a second: a row shows it at most every 2 s.
 const progressPending = new Set();
 function progressed(runId) {
@@ -34,8 +41,12 @@ function connect() {
   socket.onopen = () => { retry = 500; state.textContent = "Live: status changes appear as they happen."; };
   socket.onmessage = (event) => {
     const message = JSON.parse(event.data);
-    if (message.type === "status") refreshRow(message.run);
-    else if (message.type === "progress") progressed(message.run);
+    if (message.type === "status") {
+      refreshRow(message.run);
+      // A run left the queue, or joined it: the others' places in it change.
+      if (message.from === "pending" || message.to === "pending") refreshWaiting(message.run);
+    } else if (message.type === "progress") progressed(message.run);
+    else if (message.type === "waiting") refreshRow(message.run);
   };
   socket.onclose = () => {
     state.textContent = "Reconnecting…";

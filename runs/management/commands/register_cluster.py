@@ -83,5 +83,8 @@ class Command(BaseCommand):
             for fields in presets:
                 row, _ = ResourcePreset.objects.update_or_create(name=fields.pop("name"), defaults=fields)
                 row.clusters.add(cluster)
+        names = [fields.split(":")[0] for fields in preset]
         self.stdout.write(f"{'registered' if created else 'updated'} cluster {name} ({cluster.get_kind_display()})"
-                          + (f", presets {', '.join(p.split(':')[0] for p in preset)}" if preset else ""))
+                          + (f", presets {', '.join(names)}" if names else ""))
+        if names:
+            self.stdout.write(f"  a run file with `resources: {{cluster: {name}, preset: {names[0]}}}` runs there")

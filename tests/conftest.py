@@ -373,6 +373,19 @@ def in_thread(coroutine_function, *args):
         return pool.submit(conversation).result()
 
 
+# The executors a lifecycle test runs on: one engine, local processes, and a Swarm.
+EXECUTORS = ["docker", "local", "swarm"]
+
+
+def use_executor(request) -> str:
+    """For an `executor` fixture parametrized with EXECUTORS: what that executor needs."""
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+    if request.param == "swarm":
+        request.getfixturevalue("lab_cluster")  # a three-node Swarm of real engines
+    return request.param
+
+
 @pytest.fixture
 def lab_cluster(swarm_lab, engine):
     """The swarm lab registered as cluster `lab`, as `make cluster` does, with its presets:

@@ -16,18 +16,14 @@ from runs.executors import executor_for
 from runs.lifecycle import transition
 from runs.models import Run, RunEvent
 from runs.services import create_run, terminate_run
-from tests.conftest import BUSYBOX, Api, wait_for
+from tests.conftest import BUSYBOX, EXECUTORS, Api, use_executor, wait_for
 
 FINAL = {"completed", "failed", "terminated"}
 
 
-@pytest.fixture(params=["docker", "local", "swarm"])
+@pytest.fixture(params=EXECUTORS)
 def executor(request, engine):
-    if request.param == "docker":
-        request.getfixturevalue("docker_engine")
-    if request.param == "swarm":
-        request.getfixturevalue("lab_cluster")  # a three-node Swarm of real engines
-    return request.param
+    return use_executor(request)
 
 
 def spec(*commands: str, **extra) -> str:

@@ -8,7 +8,7 @@ import pytest
 from runs import logstore
 from runs import metrics
 from runs.models import LogChunk, Run
-from tests.conftest import wait_for
+from tests.conftest import EXECUTORS, use_executor, wait_for
 from tests.test_engine import launch, log_texts
 
 FINAL = {"completed", "failed", "terminated"}
@@ -34,11 +34,9 @@ def assert_numbered_exactly(run: Run, expected_texts: list[str]):
         raise AssertionError(f"{len(texts)} lines stored, {len(expected_texts)} printed; missing {missing}; {doubled} doubled")
 
 
-@pytest.fixture(params=["docker", "local"])
+@pytest.fixture(params=EXECUTORS)
 def executor(request, engine):
-    if request.param == "docker":
-        request.getfixturevalue("docker_engine")
-    return request.param
+    return use_executor(request)
 
 
 def test_it_stores_200000_lines_in_order(alice, engine, docker_engine):

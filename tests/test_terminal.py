@@ -12,16 +12,14 @@ from django.test import override_settings
 from dashboard.asgi import application
 from runs.services import terminate_run
 from terminal import sessions
-from tests.conftest import in_thread, wait_for
+from tests.conftest import EXECUTORS, in_thread, use_executor, wait_for
 from tests.test_engine import launch
 from tests.test_live import ORIGIN, session_cookie
 
 
-@pytest.fixture(params=["docker", "local"])
+@pytest.fixture(params=EXECUTORS)
 def executor(request, engine):
-    if request.param == "docker":
-        request.getfixturevalue("docker_engine")
-    return request.param
+    return use_executor(request)
 
 
 class Conversation:

@@ -29,6 +29,7 @@ TEST_INSTANCE = "t" + os.urandom(3).hex()
 # emptied the tables, must not make up an instance of its own.
 settings.RUNYARD_INSTANCE_ID = TEST_INSTANCE
 BUSYBOX = "runyard/busybox:latest"
+pytest_plugins = ["tests.swarm_lab"]
 
 
 def missing(what: str):

@@ -142,9 +142,9 @@ EOF
 
 swarm_up() {
   local token i joins=()
-  # The dispatcher heartbeat stays at its default of 5 s: a node whose engine dies is
-  # marked down after a few missed heartbeats, and a longer period would only make that
-  # slower. It is the knob for flaky links, which the lab does not have.
+  # The dispatcher heartbeat stays at its default of 5 s: a node whose engine is killed
+  # is marked down ("heartbeat failure") about 11 s later, and a longer period would
+  # only make that slower. It is the knob for flaky links, which the lab does not have.
   D 1 swarm init --advertise-addr 10.77.0.1 --listen-addr 10.77.0.1:2377 >/dev/null
   token=$(D 1 swarm join-token -q worker)
   for i in $(seq 2 "$NODES"); do

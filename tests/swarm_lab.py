@@ -23,7 +23,7 @@ BUSYBOX = "runyard/busybox:latest"
 
 def swarm_sh(env: dict, *args: str) -> str:
     """Run lab/swarm.sh; its output, or an error that carries it."""
-    done = subprocess.run([str(SWARM_SH), *args], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([str(SWARM_SH), *args], env=env, capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"lab/swarm.sh {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
     return done.stdout
@@ -91,7 +91,8 @@ class Lab:
 
 @pytest.fixture(scope="session")
 def swarm_lab(request):
-    from tests.conftest import missing  # here, not at the top: conftest loads this module
+    # here, not at the top: conftest loads this module
+    from tests.conftest import missing
 
     if os.geteuid() != 0:
         missing("the Swarm lab needs root (network namespaces, one dockerd per node)")

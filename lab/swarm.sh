@@ -73,11 +73,13 @@ lab_namespaces() {
   ip netns list | awk '{print $1}' | grep -E "^${LAB_NS}-(hub|n[0-9]+)\$" || true
 }
 
+# No default bridge: a run's container has loopback only, no route out. And
+# no-new-privileges for every container: Swarm (API 1.41) cannot ask it per service.
 dockerd_flags() {  # the flags of node i's dockerd, one a line
   local i=$1 d=$LAB_DIR/n$1
   printf '%s\n' --data-root "$d/data" --exec-root "$d/x" -H "unix://$d/docker.sock" \
     --pidfile "$d/docker.pid" --bridge=none --iptables=false --ip-masq=false \
-    --insecure-registry "$REGISTRY"
+    --no-new-privileges --insecure-registry "$REGISTRY"
   if [ "$i" = "$NODES" ]; then
     for g in $(seq 0 $((LAB_FAKE_GPUS - 1))); do
       printf '%s\n' --node-generic-resource "gpu=GPU-fake-$g"

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from runs import exports, imports, slots, team_secrets
 from runs.executors import EXECUTOR_NAMES, executor_for, get_executor, swarm_executors
-from runs.executors.base import ExecutorError, ExitInfo, Limits
+from runs.executors.base import ExecutorError, ExitInfo, Limits, Placement
 from runs.leases import LeaseHeartbeat, LeaseLost, release_lease, renew_lease, take_lease
 from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
 from runs.live import announce_waiting
@@ -83,6 +83,10 @@ def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
         if heartbeat.lost:
             # Another worker owns the start now: whether the run failed is its call.
             log.warning("run %s: start failed after its lease was taken over: %s", run_id, exc)
+            return NOTHING
+        if run.status == Status.PENDING and getattr(exc, "retry", False):
+            # Its cluster's manager is away: the run waits, and the reconciler tries again.
+            _say_why_waiting(run, f"waiting: {exc}")
             return NOTHING
         if run.status == Status.PENDING:
             # A submitted run fails at initializing, as on one engine (SPEC §1).
@@ -171,6 +175,9 @@ def collect_run(run_id: int) -> None:
                         _go_idle(run_id, code)
                         return
         except ExecutorError as exc:
+            if exc.retry:
+                writer.flush()
+                raise  # a passing trouble: the reconciler hands the run to a new collector
             vanished = str(exc)
         writer.end_pending_lines()
         writer.flush()
@@ -194,11 +201,14 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
         run = Run.objects.select_related("preset").get(pk=run_id)
         if run.status not in (Status.PENDING, Status.INITIALIZING):
             return run
-        placement = executor.placement(run)
+        try:
+            placement = executor.placement(run)
+        except ExecutorError as exc:
+            if not getattr(exc, "retry", False):
+                raise
+            placement = Placement("waiting", reason=f"waiting: {exc}")  # the manager is away: ask again
         if placement.state == "waiting":
-            if run.status == Status.PENDING and run.status_reason != placement.reason:
-                if Run.objects.filter(pk=run_id, status=Status.PENDING).update(status_reason=placement.reason[:1000]):
-                    announce_waiting(run_id, run.team_id, placement.reason)
+            _say_why_waiting(run, placement.reason)
         elif placement.state in ("initializing", "running") or (placement.state == "ended" and placement.ran):
             try:
                 if run.status == Status.PENDING:
@@ -221,6 +231,12 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
             renew_lease(run_id, owner)
             renewed = time.monotonic()
         time.sleep(PLACEMENT_CHECK_SECONDS)
+
+
+def _say_why_waiting(run: Run, reason: str) -> None:
+    if run.status == Status.PENDING and run.status_reason != reason:
+        if Run.objects.filter(pk=run.pk, status=Status.PENDING).update(status_reason=reason[:1000]):
+            announce_waiting(run.pk, run.team_id, reason)
 
 
 def _remaining_grace(run: Run) -> float:
@@ -324,10 +340,11 @@ def reconcile_runs() -> dict[str, int]:
     for run_id in Run.objects.filter(lease_free, status=Status.INITIALIZING).values_list("pk", flat=True):
         enqueue("start", run_id, on_commit=False)
         counts["start"] += 1
-    # Runs handed to their cluster (Swarm) that wait for room: their collector watches them.
+    # Runs handed to their cluster (Swarm) and left by their worker: the start makes sure
+    # their service exists (it is idempotent) and hands them to a collector that watches.
     for run_id in Run.objects.filter(lease_free, status=Status.PENDING, submitted_at__isnull=False).values_list("pk", flat=True):
-        enqueue("collect", run_id, on_commit=False)
-        counts["collect"] += 1
+        enqueue("start", run_id, on_commit=False)
+        counts["start"] += 1
     for run_id in Run.objects.filter(lease_free, status__in=[Status.RUNNING, Status.STOPPING]).values_list("pk", flat=True):
         enqueue("collect", run_id, on_commit=False)
         counts["collect"] += 1

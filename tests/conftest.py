@@ -263,6 +263,17 @@ def wait_for(run_id: int, statuses, timeout: float = 60.0, *, removed: bool = Fa
     raise AssertionError(f"run {run_id} is {run.status} ({run.status_reason!r}), not {statuses} after {timeout} s")
 
 
+def wait_until(condition, timeout: float = 60, what: str = "condition"):
+    """Poll `condition` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not reached after {timeout} s")
+
+
 class ConsoleUrl(str):
     """The live console's address; `pid` is its Daphne process."""
 

@@ -24,21 +24,12 @@ from django.test import Client
 
 from runs.models import Run, RunEvent, RunFile, Team
 from runs.services import create_run, terminate_run
-from tests.conftest import BUSYBOX, ROOT, Api, Worker, wait_for
+from tests.conftest import BUSYBOX, ROOT, Api, Worker, wait_for, wait_until
 from tests.test_engine import container_left, launch, log_texts, statuses, wait_for_log
 
 LEASE_SECONDS = 6  # RUNYARD_COLLECTOR_LEASE_SECONDS in worker_env
 SLEEPER = "echo up; while :; do sleep 0.2; done"
 
-
-def wait_until(condition, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached after {timeout} s")
 
 
 def run_state(run_id: int) -> Run:

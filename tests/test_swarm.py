@@ -11,7 +11,7 @@ from runs.engine import reconcile_runs
 from runs.executors import executor_for
 from runs.models import Run
 from runs.services import create_run, terminate_run
-from tests.conftest import Api, wait_for
+from tests.conftest import Api, wait_for, wait_until
 from tests.test_engine import log_texts, statuses, wait_for_log
 
 FINAL = {"completed", "failed", "terminated"}
@@ -22,14 +22,6 @@ def on_lab(user, *commands: str, preset: str = "cpu-1", **extra) -> Run:
             "run": [{"command": c} for c in commands], **extra}
     return create_run(user=user, source=yaml.safe_dump(body))
 
-
-def wait_until(check, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen in {timeout} s")
 
 
 def occupy_the_manager(user) -> Run:
@@ -54,14 +46,14 @@ def test_runs_wait_for_room_spread_over_nodes_and_start_when_room_frees(alice, l
     # Each lab node has two CPUs: cpu-2 fills one. Five runs on three nodes.
     runs = [on_lab(alice, "echo on $(hostname); sleep 300", preset="cpu-2") for _ in range(5)]
     try:
-        wait_until(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status="running").count() == 3, "three runs running")
+        wait_until(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status="running").count() == 3, what="three runs running")
         running = list(Run.objects.filter(pk__in=[r.pk for r in runs], status="running"))
         assert sorted(run.node for run in running) == ["n1", "n2", "n3"]
         waiting = sorted(Run.objects.filter(pk__in=[r.pk for r in runs], status="pending"), key=lambda r: r.pk)
         assert len(waiting) == 2
         api = Api(alice)
         wait_until(lambda: "insufficient resources on 3 nodes" in Run.objects.get(pk=waiting[0].pk).status_reason,
-                   "the Swarm's reason shown")
+                   what="the Swarm's reason shown")
         shown = api.get(f"/runs/{waiting[0].pk}").json()
         assert shown["status"] == "pending" and shown["queue_position"] == 1 and shown["node"] is None
         assert shown["status_reason"].startswith("waiting: ") and shown["cluster"] == "lab"
@@ -88,16 +80,16 @@ def test_a_gpu_run_gets_one_of_a_nodes_gpus_and_one_too_many_waits(alice, lab_cl
     # n3 advertises two (fake) GPUs as the Swarm generic resource `gpu`: no real GPU here.
     runs = [on_lab(alice, 'echo "gpu=$DOCKER_RESOURCE_GPU"; sleep 300', preset="gpu-1") for _ in range(3)]
     try:
-        wait_until(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status="running").count() == 2, "two GPU runs")
+        wait_until(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status="running").count() == 2, what="two GPU runs")
         running = list(Run.objects.filter(pk__in=[r.pk for r in runs], status="running"))
         assert {run.node for run in running} == {"n3"}
         gpus = set()
         for run in running:
-            wait_until(lambda: any(t.startswith("gpu=GPU-fake-") for t in log_texts(run)), "the GPU in the log")
+            wait_until(lambda: any(t.startswith("gpu=GPU-fake-") for t in log_texts(run)), what="the GPU in the log")
             gpus |= {t for t in log_texts(run) if t.startswith("gpu=")}
         assert gpus == {"gpu=GPU-fake-0", "gpu=GPU-fake-1"}  # one each, not the same one
         third = Run.objects.get(pk__in=[r.pk for r in runs], status="pending")
-        wait_until(lambda: "insufficient resources" in Run.objects.get(pk=third.pk).status_reason, "the third waits")
+        wait_until(lambda: "insufficient resources" in Run.objects.get(pk=third.pk).status_reason, what="the third waits")
     finally:
         end_all(alice, runs)
 
@@ -120,6 +112,7 @@ def test_exports_reports_and_limits_on_a_node(alice, lab_cluster, swarm_lab):
         "mkdir -p /output && echo result > /output/result.txt",
         "cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
         "ls /sys/class/net",
+        "grep -E '^(CapEff|NoNewPrivs):' /proc/self/status | tr -s '\t' ' '",
         export={"/output/": "volume://outputs"},
     )
     run = wait_for(run.pk, FINAL, removed=True)
@@ -130,9 +123,10 @@ def test_exports_reports_and_limits_on_a_node(alice, lab_cluster, swarm_lab):
     assert run.exports_state == "complete"
     assert api.get(f"/runs/{run.pk}/metrics/loss").json()["y"] == [0.5, 0.25]
     assert run.progress == 1
-    quota, interfaces = log_texts(run)
+    quota, interfaces, capabilities, no_new_privileges = log_texts(run)
     assert quota.split()[0] == "100000"  # one CPU: cpu-1's limit, per 100 ms period
     assert interfaces == "lo"  # no network route out: only loopback
+    assert capabilities == "CapEff: 0000000000000000" and no_new_privileges == "NoNewPrivs: 1"
 
 
 def test_a_shell_and_an_attach_on_a_worker_node(alice, lab_cluster):
@@ -168,7 +162,7 @@ def test_a_run_on_a_node_whose_engine_dies_fails_naming_the_node_and_keeps_its_l
     runs = [on_lab(alice, "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.2; done", preset="cpu-2") for _ in range(3)]
     victim_node = None
     try:
-        wait_until(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status="running").count() == 3, "three running")
+        wait_until(lambda: Run.objects.filter(pk__in=[r.pk for r in runs], status="running").count() == 3, what="three running")
         victim = Run.objects.get(pk__in=[r.pk for r in runs], node="n2")
         victim_node = victim.node
         wait_for_log(victim, "line 3")
@@ -216,7 +210,7 @@ def test_the_reconciler_removes_services_of_no_live_run(alice, lab_cluster):
     assert executor.exists(run)
     Run.objects.filter(pk=run.pk).delete()  # as if its row were gone: the service belongs to nothing
     reconcile_runs()
-    wait_until(lambda: run.pk not in executor.live_run_ids(), "the orphaned service removed", timeout=30)
+    wait_until(lambda: run.pk not in executor.live_run_ids(), what="the orphaned service removed", timeout=30)
 
 
 @pytest.mark.parametrize("resources, loc", [
@@ -255,3 +249,35 @@ def test_the_list_shows_live_why_a_run_waits_and_when_it_starts(browser, alice, 
         expect(row).not_to_contain_text("waiting")
     finally:
         end_all(alice, runs)
+
+
+def test_a_team_at_its_cap_hands_nothing_more_to_the_cluster(alice, lab_cluster):
+    from runs.models import Team
+
+    Team.objects.filter(name="vision").update(max_running=1)  # alice's team
+    runs = [on_lab(alice, "sleep 300") for _ in range(2)]
+    try:
+        first = wait_for(runs[0].pk, "running")
+        wait_until(lambda: "at its cap of 1" in Run.objects.get(pk=runs[1].pk).status_reason, what="the team's cap shown")
+        second = Run.objects.get(pk=runs[1].pk)
+        assert second.status == "pending" and second.submitted_at is None
+        assert not executor_for(second).exists(second)  # the cluster never heard of it
+        terminate_run(first, actor=alice)
+        assert wait_for(runs[1].pk, "running").node
+    finally:
+        end_all(alice, runs)
+
+
+def test_a_cluster_whose_manager_does_not_answer_keeps_its_runs_waiting(alice, engine, tmp_path):
+    from django.core.management import call_command
+
+    call_command("register_cluster", "away", "--swarm", "--manager", f"unix://{tmp_path}/no-engine.sock",
+                 "--registry", "registry.example.org", stdout=open("/dev/null", "w"))
+    run = create_run(user=alice, source=yaml.safe_dump({
+        "name": "waits", "image": "runyard/busybox:latest", "resources": {"cluster": "away"}, "run": [{"command": "true"}],
+    }))
+    wait_until(lambda: "manager of cluster away does not answer" in Run.objects.get(pk=run.pk).status_reason,
+               what="the reason shown")
+    assert Run.objects.get(pk=run.pk).status == "pending"
+    terminate_run(run, actor=alice)
+    assert statuses(wait_for(run.pk, "terminated")) == ["pending", "terminated"]

@@ -3,24 +3,15 @@ executor's tests will find it: three Ready nodes named n1..n3, the registry's bu
 running on a worker, n3's fake GPUs, and a node whose engine crashes and comes back.
 Real dockerds, as root; the GPUs are the only fake (there is none here)."""
 
-import time
 import uuid
 
 import pytest
 from docker.types import Resources, RestartPolicy
 
+from tests.conftest import wait_until
+
 BUSYBOX = "runyard/busybox:latest"
 
-
-def wait_for(probe, timeout: float, what: str):
-    """Poll `probe` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 @pytest.fixture
@@ -49,7 +40,7 @@ def finished_task(service, timeout: float = 30):
         if tasks and tasks[0]["Status"]["State"] in ("complete", "failed", "rejected"):
             return tasks[0]
 
-    return wait_for(probe, timeout, f"service {service.name} finished")
+    return wait_until(probe, timeout, f"service {service.name} finished")
 
 
 def node_ids(swarm_lab) -> dict[str, str]:
@@ -106,9 +97,9 @@ def test_a_killed_engine_is_seen_down_and_comes_back_ready(swarm_lab):
     old_pid = swarm_lab.engine_pid("n2")
 
     swarm_lab.kill_engine("n2")
-    wait_for(lambda: node_state(swarm_lab, n2) == "down", 30, "n2 seen down by the manager")
+    wait_until(lambda: node_state(swarm_lab, n2) == "down", 30, "n2 seen down by the manager")
     swarm_lab.start_engine("n2")
 
-    wait_for(lambda: node_state(swarm_lab, n2) == "ready", 30, "n2 ready again")
+    wait_until(lambda: node_state(swarm_lab, n2) == "ready", 30, "n2 ready again")
     assert swarm_lab.engine_pid("n2") != old_pid
     assert swarm_lab.client("n2").info()["Swarm"]["LocalNodeState"] == "active"

@@ -21,6 +21,20 @@ def with_reporter(env: dict[str, str], directory: str) -> dict[str, str]:
 class ExecutorError(Exception):
     """A failure a user should read: its message becomes the run's status reason."""
 
+    retry = False  # a passing trouble (a cluster's manager away): decide nothing, try again later
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run stands on a cluster that places runs itself (a Swarm): `waiting` for
+    room, `initializing` (on a node, not started yet), `running`, `ended`, or `gone`
+    (nothing of it is on the cluster)."""
+
+    state: str
+    node: str = ""
+    reason: str = ""
+    ran: bool = False  # it ended after its main process started: its log and exit code are kept
+
 
 @dataclass(frozen=True)
 class LogFrame:
@@ -83,6 +97,11 @@ class Executor(Protocol):
     def open_terminal(self, run, mode: str, cols: int, rows: int) -> "Terminal":
         """A terminal in the live run: "shell" starts a new shell with a TTY in it;
         "attach" follows the main process's output (read-only)."""
+
+    # An executor whose cluster places runs itself sets `places_runs = True`: `start`
+    # then only hands the run over, and the run waits `pending` until `placement(run)`
+    # says it runs (runs.engine._await_placement).
+    # def placement(self, run) -> Placement: ...
 
 
 class Terminal(Protocol):

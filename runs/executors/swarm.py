@@ -16,7 +16,7 @@ the manager does not end when the task does.
 
 import logging
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from docker.types import (
 )
 
 from runs.clusters import image_reference
-from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, run_script, with_reporter
+from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, Placement, run_script, with_reporter
 from runs.executors.docker import REPORTER_DIR, RUNYARD_DIR, DockerExecutor, log_config
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,10 @@ class NodeUnreachable(ExecutorError):
     pass
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where a run's task stands: `waiting` (for room), `initializing` (on a node, not
-    started yet), `running`, `ended`, or `gone` (no service)."""
+class ManagerUnreachable(ExecutorError):
+    """The cluster's manager does not answer: its runs wait, nothing is decided meanwhile."""
 
-    state: str
-    node: str = ""
-    reason: str = ""
-    ran: bool = False  # it ended after its main process started: its log and exit code are on the node
+    retry = True
 
 
 def waiting_reason(err: str) -> str:
@@ -113,7 +108,23 @@ class SwarmExecutor:
 
     @cached_property
     def manager(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.cluster.manager, tls=self.tls or False, timeout=60)
+        try:
+            return docker.DockerClient(base_url=self.cluster.manager, tls=self.tls or False, timeout=60)
+        except ENGINE_TROUBLE as exc:  # a bad URL or TLS folder
+            raise ManagerUnreachable(self._unreachable(exc)) from None
+
+    def _unreachable(self, exc) -> str:
+        return f"the manager of cluster {self.cluster.name} does not answer ({type(exc).__name__}: {str(exc)[:200]})"
+
+    @contextmanager
+    def _asking_manager(self):
+        """The manager's answers pass; its silence is ManagerUnreachable (the run waits)."""
+        try:
+            yield
+        except APIError:  # it answered, with an error: the caller's to judge
+            raise
+        except ENGINE_TROUBLE as exc:
+            raise ManagerUnreachable(self._unreachable(exc)) from None
 
     def service_name(self, run) -> str:
         return f"runyard-{self.instance_id}-run-{run.pk}"
@@ -126,7 +137,8 @@ class SwarmExecutor:
     def _task(self, run) -> dict | None:
         """The newest task of the run's service (there is one: restart condition none)."""
         try:
-            tasks = self.manager.api.tasks(filters={"service": self.service_name(run)})
+            with self._asking_manager():
+                tasks = self.manager.api.tasks(filters={"service": self.service_name(run)})
         except NotFound:
             return None
         # A filter on a service that is gone can match another whose name begins alike.
@@ -195,8 +207,9 @@ class SwarmExecutor:
             return run.image_digest  # a reproduction takes exactly its origin's image
         reference = image_reference(self.cluster, run.image)
         try:
-            found = self.manager.images.get_registry_data(reference)
-        except (NotFound, APIError) as exc:
+            with self._asking_manager():
+                found = self.manager.images.get_registry_data(reference)
+        except APIError as exc:
             where = f"registry {self.cluster.registry}" if self.cluster.registry and reference != run.image else "its registry"
             detail = getattr(exc, "explanation", None) or exc
             raise ExecutorError(f"image not found: {reference} is not in {where} ({detail})") from None
@@ -235,9 +248,10 @@ class SwarmExecutor:
             log_driver=DriverConfig(logs["Type"], logs["Config"]),
         )
         try:
-            created = self.manager.api.create_service(
-                template, name=self.service_name(run), labels=self.labels(run), mode=ServiceMode("replicated", replicas=1),
-            )
+            with self._asking_manager():
+                created = self.manager.api.create_service(
+                    template, name=self.service_name(run), labels=self.labels(run), mode=ServiceMode("replicated", replicas=1),
+                )
         except APIError as exc:
             if exc.status_code == 409:  # a retried start raced us to the name
                 return self._service(run).id
@@ -246,7 +260,8 @@ class SwarmExecutor:
 
     def _service(self, run):
         try:
-            return self.manager.services.get(self.service_name(run))
+            with self._asking_manager():
+                return self.manager.services.get(self.service_name(run))
         except NotFound:
             return None
 

@@ -313,6 +313,13 @@ start_node() {
     echo "$node's engine is running already"
     return 0
   fi
+  # A killed dockerd leaves its pidfile, and its containerd's, and neither may be reaped
+  # yet (a zombie keeps its /proc entry): dockerd would refuse to start over the one and
+  # wait forever for the other's socket.
+  rm -f "$LAB_DIR/n$i/docker.pid"
+  local containerd_pid
+  containerd_pid=$(cat "$LAB_DIR/n$i/x/containerd/containerd.pid" 2>/dev/null || echo 0)
+  ours "$containerd_pid" "containerd --config $LAB_DIR/n$i/x/containerd" || rm -f "$LAB_DIR/n$i/x/containerd/containerd.pid"
   start_dockerd "$i"
   echo "$node's engine started"
 }

@@ -6,6 +6,8 @@ places each run on a node with room. Admins register clusters in the Django admi
 (or with `manage.py register_cluster`); presets say which clusters offer them.
 """
 
+import re
+
 from runs.models import Cluster, ResourcePreset
 from runs.spec import DEFAULT_CLUSTER
 
@@ -69,3 +71,28 @@ def image_reference(cluster: Cluster, image: str) -> str:
     if not cluster.registry or has_registry_host(image):
         return image
     return f"{cluster.registry.rstrip('/')}/{image}"
+
+
+ENGINE_URL = re.compile(r"(unix|tcp|ssh)://\S+\Z")
+REGISTRY_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z")
+
+
+def cluster_errors(cluster: Cluster) -> dict[str, str]:
+    """What is wrong with a cluster's settings, by field (the admin's form shows them there)."""
+    errors = {}
+    if cluster.kind == Cluster.Kind.SWARM and not cluster.manager:
+        errors["manager"] = "a Swarm needs its manager's endpoint (unix:///path/docker.sock or tcp://host:2376)"
+    if cluster.manager and not ENGINE_URL.match(cluster.manager):
+        errors["manager"] = f"{cluster.manager!r} is not a Docker endpoint: unix:///path, tcp://host:port or ssh://user@host"
+    if cluster.registry and not REGISTRY_HOST.match(cluster.registry):
+        errors["registry"] = f"{cluster.registry!r}: a registry host, with a port if need be (registry.example.org:5000)"
+    nodes = cluster.node_engines
+    if not isinstance(nodes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in nodes.items()):
+        errors["node_engines"] = 'an object of node name to engine URL: {"n1": "tcp://10.0.0.11:2376"}'
+    else:
+        wrong = [name for name, url in nodes.items() if not ENGINE_URL.match(url)]
+        if wrong:
+            errors["node_engines"] = f"not a Docker endpoint (unix://, tcp:// or ssh://): {', '.join(sorted(wrong))}"
+    if cluster.kind == Cluster.Kind.ENGINE and (nodes or cluster.node_engine_port):
+        errors["node_engines"] = "only a Swarm has nodes: a single engine is reached at its manager endpoint"
+    return errors

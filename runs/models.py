@@ -3,6 +3,7 @@ import secrets
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -116,6 +117,13 @@ class Cluster(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        from runs.clusters import cluster_errors
+
+        errors = cluster_errors(self)
+        if errors:
+            raise ValidationError(errors)
 
 
 class ResourcePreset(models.Model):

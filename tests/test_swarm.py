@@ -180,6 +180,39 @@ def test_a_run_on_a_node_whose_engine_dies_fails_naming_the_node_and_keeps_its_l
         end_all(alice, runs)
 
 
+def test_a_run_on_a_node_whose_engine_restarts_fails_naming_the_node(alice, lab_cluster, swarm_lab):
+    runs = [occupy_the_manager(alice)]
+    try:
+        runs.append(on_lab(alice, "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.2; done", preset="cpu-2"))
+        run = wait_for(runs[-1].pk, "running")
+        wait_for_log(run, "line 3")
+        swarm_lab.kill_engine(run.node)
+        swarm_lab.start_engine(run.node)  # at once: a restart, not a loss
+        run = wait_for(run.pk, FINAL, timeout=60)
+        assert run.status == "failed"
+        assert run.node in run.status_reason, run.status_reason
+        assert "line 3" in log_texts(run)
+    finally:
+        end_all(alice, runs)
+
+
+def test_a_bad_cluster_setting_is_refused_naming_the_field(engine):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="needs --manager"):
+        call_command("register_cluster", "nowhere", "--swarm", stdout=open("/dev/null", "w"))
+    with pytest.raises(CommandError, match="manager: 'docker.example.org' is not a Docker endpoint"):
+        call_command("register_cluster", "nowhere", "--swarm", "--manager", "docker.example.org",
+                     stdout=open("/dev/null", "w"))
+    with pytest.raises(CommandError, match="node_engines: not a Docker endpoint"):
+        call_command("register_cluster", "odd", "--swarm", "--manager", "tcp://m:2376", "--node", "n1=http://x",
+                     stdout=open("/dev/null", "w"))
+    with pytest.raises(CommandError, match="registry"):
+        call_command("register_cluster", "odd", "--swarm", "--manager", "tcp://m:2376", "--registry", "https://r/x",
+                     stdout=open("/dev/null", "w"))
+
+
 def test_100000_lines_from_a_worker_node_are_stored_once_and_numbered(alice, lab_cluster):
     filler = occupy_the_manager(alice)
     try:

@@ -111,8 +111,8 @@ def _client(timeout: float = 60) -> docker.DockerClient:
     return docker.from_env(timeout=timeout)
 
 
-class _StreamBroke(Exception):
-    pass
+class StreamBroke(Exception):
+    """A follow of a container's log ended without its end: the connection to the engine broke."""
 
 
 class _ChunkReader(io.RawIOBase):
@@ -279,7 +279,7 @@ class DockerExecutor:
             try:
                 for frame in self._read_logs(run, container.id, position):
                     yield frame
-            except _StreamBroke as exc:
+            except StreamBroke as exc:
                 log.warning("run %s: log stream broke (%s), reading on from %s", run.pk, exc, position)
                 time.sleep(1)
                 continue
@@ -350,7 +350,7 @@ class DockerExecutor:
                     yield LogFrame(cursor=start.encode(), time=_docker_time(stamp), stream=stream, data=text)
                 if finished:
                     if outcome[0] is not None:
-                        raise _StreamBroke(outcome[0])
+                        raise StreamBroke(outcome[0])
                     return
         finally:
             response.close()

@@ -30,7 +30,7 @@ from docker.types import (
 
 from runs.clusters import image_reference
 from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, Placement, run_script, with_reporter
-from runs.executors.docker import REPORTER_DIR, RUNYARD_DIR, DockerExecutor, log_config
+from runs.executors.docker import REPORTER_DIR, RUNYARD_DIR, DockerExecutor, StreamBroke, log_config
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ NODE_CHECK_SECONDS = 3.0
 
 
 class NodeUnreachable(ExecutorError):
-    pass
+    def __init__(self, node: str, why: str):
+        super().__init__(f"node {node}: {why}")
+        self.why = why
 
 
 class ManagerUnreachable(ExecutorError):
@@ -85,13 +87,21 @@ class NodeEngine(DockerExecutor):
     def __init__(self, instance_id: str, node: str, base_url: str, tls=None):
         super().__init__(instance_id, base_url, tls)
         self.node = node
+        self.connection_broke = False  # a follow of a container's log lost its engine mid-stream
+
+    def _read_logs(self, run, container_id, start):
+        try:
+            yield from super()._read_logs(run, container_id, start)
+        except StreamBroke:
+            self.connection_broke = True
+            raise
 
     def _container(self, run):
         labels = [f"runyard.instance={self.instance_id}", f"runyard.run={run.pk}"]
         try:
             found = self.client.containers.list(all=True, filters={"label": labels})
         except ENGINE_TROUBLE as exc:
-            raise NodeUnreachable(f"node {self.node}'s Docker engine does not answer ({type(exc).__name__})") from None
+            raise NodeUnreachable(self.node, f"its Docker engine does not answer ({type(exc).__name__})") from None
         return max(found, key=lambda c: c.attrs.get("Created", "")) if found else None
 
 
@@ -101,6 +111,7 @@ class SwarmExecutor:
 
     def __init__(self, instance_id: str, cluster):
         self.instance_id, self.cluster = instance_id, cluster
+        self.interrupted: dict[int, str] = {}  # run id -> the node whose engine stopped answering while followed
 
     @cached_property
     def tls(self):
@@ -307,15 +318,20 @@ class SwarmExecutor:
                         checked = time.monotonic()
                         self._check_node(node_id, engine.node)
                     yield frame
+                if engine.connection_broke:
+                    self.interrupted[run.pk] = engine.node  # its engine went away while the run ran
                 return
             except NodeUnreachable as exc:
+                self.interrupted[run.pk] = engine.node
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since >= settings.RUNYARD_NODE_LOST_SECONDS:
-                    raise ExecutorError(f"node {engine.node} lost: {exc}") from None
+                    raise ExecutorError(f"node {engine.node} lost: {exc.why}") from None
                 yield None
                 time.sleep(1)
             except ExecutorError as exc:
-                raise ExecutorError(f"{exc} on node {engine.node}") from None
+                if f"node {engine.node}" in str(exc):
+                    raise
+                raise ExecutorError(f"{exc} on node {engine.node}") from None  # "container disappeared on node n2"
 
     def _check_node(self, node_id: str, name: str) -> None:
         try:
@@ -323,7 +339,8 @@ class SwarmExecutor:
         except ENGINE_TROUBLE:
             return  # the manager itself is away: it decides nothing now
         if state not in ("ready",):
-            raise NodeUnreachable(f"the swarm manager reports node {name} {state}")
+            # The Swarm stops the task when the node is back: the run ends now, saying why.
+            raise ExecutorError(f"node {name} lost: the swarm manager reports it {state}")
 
     def main_exit_code(self, run) -> int | None:
         try:
@@ -333,14 +350,17 @@ class SwarmExecutor:
 
     def exit_info(self, run) -> ExitInfo:
         try:
-            return self.node_engine(run).exit_info(run)
+            info = self.node_engine(run).exit_info(run)
         except NodeUnreachable:
-            pass
-        task = self._task(run)
-        if task is None:
-            return ExitInfo(None, "container disappeared")
-        code = task.get("Status", {}).get("ContainerStatus", {}).get("ExitCode")
-        return ExitInfo(code, "")
+            task = self._task(run)
+            if task is None:
+                return ExitInfo(None, "container disappeared")
+            info = ExitInfo(task.get("Status", {}).get("ContainerStatus", {}).get("ExitCode"), "")
+        node = self.interrupted.get(run.pk)
+        if node and not info.reason and info.exit_code in (137, 143):
+            # A restarted engine kills what ran on it (Swarm has no live restore).
+            return ExitInfo(info.exit_code, f"killed when node {node}'s Docker engine restarted")
+        return info
 
     def exists(self, run) -> bool:
         """The run's service has a task that waits, starts, or has a container on its node."""

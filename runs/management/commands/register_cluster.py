@@ -11,6 +11,7 @@ import shlex
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -75,11 +76,16 @@ class Command(BaseCommand):
         if swarm and not manager:
             raise CommandError("a Swarm cluster needs --manager (or --lab)")
         presets = [parse_preset(text) for text in preset]
+        fields = {
+            "kind": Cluster.Kind.SWARM if swarm else Cluster.Kind.ENGINE, "manager": manager, "tls_dir": tls_dir,
+            "registry": registry, "node_engines": nodes, "node_engine_port": node_engine_port,
+        }
+        try:
+            Cluster(name=name, **fields).full_clean(validate_unique=False)
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())) from None
         with transaction.atomic():
-            cluster, created = Cluster.objects.update_or_create(name=name, defaults={
-                "kind": Cluster.Kind.SWARM if swarm else Cluster.Kind.ENGINE, "manager": manager, "tls_dir": tls_dir,
-                "registry": registry, "node_engines": nodes, "node_engine_port": node_engine_port,
-            })
+            cluster, created = Cluster.objects.update_or_create(name=name, defaults=fields)
             for fields in presets:
                 row, _ = ResourcePreset.objects.update_or_create(name=fields.pop("name"), defaults=fields)
                 row.clusters.add(cluster)

@@ -79,6 +79,12 @@ class Lab:
                 raise RuntimeError(f"{node}'s dockerd ({pid}) outlived SIGKILL by 10 s")
             time.sleep(0.05)
 
+    def cut_link(self, node: str, up: bool = False):
+        """Unplug the node from the lab's network (or plug it back): the manager loses it,
+        while its engine still answers on its socket, as a partition would look."""
+        subprocess.run(["ip", "-n", f"{self.ns}-hub", "link", "set", f"v{node.replace('n', 'h', 1)}", "up" if up else "down"],
+                       check=True)
+
     def start_engine(self, node: str):
         """Start the node's dockerd again, with the flags it had; returns once it answers."""
         swarm_sh(self.env, "start-node", node)

@@ -13,6 +13,7 @@ from runs.models import Run
 from runs.services import create_run, terminate_run
 from tests.conftest import Api, wait_for, wait_until
 from tests.test_engine import log_texts, statuses, wait_for_log
+from tests.test_swarm_lab import node_ids, node_state
 
 FINAL = {"completed", "failed", "terminated"}
 
@@ -193,6 +194,27 @@ def test_a_run_on_a_node_whose_engine_restarts_fails_naming_the_node(alice, lab_
         assert run.node in run.status_reason, run.status_reason
         assert "line 3" in log_texts(run)
     finally:
+        end_all(alice, runs)
+
+
+def test_a_run_on_a_node_the_manager_loses_fails_naming_the_node(alice, lab_cluster, swarm_lab):
+    runs = [occupy_the_manager(alice)]
+    node = None
+    try:
+        runs.append(on_lab(alice, "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.2; done", preset="cpu-2"))
+        run = wait_for(runs[-1].pk, "running")
+        node = run.node
+        wait_for_log(run, "line 3")
+        swarm_lab.cut_link(node)  # its engine still answers the console; the manager hears nothing
+        run = wait_for(run.pk, FINAL, timeout=60)  # the manager's heartbeat gives up after about 10 s
+        assert run.status == "failed"
+        assert run.status_reason == f"node {node} lost: the swarm manager reports it down"
+        assert "line 3" in log_texts(run)
+    finally:
+        if node:
+            swarm_lab.cut_link(node, up=True)
+            node_id = node_ids(swarm_lab)[node]
+            wait_until(lambda: node_state(swarm_lab, node_id) == "ready", what=f"{node} back", timeout=60)
         end_all(alice, runs)
 
 

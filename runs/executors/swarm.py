@@ -314,7 +314,7 @@ class SwarmExecutor:
                 for frame in engine.follow_logs(run, cursor):
                     if frame is not None:
                         cursor, failing_since = frame.cursor, None
-                    elif time.monotonic() - checked > NODE_CHECK_SECONDS:
+                    if time.monotonic() - checked > NODE_CHECK_SECONDS:
                         checked = time.monotonic()
                         self._check_node(node_id, engine.node)
                     yield frame

@@ -95,7 +95,7 @@ class Cluster(models.Model):
                   "for a single engine, empty: this console's own engine (DOCKER_HOST)",
     )
     tls_dir = models.CharField(
-        max_length=500, blank=True,
+        "TLS folder", max_length=500, blank=True,
         help_text="a folder on the console's host with ca.pem, cert.pem and key.pem for TLS to the "
                   "manager and the nodes (as DOCKER_CERT_PATH); empty: no TLS",
     )
@@ -111,7 +111,7 @@ class Cluster(models.Model):
     )
     node_engine_port = models.PositiveIntegerField(
         null=True, blank=True,
-        help_text="for a node not in node_engines: its engine at tcp://<the node's swarm address>:<this port>",
+        help_text="for a node not in node_engines: its engine at tcp://ADDRESS:PORT, ADDRESS being the node's address in the Swarm",
     )
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -125,3 +125,23 @@ def test_a_team_admin_uses_admin_in_the_browser(chromium, console_url, transacti
         page.screenshot("admin-team-admin-runs")
     finally:
         page.page.context.close()
+
+
+def test_staff_register_a_cluster_and_bad_settings_are_refused_by_field(tina, defaults):
+    from runs.models import Cluster
+
+    root = signed_in(get_user_model().objects.create_superuser("root", password="pw-root"))
+    form = {"name": "gpu", "kind": "swarm", "manager": "docker.example.org", "tls_dir": "", "registry": "https://r/x",
+            "node_engines": '{"n1": "http://x"}', "node_engine_port": ""}
+    page = root.post("/admin/runs/cluster/add/", form)
+    assert page.status_code == 200  # the form again, with what is wrong by field
+    errors = page.context["adminform"].form.errors
+    assert set(errors) == {"manager", "registry", "node_engines"}
+    assert "is not a Docker endpoint" in errors["manager"][0]
+    assert not Cluster.objects.filter(name="gpu").exists()
+    form.update(manager="tcp://manager.example.org:2376", registry="registry.example.org:5000",
+                node_engines='{"n1": "tcp://10.0.0.11:2376"}', node_engine_port="2376")
+    assert root.post("/admin/runs/cluster/add/", form).status_code == 302
+    assert Cluster.objects.get(name="gpu").node_engines == {"n1": "tcp://10.0.0.11:2376"}
+    # A team admin who is not staff does not see clusters at all.
+    assert signed_in(tina).get("/admin/runs/cluster/").status_code == 403

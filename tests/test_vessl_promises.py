@@ -10,7 +10,7 @@ import pytest
 from runs.executors import executor_for
 from runs.models import RunFile
 from runs.services import terminate_run
-from tests.conftest import EXECUTORS, use_executor, wait_for
+from tests.conftest import EXECUTORS, use_executor, wait_for, wait_until
 from tests.test_engine import launch, log_texts, statuses
 
 SH_ONLY = "runyard/sh-only:latest"  # nothing but /bin/sh: no cat, no sleep, no mkdir (images/build.sh)
@@ -82,3 +82,94 @@ def test_an_image_user_who_is_not_root_can_write_the_export_folder(alice, engine
     run = wait_for(run.pk, {"completed", "failed"}, timeout=90, removed=True)
     assert run.status == "completed", run.status_reason
     assert list(RunFile.objects.filter(run=run).values_list("path", flat=True)) == ["/output/result.txt"]
+
+
+# -- make run stops on Ctrl-C ----------------------------------------------------------
+
+
+def embedded_env(var_dir, port: int) -> dict:
+    """`make run`'s environment: the embedded default (no DATABASE_URL, no REDIS_URL),
+    its data in a folder of its own; short leases and reconciles keep the test quick."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    return {**env, "RUNYARD_VAR_DIR": str(var_dir), "PORT": str(port), "SECRET_KEY": "runyard-tests-only",
+            "RUNYARD_COLLECTOR_LEASE_SECONDS": "5", "RUNYARD_RECONCILE_SECONDS": "2"}
+
+
+def start_console(env: dict, port: int, log_file):
+    """Daphne as `make run` starts it, in a process group of its own (Ctrl-C signals the group)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.conf import settings
+
+    daphne = Path(sys.executable).parent / "daphne"
+    return subprocess.Popen([str(daphne), "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+                            cwd=settings.BASE_DIR, env=env, stdout=log_file, stderr=log_file, process_group=0)
+
+
+def test_make_run_stops_on_ctrl_c_and_picks_its_live_run_up_again(tmp_path, docker_engine):
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from django.conf import settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = embedded_env(tmp_path / "var", port)
+    instance = f"ctrlc-{os.getpid()}"
+    env["RUNYARD_INSTANCE_ID"] = instance  # its containers, told from other consoles' on this engine
+    manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, check=True)
+    token = subprocess.run([*manage, "createtoken", "ctrl-c"], env=env, check=True, capture_output=True,
+                           text=True).stdout.strip().splitlines()[-1]
+    base = f"http://127.0.0.1:{port}/api/v1"
+
+    def api(path: str, body: bytes | None = None):
+        request = urllib.request.Request(base + path, data=body, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/yaml"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
+
+    def api_up() -> bool:
+        try:
+            return json.loads(api("/health"))["status"] == "ok"
+        except OSError:
+            return False
+
+    log_file = open(tmp_path / "console.log", "ab")
+    console = start_console(env, port, log_file)
+    try:
+        wait_until(api_up, 60, "the console answers")
+        lines = 12
+        run = json.loads(api("/runs", f"name: ctrl-c\nimage: runyard/busybox:latest\nrun:\n"
+                                      f"  - command: for i in $(seq {lines}); do echo line $i; sleep 1; done\n".encode()))
+        wait_until(lambda: b"line 2" in api(f"/runs/{run['id']}/logs.txt"), 60, "the run's output arrives")
+
+        os.killpg(console.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
+        try:
+            console.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("`make run` was still up 10 s after Ctrl-C")
+
+        console = start_console(env, port, log_file)
+        wait_until(api_up, 60, "the console answers again")
+        wait_until(lambda: json.loads(api(f"/runs/{run['id']}"))["status"] in ("completed", "failed", "terminated"),
+                   90, "the run ends")
+        assert json.loads(api(f"/runs/{run['id']}"))["status"] == "completed"
+        assert api(f"/runs/{run['id']}/logs.txt").decode().splitlines() == [f"line {i}" for i in range(1, lines + 1)]
+    finally:
+        if console.poll() is None:
+            os.killpg(console.pid, signal.SIGKILL)
+            console.wait()
+        log_file.close()
+        for container in docker_engine.containers.list(all=True, filters={"label": f"runyard.instance={instance}"}):
+            container.remove(force=True, v=True)

@@ -3,6 +3,8 @@
 # this machine has no container registry, so nothing is pulled.
 #   runyard/busybox:latest  - a static busybox, builds in a second
 #   runyard/python:3.11     - Debian bookworm's python3 via debootstrap, about a minute
+#   runyard/sh-only:latest  - nothing but /bin/sh (dash, and the libc it loads): what Runyard
+#                             needs of an image at least (no cat, no sleep, no mkdir)
 # Idempotent: an image that already exists is left alone (pass --force to rebuild).
 #
 #   images/build.sh [--force] [--push REGISTRY --engine URL] [IMAGE...]
@@ -11,7 +13,7 @@
 # host in front (runyard/busybox:latest -> REGISTRY/runyard/busybox:latest), through the
 # engine at URL, which must reach REGISTRY (lab/swarm.sh uses its manager's engine).
 # IMAGE arguments limit the building and pushing to those images (any image the main
-# engine has can be pushed); without them, both images above.
+# engine has can be pushed); without them, every image above.
 set -euo pipefail
 force= registry= engine= images=()
 while [ $# -gt 0 ]; do
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ -n "$registry" ] && [ -z "$engine" ]; then echo "--push needs --engine" >&2; exit 2; fi
-[ ${#images[@]} -gt 0 ] || images=(runyard/busybox:latest runyard/python:3.11)
+[ ${#images[@]} -gt 0 ] || images=(runyard/busybox:latest runyard/python:3.11 runyard/sh-only:latest)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -42,6 +44,18 @@ if wanted runyard/busybox:latest && ! have runyard/busybox:latest; then
   chmod 1777 "$work/busybox/tmp"
   tar -C "$work/busybox" -c . | docker import -c 'CMD ["/bin/sh"]' - runyard/busybox:latest >/dev/null
   echo "built runyard/busybox:latest"
+fi
+
+if wanted runyard/sh-only:latest && ! have runyard/sh-only:latest; then
+  # dash and the libraries it loads: busybox's sh would run its other applets (cat...) itself.
+  mkdir -p "$work/sh-only/bin"
+  cp /bin/dash "$work/sh-only/bin/sh"
+  for lib in $(ldd /bin/dash | grep -o '/[^ ]*'); do
+    mkdir -p "$work/sh-only$(dirname "$lib")"
+    cp -L "$lib" "$work/sh-only$lib"
+  done
+  tar -C "$work/sh-only" -c . | docker import -c 'CMD ["/bin/sh"]' - runyard/sh-only:latest >/dev/null
+  echo "built runyard/sh-only:latest"
 fi
 
 if wanted runyard/python:3.11 && ! have runyard/python:3.11; then

@@ -17,7 +17,7 @@
 #                  prefixes and folders run side by side, each on its own 10.77.0.0/24
 #   LAB_FAKE_GPUS  N > 0 gives the last node N fake GPUs (generic resource gpu=GPU-fake-0 ...)
 #   LAB_IMAGES     images copied from the main engine into the lab's registry as
-#                  10.77.0.1:5000/<name> (default "runyard/busybox:latest runyard/python:3.11")
+#                  10.77.0.1:5000/<name> (default "runyard/busybox:latest runyard/python:3.11 runyard/sh-only:latest")
 #
 # `up` writes $LAB_DIR/lab.env, KEY=VALUE lines (LAB_MANAGER, LAB_REGISTRY, LAB_NODES,
 # LAB_NODE_nN, LAB_NS, LAB_DIR) for whatever uses the lab. `start-node nN` starts a
@@ -28,7 +28,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 LAB_DIR=$(realpath -m "${LAB_DIR:-$root/var/lab}")
 NODES=${NODES:-3}
 LAB_FAKE_GPUS=${LAB_FAKE_GPUS:-0}
-LAB_IMAGES=${LAB_IMAGES-runyard/busybox:latest runyard/python:3.11}
+LAB_IMAGES=${LAB_IMAGES-runyard/busybox:latest runyard/python:3.11 runyard/sh-only:latest}
 REGISTRY=10.77.0.1:5000
 
 # The namespace prefix is kept in the state folder (lab.ns, written before any namespace

@@ -9,13 +9,15 @@ as a run runs. With Celery, collectors have a queue of their own (`collect`) and
 start, stop, dispatch and reconcile go to `control` (routes in dashboard/settings.py),
 each served by its own worker. In the embedded default each kind has its own pool:
 stops (and dispatch) in a small `control` pool, starts in `start`, collectors in
-`collect`, sized by RUNYARD_COLLECTOR_THREADS.
+`collect`, sized by RUNYARD_COLLECTOR_THREADS. Their threads do not hold the process
+up when it exits (Ctrl-C on `make run`): what they were doing is taken up again at the
+next start, as after a crash (leases expire, the reconciler hands the runs on).
 """
 
 import logging
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from celery import shared_task
 from django.conf import settings
@@ -83,7 +85,40 @@ def enqueue_dispatch() -> None:
         dispatch.delay()
 
 
-_pools: dict[str, ThreadPoolExecutor] = {}
+class DaemonPool:
+    """Up to `size` threads taking jobs in order, started as jobs need them. Unlike
+    ThreadPoolExecutor's, they are daemon threads: the interpreter does not wait at
+    exit for a collector that would run as long as its run."""
+
+    def __init__(self, size: int, name: str):
+        self.size, self.name = size, name
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.threads = 0
+        self.idle = 0  # threads waiting for a job that no submitted job has claimed yet
+
+    def submit(self, fn, *args) -> None:
+        with self.lock:
+            if self.idle:
+                self.idle -= 1  # that thread takes this job
+            elif self.threads < self.size:
+                self.threads += 1
+                threading.Thread(target=self._work, name=f"{self.name}_{self.threads}", daemon=True).start()
+            # else every thread is busy: the job waits its turn
+        self.jobs.put((fn, args))
+
+    def _work(self) -> None:
+        while True:
+            fn, args = self.jobs.get()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("in-process job %s failed", getattr(fn, "__name__", fn))
+            with self.lock:
+                self.idle += 1
+
+
+_pools: dict[str, DaemonPool] = {}
 _pool_lock = threading.Lock()
 # (task name, run id) submitted to a pool and not started yet: the reconciler asks
 # again every few seconds for a run that waits for a collector thread, and one
@@ -110,13 +145,13 @@ def _run_logged(key: tuple[str, int | None], task, *args) -> None:
         log.exception("task %s failed for %s", task.name, args)
 
 
-def in_process_pool(kind: str = "control") -> ThreadPoolExecutor:
+def in_process_pool(kind: str = "control") -> DaemonPool:
     """The embedded default's worker pools, and its stand-in for celery beat."""
     with _pool_lock:
         if not _pools:
             sizes = {"control": CONTROL_THREADS, "start": START_THREADS, "collect": settings.RUNYARD_COLLECTOR_THREADS}
             for pool_kind, size in sizes.items():
-                _pools[pool_kind] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"runyard-{pool_kind}")
+                _pools[pool_kind] = DaemonPool(size, f"runyard-{pool_kind}")
             threading.Thread(target=_beat, name="runyard-beat", daemon=True).start()
         return _pools[kind]
 

@@ -19,6 +19,7 @@ import pytest
 
 SWARM_SH = Path(__file__).resolve().parent.parent / "lab" / "swarm.sh"
 BUSYBOX = "runyard/busybox:latest"
+SH_ONLY = "runyard/sh-only:latest"  # nothing but /bin/sh (images/build.sh)
 
 
 def swarm_sh(env: dict, *args: str) -> str:
@@ -112,11 +113,12 @@ def swarm_lab(request):
     except docker.errors.DockerException:
         missing(f"the main Docker engine or its image {BUSYBOX} is missing: the lab copies it (images/build.sh)")
 
+    subprocess.run([str(SWARM_SH.parent.parent / "images" / "build.sh"), SH_ONLY], check=True, stdout=subprocess.DEVNULL)
     # Short (unix socket paths hold 107 bytes) and unique, like the namespace prefix, so
     # the lab never meets `make cluster-lab`'s or another session's.
     lab_dir = tempfile.mkdtemp(prefix="rylab-", dir="/tmp")
     env = {**os.environ, "LAB_DIR": lab_dir, "LAB_NS": "ryt" + os.urandom(2).hex(), "NODES": "3",
-           "LAB_FAKE_GPUS": "2", "LAB_IMAGES": BUSYBOX}
+           "LAB_FAKE_GPUS": "2", "LAB_IMAGES": f"{BUSYBOX} {SH_ONLY}"}
     lab = None
 
     def tear_down():

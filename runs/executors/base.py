@@ -140,7 +140,8 @@ def run_script(commands: list[dict], *, protect: bool, forward_signals: bool) ->
     lines = ['mkdir -p "$RUNYARD_DIR" 2>/dev/null', 'home_dir=$(pwd)']
     if forward_signals:
         # Our own PID namespace: -1 is every process in the container but init and us.
-        lines.append("trap 'kill -TERM -1 2>/dev/null' TERM INT")
+        # (CONT too: the waiter below is stopped, and a stopped process ends on SIGKILL only.)
+        lines.append("trap 'kill -TERM -1 2>/dev/null; kill -CONT -1 2>/dev/null' TERM INT")
     else:
         # The signal reaches the whole process group already; survive it to record the exit code.
         # (A handler, not '' : an ignored signal would stay ignored in the commands too.)
@@ -155,6 +156,9 @@ def run_script(commands: list[dict], *, protect: bool, forward_signals: bool) ->
     lines.append("while :; do wait $child; code=$?; kill -0 $child 2>/dev/null || break; done")
     lines.append('echo $code > "$RUNYARD_DIR/exit_code"')
     if protect:
-        lines.append("sleep 2147483647 & wait $!")
+        # Wait for ever with no program but the shell (an image may have only /bin/sh):
+        # `sleep` where there is one, else a shell that stops itself.
+        lines.append("if command -v sleep >/dev/null 2>&1; then sleep 2147483647 & else sh -c 'kill -STOP $$' & fi")
+        lines.append("wait $!")
     lines.append("exit $code")
     return "\n".join(lines) + "\n"

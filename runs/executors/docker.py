@@ -19,6 +19,7 @@ from functools import cached_property
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DriverConfig, Mount
 from django.conf import settings
 
 from runs.executors.base import (
@@ -198,7 +199,7 @@ class DockerExecutor:
                     mem_limit=memory,
                     memswap_limit=memory,
                     pids_limit=4096,
-                    tmpfs={RUNYARD_DIR: "mode=1777,size=1m"},
+                    mounts=[runyard_dir_mount()],
                     volumes=mounts,
                     log_config=log_config(),
                     stdin_open=False,
@@ -214,7 +215,7 @@ class DockerExecutor:
         container.reload()
         if container.status == "created":
             try:
-                container.put_archive("/", _reporter_tar())
+                container.put_archive("/", _reporter_tar(run.spec.get("export", {})))
                 container.start()
             except APIError as exc:
                 raise ExecutorError(f"container start error: {exc.explanation or exc}") from None
@@ -357,19 +358,22 @@ class DockerExecutor:
             client.close()
 
     def main_exit_code(self, run) -> int | None:
+        """Read through the engine's archive API: no program of the image is needed
+        (an image may have nothing but /bin/sh)."""
         container = self._container(run)
         if container is None or container.status != "running":
             return None
         try:
-            result = container.exec_run(["cat", f"{RUNYARD_DIR}/exit_code"], stdout=True, stderr=False)
-        except APIError:
-            return None
-        if result.exit_code != 0:
-            return None
+            chunks, _ = container.get_archive(f"{RUNYARD_DIR}/exit_code")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+                member = tar.next()
+                text = tar.extractfile(member).read() if member is not None and member.isfile() else b""
+        except (APIError, tarfile.TarError):
+            return None  # not written yet
         try:
-            return int(result.output.decode().strip())
+            return int(text.decode().strip())
         except ValueError:
-            return None
+            return None  # half written
 
     def exit_info(self, run) -> ExitInfo:
         container = self._container(run)
@@ -399,7 +403,7 @@ class DockerExecutor:
         labels = [f"runyard.instance={self.instance_id}", f"runyard.run={run.pk}"]
         for container in self.client.containers.list(all=True, filters={"label": labels}):
             try:
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # and its RUNYARD_DIR volume
             except NotFound:
                 pass
 
@@ -495,10 +499,27 @@ def _docker_time(stamp: bytes) -> float:
     return seconds + (float(b"0." + fraction) if fraction.isdigit() else 0.0)
 
 
-def _reporter_tar() -> bytes:
-    """The in-run reporter module as a tar for put_archive at /."""
+def runyard_dir_mount() -> Mount:
+    """RUNYARD_DIR: a small tmpfs, as a volume of the local driver rather than a plain
+    tmpfs mount, so that the engine's archive API sees into it (main_exit_code). It
+    goes with the container (removed with v=True; Swarm removes a task's volumes)."""
+    options = {"type": "tmpfs", "device": "tmpfs", "o": "mode=1777,size=1m"}
+    return Mount(RUNYARD_DIR, None, type="volume", driver_config=DriverConfig("local", options))
+
+
+def _reporter_tar(exports=()) -> bytes:
+    """The in-run reporter module, and every export path as an empty folder anyone in
+    the container may write to (the image's user may not be root), as a tar for
+    put_archive at /: the run's first command finds them there."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in exports:
+            if path.strip("/"):
+                # The folder only: the engine makes missing folders above it and leaves
+                # existing ones as the image has them (a user's home stays theirs).
+                folder = tarfile.TarInfo(path.strip("/"))
+                folder.type, folder.mode = tarfile.DIRTYPE, 0o777
+                tar.addfile(folder)
         parts = REPORTER_DIR.strip("/").split("/")
         for depth in range(1, len(parts) + 1):
             folder = tarfile.TarInfo("/".join(parts[:depth]))

@@ -30,7 +30,9 @@ from docker.types import (
 
 from runs.clusters import image_reference
 from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, Placement, run_script, with_reporter
-from runs.executors.docker import REPORTER_DIR, RUNYARD_DIR, DockerExecutor, StreamBroke, log_config
+from runs.executors.docker import (
+    REPORTER_DIR, RUNYARD_DIR, DockerExecutor, StreamBroke, log_config, runyard_dir_mount,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,15 @@ def pinned(reference: str, digest: str) -> str:
     if colon > slash:  # a tag, not a registry's port
         name = name[:colon]
     return f"{name}@{digest}"
+
+
+def export_mounts(run) -> list[Mount]:
+    """Each export path as a volume of its own, so it exists before the first command:
+    a Swarm starts the container itself, nothing can be copied in before. The engine
+    gives a new volume what the image has at that path (its owner among it), else an
+    empty folder owned by root. The archive API reads volumes, so exports see it all;
+    the volume goes with the task's container."""
+    return [Mount(path.rstrip("/"), None, type="volume") for path in run.spec.get("export", {})]
 
 
 class NodeEngine(DockerExecutor):
@@ -240,7 +251,7 @@ class SwarmExecutor:
             command=["/bin/sh", "-c", script],
             env={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR},
             labels=self.labels(run),
-            mounts=[Mount(RUNYARD_DIR, None, type="tmpfs", tmpfs_size=1 << 20, tmpfs_mode=0o1777)],
+            mounts=[runyard_dir_mount(), *export_mounts(run)],
             configs=[ConfigReference(reporter.id, reporter.name, filename=f"{REPORTER_DIR}/runyard.py", mode=0o444)],
             stop_grace_period=int(run.termination_grace * 1e9),
             stop_signal="SIGTERM",

@@ -51,10 +51,19 @@ def _charged_runs(team_id: int):
     return Run.objects.filter(team_id=team_id, initializing_at__isnull=False)
 
 
-def team_credits_used(team_id: int) -> Decimal:
-    """Every credit the team's runs have used, live ones up to now."""
+def team_credits_by_status(team_id: int) -> dict[str, Decimal]:
+    """Every credit the team's runs have used (live ones up to now), by status."""
     rows = _charged_runs(team_id).values("preset__credits_per_hour").annotate(**_span_sums(timezone.now()))
-    return sum((sum(_credits_of(row).values(), Decimal(0)) for row in rows), Decimal("0.0000"))
+    used = _empty()
+    for row in rows:
+        for status, amount in _credits_of(row).items():
+            used[status] += amount
+    del used["credits"]
+    return used
+
+
+def team_credits_used(team_id: int) -> Decimal:
+    return sum(team_credits_by_status(team_id).values(), Decimal("0.0000"))
 
 
 def team_usage(team_id: int) -> dict:

@@ -1,5 +1,6 @@
 import hashlib
 import secrets
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -272,6 +273,13 @@ class Run(models.Model):
         if self.status != Status.RUNNING:
             return None
         return eta_seconds(self.progress_samples, timezone.now().timestamp())
+
+    @property
+    def idle_deadline(self):
+        """When an idle run is terminated for its team's idle limit; None: never."""
+        if self.status != Status.IDLE or not self.idle_at or self.team.idle_limit_seconds is None:
+            return None
+        return self.idle_at + timedelta(seconds=self.team.idle_limit_seconds)
 
     @property
     def credits_by_status(self) -> dict[str, Decimal]:

@@ -154,7 +154,7 @@ def _credit_limit(value) -> Decimal | None:
     if not 0 <= amount <= CREDIT_LIMIT_TOP or amount != amount.quantize(Decimal("0.0001")):
         raise ApiError(400, "credit_limit is out of range", [{"loc": "credit_limit",
                        "msg": f"must be between 0 and {CREDIT_LIMIT_TOP}, with at most 4 decimal places"}])
-    return amount
+    return amount.quantize(Decimal("0.0001"))  # as the database gives it back
 
 
 def _idle_limit_seconds(value) -> int | None:

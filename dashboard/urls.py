@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from dashboard import files_views, token_views, views
+from dashboard import files_views, team_views, token_views, views
 from terminal import views as terminal_views
 
 urlpatterns = [
@@ -17,6 +17,7 @@ urlpatterns = [
     path("runs/<int:run_id>/files/", include(files_views.urlpatterns)),
     path("runs/<int:run_id>/terminate/", views.run_terminate, name="run-terminate"),
     path("runs/<int:run_id>/reproduce/", views.run_reproduce, name="run-reproduce"),
+    path("teams/<slug:name>/usage/", team_views.team_usage_page, name="team-usage"),
     path("account/tokens/", token_views.tokens_page, name="account-tokens"),
     path("account/tokens/<int:token_id>/revoke/", token_views.token_revoke, name="account-token-revoke"),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -2,7 +2,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
+from django.utils.html import format_html, format_html_join
 
+from runs.credits import team_credits_used, team_usage
 from runs.lifecycle import IllegalTransition
 from runs.archives import ArchiveError
 from runs.datasets import create_version
@@ -94,8 +96,31 @@ class MembershipAdmin(TeamScoped, admin.ModelAdmin):
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
-    list_display = ["name", "max_running", "created_at"]
+    """Staff only; a team's own admins change its limits with PATCH /api/v1/teams/NAME
+    and read its usage at /teams/NAME/usage/."""
+
+    list_display = ["name", "max_running", "credit_limit", "idle_limit_seconds", "credits_used", "created_at"]
+    fields = ["name", "max_running", "credit_limit", "idle_limit_seconds", "usage"]
+    readonly_fields = ["usage"]
     inlines = [MembershipInline]
+
+    @admin.display(description="credits used")
+    def credits_used(self, obj):
+        return team_credits_used(obj.pk)  # one grouped query per team listed
+
+    @admin.display(description="usage by month and user")
+    def usage(self, obj):
+        if obj.pk is None:
+            return "—"
+        usage = team_usage(obj.pk)
+        rows = [(month["month"].strftime("%B %Y"), row["user"], row["initializing"], row["running"], row["idle"], row["credits"])
+                for month in usage["months"] for row in month["users"]]
+        total = usage["total"]
+        rows.append(("all time", "all users", total["initializing"], total["running"], total["idle"], total["credits"]))
+        return format_html(
+            "<table><tr><th>month</th><th>user</th><th>initializing</th><th>running</th><th>idle</th><th>credits</th></tr>{}</table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
 
 
 @admin.register(Cluster)

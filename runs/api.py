@@ -106,7 +106,7 @@ def api_view(*methods: str, public: bool = False):
             except ApiError as exc:
                 return error_response(exc.status, exc.detail, exc.errors)
             except SpecError as exc:
-                return error_response(400, "the run spec is not valid", exc.errors)
+                return error_response(400, getattr(exc, "detail", "") or "the run spec is not valid", exc.errors)
             except IllegalTransition as exc:
                 return error_response(409, str(exc))
             except RunNotFinal as exc:
@@ -183,6 +183,7 @@ def serialize_run(run: Run) -> dict:
         "eta_seconds": run.eta_seconds,
         "reports_malformed": run.reports_malformed,
         "credits": str(run.credits),
+        "credits_by_status": {status: str(amount) for status, amount in run.credits_by_status.items()},
         "preset": run.preset.name,
         "image": run.image,
         "image_digest": run.image_digest or None,

@@ -7,19 +7,25 @@ GET, PATCH /teams/{name}     a team's settings and usage; PATCH by its admins (a
 """
 
 
+from decimal import Decimal, InvalidOperation
+
 from django.db import transaction
 from django.db.models import Count
 from django.http import HttpResponse, JsonResponse
 
 from runs import tokens
+from runs.credits import team_credits_by_status
 from runs.access import Action, readable_teams, team_for_user
 from runs.api import ApiError, api_view, iso, json_body
 from runs.lifecycle import LIVE
 from runs.models import ApiToken, Membership, Run, Status, Team
 from runs.tasks import enqueue_dispatch
 
-# Team.max_running is a PostgreSQL integer.
+# Team.max_running and idle_limit_seconds are PostgreSQL integers.
 MAX_RUNNING_TOP = 2**31 - 1
+# Team.credit_limit: 14 digits, 4 of them after the point.
+CREDIT_LIMIT_TOP = Decimal("9999999999.9999")
+TEAM_SETTINGS = ("max_running", "credit_limit", "idle_limit_seconds")
 LIVE_STATUSES = [status for status in Status.values if status in LIVE]
 
 
@@ -81,11 +87,18 @@ def _roles(user) -> dict[int, str]:
 
 def team_json(team: Team, role: str | None) -> dict:
     counts = dict(Run.objects.filter(team=team, status__in=LIVE_STATUSES).values_list("status").annotate(n=Count("pk")))
+    used = team_credits_by_status(team.pk)
     return {
         "name": team.name,
         "role": role,
         "max_running": team.max_running,
-        "usage": {status: counts.get(status, 0) for status in LIVE_STATUSES},
+        "credit_limit": str(team.credit_limit) if team.credit_limit is not None else None,
+        "idle_limit_seconds": team.idle_limit_seconds,
+        "usage": {
+            **{status: counts.get(status, 0) for status in LIVE_STATUSES},
+            "credits": str(sum(used.values(), Decimal("0.0000"))),
+            "credits_by_status": {status: str(amount) for status, amount in used.items()},
+        },
     }
 
 
@@ -101,13 +114,56 @@ def team_detail(request, name: str):
     action = Action.ADMINISTER if request.method == "PATCH" else Action.READ
     team = team_for_user(request.user, name, action)  # another team's is 404, a member's PATCH 403
     if request.method == "PATCH":
-        body = json_object(request, ("max_running",))
-        if "max_running" in body:
-            team.max_running = _max_running(body["max_running"])
-            Team.objects.filter(pk=team.pk).update(max_running=team.max_running)
-            # A raised cap starts waiting runs now, not at the next reconcile.
+        body = json_object(request, TEAM_SETTINGS)
+        changes = _team_settings(body)
+        if changes:
+            for name, value in changes.items():
+                setattr(team, name, value)
+            Team.objects.filter(pk=team.pk).update(**changes)
+            # A raised cap or limit starts waiting runs now, not at the next reconcile.
             transaction.on_commit(enqueue_dispatch)
     return JsonResponse(team_json(team, _roles(request.user).get(team.pk)))
+
+
+def _team_settings(body: dict) -> dict:
+    """The settings in the body, checked: every bad one a 400 naming its field."""
+    checks = {"max_running": _max_running, "credit_limit": _credit_limit, "idle_limit_seconds": _idle_limit_seconds}
+    changes, errors = {}, []
+    for name in TEAM_SETTINGS:
+        if name not in body:
+            continue
+        try:
+            changes[name] = checks[name](body[name])
+        except ApiError as exc:
+            errors += exc.errors
+    if errors:
+        raise ApiError(400, "; ".join(f"{e['loc']}: {e['msg']}" for e in errors), errors)
+    return changes
+
+
+def _credit_limit(value) -> Decimal | None:
+    if value is None:
+        return None
+    problem = 'expected a decimal string such as "500" or "12.5", or null for no limit'
+    try:
+        amount = Decimal(value) if isinstance(value, str) else None
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite():
+        raise ApiError(400, "credit_limit must be a decimal string or null", [{"loc": "credit_limit", "msg": problem}])
+    if not 0 <= amount <= CREDIT_LIMIT_TOP or amount != amount.quantize(Decimal("0.0001")):
+        raise ApiError(400, "credit_limit is out of range", [{"loc": "credit_limit",
+                       "msg": f"must be between 0 and {CREDIT_LIMIT_TOP}, with at most 4 decimal places"}])
+    return amount.quantize(Decimal("0.0001"))  # as the database gives it back
+
+
+def _idle_limit_seconds(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RUNNING_TOP:
+        raise ApiError(400, "idle_limit_seconds must be a positive integer or null",
+                       [{"loc": "idle_limit_seconds", "msg": "expected a whole number of seconds (at least 1), or null for no limit"}])
+    return value
 
 
 def _max_running(value) -> int | None:

@@ -329,11 +329,14 @@ def reconcile_runs() -> dict[str, int]:
     Hands runs whose worker died (lease expired) to new tasks, and removes
     containers that belong to no live run.
     """
+    from runs.services import end_idle_runs_past_limit
     from runs.tasks import enqueue
 
     now = timezone.now()
     lease_free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
     counts = {"start": 0, "collect": 0, "stop": 0, "orphans": 0}
+    # Idle runs bill until someone ends them: past their team's idle limit, the reconciler does.
+    counts["idle_timeout"] = end_idle_runs_past_limit()
     # Pending runs that fit now (their start was lost, or a slot freed unnoticed);
     # one just created has its own start on the way.
     counts["start"] += slots.dispatch(min_age_seconds=10)

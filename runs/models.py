@@ -1,5 +1,6 @@
 import hashlib
 import secrets
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -32,6 +33,16 @@ class Team(models.Model):
     # At most this many of the team's runs hold a slot (initializing, running,
     # stopping) at once; more wait `pending`. Empty: no cap of the team's own.
     max_running = models.PositiveIntegerField(null=True, blank=True)
+    # Once the team's runs have used this many credits (all of them, ever: a prepaid
+    # balance, raised to top up), no new run starts. Empty: no limit.
+    credit_limit = models.DecimalField(
+        max_digits=14, decimal_places=4, null=True, blank=True,
+        help_text="no new run once the team's runs have used this many credits; empty: no limit",
+    )
+    # An idle run (its command ended, its container kept) bills until someone ends it.
+    idle_limit_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="an idle run is terminated (idle timeout) after this many seconds; empty: never",
+    )
 
     def __str__(self):
         return self.name
@@ -237,16 +248,23 @@ class Run(models.Model):
         return max(0.0, (end - self.started_at).total_seconds())
 
     @property
-    def charged_seconds(self) -> float:
-        """Seconds charged: initializing and running, then idle."""
-        if not self.initializing_at:
-            return 0.0
+    def seconds_by_status(self) -> dict[str, float]:
+        """Seconds spent in each charged status, from the phase timestamps
+        (runs.credits computes the same in SQL for a team's usage)."""
+        from runs.credits import charged_spans
+
         now = timezone.now()
-        active_end = self.stopping_at or self.idle_at or self.finished_at or now
-        seconds = (active_end - self.initializing_at).total_seconds()
-        if self.idle_at:
-            seconds += ((self.finished_at or now) - self.idle_at).total_seconds()
-        return max(0.0, seconds)
+        seconds = {}
+        for status, (start, ends) in charged_spans().items():
+            begun = getattr(self, start)
+            end = next((value for value in (getattr(self, name) for name in ends) if value), now)
+            seconds[status] = max(0.0, (end - begun).total_seconds()) if begun else 0.0
+        return seconds
+
+    @property
+    def charged_seconds(self) -> float:
+        """Seconds charged: initializing, running and idle."""
+        return sum(self.seconds_by_status.values())
 
     @property
     def eta_seconds(self) -> float | None:
@@ -257,9 +275,23 @@ class Run(models.Model):
         return eta_seconds(self.progress_samples, timezone.now().timestamp())
 
     @property
-    def credits(self) -> Decimal:
+    def idle_deadline(self):
+        """When an idle run is terminated for its team's idle limit; None: never."""
+        if self.status != Status.IDLE or not self.idle_at or self.team.idle_limit_seconds is None:
+            return None
+        return self.idle_at + timedelta(seconds=self.team.idle_limit_seconds)
+
+    @property
+    def credits_by_status(self) -> dict[str, Decimal]:
+        from runs.credits import credits_for
+
         rate = self.preset.credits_per_hour
-        return (rate * Decimal(self.charged_seconds) / Decimal(3600)).quantize(Decimal("0.0001"))
+        return {status: credits_for(rate, seconds) for status, seconds in self.seconds_by_status.items()}
+
+    @property
+    def credits(self) -> Decimal:
+        """The sum of credits_by_status, so the two always agree."""
+        return sum(self.credits_by_status.values(), Decimal("0.0000"))
 
 
 class MetricChunk(models.Model):

@@ -71,6 +71,8 @@ RUN_FIELDS: dict[str, dict] = {
     "eta_seconds": nullable(NUMBER),
     "reports_malformed": COUNT,
     "credits": {**STRING, "description": "a decimal number, as a string"},
+    "credits_by_status": obj({status: STRING for status in ("initializing", "running", "idle")}, closed=True,
+                             description="credits charged in each status (decimal strings); credits is their sum"),
     "preset": STRING,
     "image": STRING,
     "image_digest": {**nullable(STRING), "description": "pinned when the run started"},
@@ -150,8 +152,13 @@ SCHEMAS = {
     "Team": obj({
         "name": STRING, "role": nullable({"type": "string", "enum": ["admin", "member", "viewer"]}),
         "max_running": {**nullable(COUNT), "description": "at most this many runs of the team at once; null: no cap"},
-        "usage": {"type": "object", "description": "the team's live runs by status",
-                  "properties": {s: COUNT for s in LIVE_STATUSES}, "additionalProperties": COUNT},
+        "credit_limit": {**nullable(STRING), "description": "a decimal string: no new run once the team has used this many credits; null: no limit"},
+        "idle_limit_seconds": {**nullable(COUNT), "description": "an idle run is terminated (idle timeout) after this long; null: never"},
+        "usage": obj({
+            **{s: {**COUNT, "description": f"{s} runs now"} for s in LIVE_STATUSES},
+            "credits": {**STRING, "description": "every credit the team's runs have used (decimal string)"},
+            "credits_by_status": obj({s: STRING for s in ("initializing", "running", "idle")}),
+        }, description="the team's live runs by status, and the credits it has used"),
     }),
     "Health": obj({"status": {"type": "string", "enum": ["ok", "error"]}, "executor": STRING,
                    "database": STRING, "broker": STRING}),
@@ -298,7 +305,11 @@ PATHS = {
     "/teams/{name}": {
         "get": op("A team's settings and its live runs", {200: json_body(ref("Team"))}, [param("name", "path")]),
         "patch": op("Change a team's settings (its admins)", {200: json_body(ref("Team"))}, [param("name", "path")],
-                    json_request(obj({"max_running": {**nullable(COUNT), "description": "null: no cap"}}, optional=("max_running",))),
+                    json_request(obj({
+                        "max_running": {**nullable(COUNT), "description": "null: no cap"},
+                        "credit_limit": {**nullable(STRING), "description": "a decimal string, e.g. \"500\"; null: no limit"},
+                        "idle_limit_seconds": {**nullable(COUNT), "description": "null: idle runs are never ended"},
+                    }, optional=("max_running", "credit_limit", "idle_limit_seconds"))),
                     errors=(413, 415)),
     },
 }

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs import clusters, imports, team_secrets
+from runs.credits import team_credits_used
 from runs.access import Action, NotAllowed, require, team_for_user
 from runs.lifecycle import FINAL, IllegalTransition, transition
 from runs.models import Membership, ResourcePreset, Role, Run, Status, Team
@@ -16,6 +17,14 @@ from runs.spec import SpecError, dump_spec_yaml, parse_spec
 from runs.tasks import enqueue
 
 DEFAULT_TEAM = "default"
+
+
+class CreditLimitReached(SpecError):
+    """The team has used its credits: a 400 that names the limit, not the spec."""
+
+    def __init__(self, team: Team, used):
+        self.detail = f"team {team.name} has used {used} of its credit limit of {team.credit_limit} credits: no new run starts"
+        super().__init__([{"loc": "team.credit_limit", "msg": f"{self.detail} (a team admin can raise the limit)"}])
 
 
 class RunNotFinal(Exception):
@@ -54,6 +63,8 @@ def create_run(
     if team is None:
         team = team_for_user(user, None, Action.CHANGE)  # the user's first team where they may launch
     require(user, Action.CHANGE, team)
+    if team.credit_limit is not None and (used := team_credits_used(team.pk)) >= team.credit_limit:
+        raise CreditLimitReached(team, used)
     errors = []
     preset = ResourcePreset.objects.filter(name=spec["resources"]["preset"]).first()
     if preset is None:
@@ -110,6 +121,30 @@ def terminate_run(run: Run, *, actor) -> Run:
         )
         enqueue("stop", run.pk)
     return run
+
+
+IDLE_TIMEOUT = "idle timeout"
+
+
+def end_idle_runs_past_limit() -> int:
+    """Terminate every idle run that has been idle longer than its team's idle limit,
+    as a terminate does (the container gets SIGTERM, grace, SIGKILL; its exports are
+    copied out first). The reconciler calls this; returns how many it ended."""
+    now = timezone.now()
+    ended = 0
+    idle = Run.objects.filter(status=Status.IDLE, team__idle_limit_seconds__isnull=False, idle_at__isnull=False)
+    for run in idle.select_related("team"):  # idle runs are few
+        if run.idle_at + timedelta(seconds=run.team.idle_limit_seconds) > now:
+            continue
+        try:
+            with transaction.atomic():
+                transition(run.pk, Status.TERMINATED, reason=IDLE_TIMEOUT, only_from=[Status.IDLE],
+                           stop_requested_at=now, stop_deadline=now + timedelta(seconds=run.termination_grace))
+                enqueue("stop", run.pk)
+        except IllegalTransition:  # someone terminated it first
+            continue
+        ended += 1
+    return ended
 
 
 # What a reproduction may change; everything else (image, code, data) stays pinned.
@@ -172,4 +207,4 @@ def _require_launch_rights(run: Run, user) -> None:
     require(user, Action.CHANGE, run.team)
 
 
-__all__ = ["IllegalTransition", "NotAllowed", "RunNotFinal", "SpecError", "create_run", "terminate_run", "reproduce_run"]
+__all__ = ["CreditLimitReached", "IllegalTransition", "NotAllowed", "RunNotFinal", "SpecError", "create_run", "terminate_run", "reproduce_run"]

@@ -12,6 +12,9 @@ to the cluster (`submitted_at`) and holds its team's slot from then on, while it
 still waits `pending` for the Swarm to find a node with room. The installation's
 cap is the one engine's, and counts only the runs on it.
 
+A team that has used its credit limit (runs.credits) starts nothing: its pending
+runs wait, saying so, until a team admin raises the limit; its live runs go on.
+
 Order: within a team runs start in creation order. When the installation is full,
 a freed slot goes to the waiting team with the fewest runs holding slots (then to
 the oldest run), so one team's backlog cannot take every slot as slots free.
@@ -31,6 +34,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from runs.credits import team_credits_used
 from runs.lifecycle import HOLDS_SLOT, IllegalTransition, transition
 from runs.models import Run, Status, Team
 
@@ -58,10 +62,17 @@ def plan_slots() -> SlotPlan:
     holding = Run.objects.filter(Q(status__in=HOLDS_SLOT) | Q(status=Status.PENDING, submitted_at__isnull=False))
     live = Counter(holding.values_list("team_id", flat=True))
     engine_live = holding.exclude(executor=SWARM).count()
-    teams = {t.pk: t for t in Team.objects.filter(pk__in={team_id for _, team_id in pending}).only("pk", "name", "max_running")}
+    teams = {t.pk: t for t in Team.objects.filter(pk__in={team_id for _, team_id in pending})
+             .only("pk", "name", "max_running", "credit_limit")}
     queues: dict[int, deque[int]] = defaultdict(deque)
     for run_id, team_id in pending:
         queues[team_id].append(run_id)
+    # A team that has used its credits starts nothing until an admin raises the limit.
+    for team_id, queue in queues.items():
+        team = teams[team_id]
+        if team.credit_limit is not None and team_credits_used(team_id) >= team.credit_limit:
+            while queue:
+                plan.waiting[queue.pop()] = f"waiting: team {team.name} has used its credit limit of {team.credit_limit} credits"
     # A team's own cap first: past it, its runs wait for the team.
     for team_id, queue in queues.items():
         cap = teams[team_id].max_running

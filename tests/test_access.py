@@ -286,8 +286,9 @@ def test_a_launch_without_a_team_goes_to_the_users_first_team_where_they_may(wor
 
 def test_a_team_shows_its_settings_and_live_runs(world):
     body = call(world.users["viola"], "GET", "/teams/vision").json()
-    assert body == {"name": "vision", "role": "viewer", "max_running": None,
-                    "usage": {"pending": 1, "initializing": 0, "running": 0, "stopping": 0, "idle": 0}}
+    assert body == {"name": "vision", "role": "viewer", "max_running": None, "credit_limit": None, "idle_limit_seconds": None,
+                    "usage": {"pending": 1, "initializing": 0, "running": 0, "stopping": 0, "idle": 0, "credits": "0.0000",
+                              "credits_by_status": {"initializing": "0.0000", "running": "0.0000", "idle": "0.0000"}}}
 
 
 @pytest.mark.parametrize("value", [0, 7, None])

@@ -36,3 +36,13 @@ def time_left(seconds) -> str:
 
 # Staff and team admins get the Admin link.
 register.filter("may_enter_admin", may_enter_admin)
+
+
+@register.filter
+def usage_team(user) -> str:
+    """The first team the user administers (its usage page is in the nav), or ""."""
+    from runs.access import administered_team_ids
+    from runs.models import Team
+
+    team = Team.objects.filter(pk__in=administered_team_ids(user)).order_by("name").first()
+    return team.name if team else ""

@@ -239,3 +239,14 @@ def test_the_terminal_ends_with_its_run(alice, executor):
 
     assert in_thread(talk) == "exit"
     wait_for(run.pk, "terminated", removed=True)
+
+
+def test_attached_typing_is_edited_as_a_terminal_would():
+    from runs.executors.base import AttachedInput
+
+    keys = AttachedInput()
+    assert keys.feed("héé\x7f\x1b[Dllo".encode()) == (b"", "héé".encode() + b"\b \b" + b"llo", False)  # an arrow key is dropped
+    assert keys.feed(b"\r") == ("héllo\n".encode(), b"\r\n", False)
+    assert keys.feed(b"one\rtwo\x15three\r") == (b"one\nthree\n", b"one\r\ntwo" + b"\b \b" * 3 + b"three\r\n", False)
+    assert keys.feed(b"half\x03ignored") == (b"", b"half^C\r\n", True)  # the unfinished line is dropped
+    assert keys.feed(b"\x04\r") == (b"\n", b"\r\n", False)  # Ctrl-D is no end of input

@@ -7,6 +7,13 @@ then bytes, then {"type": "exit"} when the shell ends, or {"type": "error",
 "detail"} before a close. A dropped connection that comes back with session=ID
 within RUNYARD_TERMINAL_KEEP_SECONDS resumes the same shell (terminal/sessions.py).
 
+mode=attach is the main process itself (runs.executors.base.AttachedInput): its
+output from the moment of attaching; what is typed goes to its stdin a line at a
+time, on Enter, echoed to the one typing only; Ctrl-C (byte 0x03) sends it SIGINT,
+which normally ends the run `failed` with exit code 130. Several members may attach
+at once: all see the output, each one's lines go to the same stdin. Closing or
+dropping an attach leaves the main process running and its stdin open (no EOF).
+
 What a client sends is never trusted: sizes are clamped (cols 2..1000, rows 2..500),
 a malformed control frame gets an {"type": "error"} answer and changes nothing, and
 whatever ends the consumer (a crash included) lets go of its session, which then
@@ -180,7 +187,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def _keystrokes(self, data: bytes) -> None:
         if not self.session.terminal.writable:
-            return  # attach: the main process has no stdin
+            return
         if len(data) > MAX_INPUT_BYTES:
             return await self._warn(f"input of more than {MAX_INPUT_BYTES} bytes in one frame is dropped")
         await sync_to_async(self.session.write, thread_sensitive=False)(data)

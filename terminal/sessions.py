@@ -56,19 +56,23 @@ class TerminalSession:
     def _read(self) -> None:
         while True:
             data = self.terminal.read()
-            with self.lock:
-                if data:
-                    self.scrollback += data
-                    del self.scrollback[:-SCROLLBACK_BYTES]
-                else:
-                    self.ended = True
-                listener = self.listener
-            if listener is not None:
-                listener(data or None)
+            self._show(data)
             if not data:
                 _forget(self)
                 self.terminal.close()
                 return
+
+    def _show(self, data: bytes) -> None:
+        """Keep it in the scrollback and pass it on; b"" is the end."""
+        with self.lock:
+            if data:
+                self.scrollback += data
+                del self.scrollback[:-SCROLLBACK_BYTES]
+            else:
+                self.ended = True
+            listener = self.listener
+        if listener is not None:
+            listener(data or None)
 
     def attach(self, listener) -> tuple[bytes, bool]:
         """Send what follows to `listener`; returns what was printed so far, and whether it has ended."""
@@ -84,9 +88,11 @@ class TerminalSession:
     def write(self, data: bytes) -> None:
         if not self.ended:
             try:
-                self.terminal.write(data)
+                echo = self.terminal.write(data)
             except OSError:
-                pass
+                return
+            if echo:  # an attach: the typed line, shown to this session only
+                self._show(echo)
 
     def resize(self, cols: int, rows: int) -> None:
         if not self.ended:

@@ -14,5 +14,5 @@ def run_terminal(request, run_id: int):
     run = _run_or_404(request, run_id)
     context = _run_context(request, run, "terminal")
     return render(request, "terminal/run_terminal.html", {
-        **context, "can_open": context["can_launch"] and run.status in OPEN_STATUSES, "can_attach": run.executor == "docker",
+        **context, "can_open": context["can_launch"] and run.status in OPEN_STATUSES,
     })

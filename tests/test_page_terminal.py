@@ -45,6 +45,27 @@ def test_a_shell_in_the_browser_survives_a_dropped_connection(browser, alice, do
     wait_for(run.pk, "terminated", removed=True)
 
 
+def test_attach_in_the_browser_types_to_the_main_process_and_ctrl_c_interrupts_it(browser, alice, docker_engine):
+    run = launch(alice, "docker", 'read name; echo "hello $name"; sleep 300')
+    wait_for(run.pk, "running")
+    page = browser.page
+    browser.goto(f"/runs/{run.pk}/terminal/")
+    assert page.get_by_text("Ctrl-C interrupts the run").first.is_visible()  # said before opening
+    page.locator("#terminal-mode").select_option("attach")
+    page.get_by_role("button", name="Open").click()
+    expect_text(page, "#terminal-state", "Attached to the main process")
+    page.locator("#terminal-screen").click()
+    page.keyboard.type("world")
+    wait_on_screen(page, "world")  # the line being typed is shown
+    page.keyboard.press("Enter")
+    wait_on_screen(page, "hello world")
+    browser.screenshot("run-terminal-attach")
+    page.keyboard.press("Control+c")
+    expect_text(page, "#terminal-state", "The session ended")
+    run = wait_for(run.pk, "failed", removed=True)
+    assert run.exit_code == 130
+
+
 def test_the_terminal_tab_explains_when_there_is_none(chromium, console_url, alice, viola, engine):
     finished = wait_for(launch(alice, "local", "true").pk, "completed", removed=True)
     running = wait_for(launch(alice, "local", "sleep 60").pk, "running")

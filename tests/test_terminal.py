@@ -13,7 +13,7 @@ from dashboard.asgi import application
 from runs.services import terminate_run
 from terminal import sessions
 from tests.conftest import EXECUTORS, in_thread, use_executor, wait_for
-from tests.test_engine import launch
+from tests.test_engine import launch, log_texts
 from tests.test_live import ORIGIN, session_cookie
 
 
@@ -150,27 +150,40 @@ def test_a_session_nobody_comes_back_to_is_closed(alice, engine):
     wait_for(run.pk, "terminated", removed=True)
 
 
-def test_attach_follows_the_main_process_read_only(alice, engine, docker_engine):
-    alice_cookie = session_cookie(alice)
-    run = running(alice, "docker", "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.2; done")
+def test_attach_is_the_main_process(alice, bob, executor):
+    """Its output live, typed lines to its stdin, Ctrl-C interrupts it; a detach is no end of input."""
+    alice_cookie, bob_cookie = session_cookie(alice), session_cookie(bob)
+    run = running(alice, executor, 'read first; echo "got $first"; read second; echo "then $second"; sleep 300')
 
     async def talk():
         attached = Conversation(run.pk, alice_cookie, "mode=attach")
         await attached.open()
         hello = await attached.control("session")
-        assert hello["mode"] == "attach" and hello["writable"] is False
-        await attached.until("tick-")
-        await attached.type("echo should-not-run\n")  # no stdin: ignored
-        seen = attached.output.count(b"tick-")
-        while attached.output.count(b"tick-") < seen + 3:  # the process goes on, untouched
-            await attached.next_message()
-        await attached.socket.disconnect()
-        return attached.output
+        assert (hello.get("mode"), hello.get("writable")) == ("attach", True), attached.controls
+        await attached.type("helo\x7flo there\r")  # a typo erased, then Enter as xterm sends it
+        await attached.until("got hello there")
+        await attached.socket.disconnect()  # the run's stdin stays open: its next read waits
 
-    output = in_thread(talk)
-    assert b"tick-" in output and b"should-not-run" not in output
-    terminate_run(run, actor=alice)
-    wait_for(run.pk, "terminated", removed=True)
+        # Two attached at once: both see what the run prints, each one's typing goes to it.
+        again = Conversation(run.pk, alice_cookie, "mode=attach")
+        other = Conversation(run.pk, bob_cookie, "mode=attach")
+        for conversation in (again, other):
+            await conversation.open()
+            await conversation.control("session")
+        await other.type("from bob\r")
+        await other.until("then from bob")
+        await again.until("then from bob")
+        assert again.output.count(b"from bob") == 1  # the echo is for the one typing
+        await again.type("\x03")  # Ctrl-C
+        await again.until("^C")
+        return (await again.control("exit", timeout=60))["type"], (await other.control("exit", timeout=60))["type"]
+
+    assert in_thread(talk) == ("exit", "exit")
+    run = wait_for(run.pk, "failed", removed=True)
+    assert run.exit_code == 130  # the command got SIGINT itself (128 + 2)
+    log = "".join(log_texts(run))
+    assert "got hello there" in log and "then from bob" in log
+    assert "helo" not in log  # what is typed is not stored, only what the run prints
 
 
 def test_who_may_not_have_a_terminal_is_told_so(alice, viola, charlie, engine):
@@ -183,6 +196,9 @@ def test_who_may_not_have_a_terminal_is_told_so(alice, viola, charlie, engine):
         viewer = Conversation(run.pk, viola_cookie)
         await viewer.open()
         results["viewer"] = (await viewer.control("error"))["detail"], (await viewer.control("closed"))["code"]
+        viewer_attach = Conversation(run.pk, viola_cookie, "mode=attach")
+        await viewer_attach.open()
+        results["viewer attach"] = (await viewer_attach.control("closed"))["code"]
         outsider = Conversation(run.pk, charlie_cookie)
         results["outsider"] = await outsider.open()
         foreign = Conversation(run.pk, alice_cookie, origin=(b"origin", b"https://evil.example"))
@@ -197,6 +213,7 @@ def test_who_may_not_have_a_terminal_is_told_so(alice, viola, charlie, engine):
 
     results = in_thread(talk)
     assert results["viewer"] == ("viewers cannot open a terminal in a run", 4403)
+    assert results["viewer attach"] == 4403  # nor attach to the main process, keys and Ctrl-C
     assert results["outsider"] == (False, 4404)
     assert results["foreign"] is False
     assert results["ended"] == ("the run is completed: a terminal needs a running or idle run", 4409)
@@ -222,3 +239,14 @@ def test_the_terminal_ends_with_its_run(alice, executor):
 
     assert in_thread(talk) == "exit"
     wait_for(run.pk, "terminated", removed=True)
+
+
+def test_attached_typing_is_edited_as_a_terminal_would():
+    from runs.executors.base import AttachedInput
+
+    keys = AttachedInput()
+    assert keys.feed("héé\x7f\x1b[Dllo".encode()) == (b"", "héé".encode() + b"\b \b" + b"llo", False)  # an arrow key is dropped
+    assert keys.feed(b"\r") == ("héllo\n".encode(), b"\r\n", False)
+    assert keys.feed(b"one\rtwo\x15three\r") == (b"one\nthree\n", b"one\r\ntwo" + b"\b \b" * 3 + b"three\r\n", False)
+    assert keys.feed(b"half\x03ignored") == (b"", b"half^C\r\n", True)  # the unfinished line is dropped
+    assert keys.feed(b"\x04\r") == (b"\n", b"\r\n", False)  # Ctrl-D is no end of input

@@ -96,7 +96,9 @@ class Executor(Protocol):
 
     def open_terminal(self, run, mode: str, cols: int, rows: int) -> "Terminal":
         """A terminal in the live run: "shell" starts a new shell with a TTY in it;
-        "attach" follows the main process's output (read-only)."""
+        "attach" is the main process itself: its output from now on, typed lines to
+        its stdin (AttachedInput), Ctrl-C a SIGINT to it. Closing an attach leaves
+        the main process and its stdin open."""
 
     # An executor whose cluster places runs itself sets `places_runs = True`: `start`
     # then only hands the run over, and the run waits `pending` until `placement(run)`
@@ -112,7 +114,8 @@ class Terminal(Protocol):
     def read(self) -> bytes:
         """The next output; b"" once the terminal has ended."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> bytes:
+        """Send keystrokes; returns what to show the one typing (an attach's echo), else b""."""
 
     def resize(self, cols: int, rows: int) -> None: ...
 
@@ -122,6 +125,54 @@ class Terminal(Protocol):
 
 
 TERMINAL_MODES = ("shell", "attach")
+
+
+class AttachedInput:
+    """Keystrokes for a main process without a terminal of its own (its stdin is a
+    pipe, or a terminal with echo off): a line is edited here, echoed to the one
+    typing it only (not into the run's log), and sent whole on Enter, so two people
+    attached at once never interleave within a line. Ctrl-C interrupts the run
+    (what follows it in the same frame is dropped). There is no end of input:
+    Ctrl-D is ignored, the run's stdin stays open for the next attach."""
+
+    INTERRUPT, ERASE, KILL_LINE, ESCAPE = 0x03, (0x7F, 0x08), 0x15, 0x1B
+
+    def __init__(self):
+        self.line = bytearray()
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes, bool]:
+        """(bytes for the run's stdin, echo for the typist, whether to interrupt)."""
+        send, echo = bytearray(), bytearray()
+        i = 0
+        while i < len(data):
+            byte = data[i]
+            i += 1
+            if byte == self.INTERRUPT:
+                self.line.clear()
+                return bytes(send), bytes(echo + b"^C\r\n"), True
+            if byte in (0x0D, 0x0A):  # Enter (xterm sends a carriage return)
+                send += self.line + b"\n"
+                echo += b"\r\n"
+                self.line.clear()
+            elif byte in self.ERASE:
+                if self.line:
+                    while self.line and self.line[-1] & 0xC0 == 0x80:  # a UTF-8 character's tail
+                        self.line.pop()
+                    self.line.pop()
+                    echo += b"\b \b"
+            elif byte == self.KILL_LINE:
+                echo += b"\b \b" * len(self.line.decode("utf-8", "replace"))
+                self.line.clear()
+            elif byte == self.ESCAPE:  # arrow keys and the like: no line editing beyond erase
+                if i < len(data) and data[i] in b"[O":
+                    i += 1
+                    while i < len(data) and not 0x40 <= data[i] <= 0x7E:
+                        i += 1
+                    i += 1
+            elif byte >= 0x20 or byte == 0x09:
+                self.line.append(byte)
+                echo.append(byte)
+        return bytes(send), bytes(echo), False
 # In a web terminal shell's environment, with a random value of its own: how its
 # processes are told from others' when they must be killed.
 TERMINAL_MARKER = "RUNYARD_TERMINAL"
@@ -129,35 +180,41 @@ TERMINAL_MARKER = "RUNYARD_TERMINAL"
 SHELL_COMMAND = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
 
 
-def run_script(commands: list[dict], *, protect: bool, forward_signals: bool) -> str:
+def run_script(commands: list[dict], *, protect: bool) -> str:
     """The POSIX shell script every run executes as its main process.
 
     Commands run in order in one shell and the first failure ends the run. The
     main command's exit code lands in $RUNYARD_DIR/exit_code; with termination
     protection the script then waits (the container stays usable) until stopped.
-    Inside a container the script forwards SIGTERM to every process there.
+
+    SIGTERM and SIGINT are sent to the script's whole process group (in a container
+    docker-init does it, TINI_KILL_PROCESS_GROUP; a local run's supervisor signals
+    its group), so the user's commands get the very signal, and Ctrl-C in an
+    attached terminal reaches a Python training loop as KeyboardInterrupt. The
+    commands run in the foreground: a background list would start with SIGINT
+    ignored and its stdin from /dev/null, deaf to an attach.
     """
     lines = ['mkdir -p "$RUNYARD_DIR" 2>/dev/null', 'home_dir=$(pwd)']
-    if forward_signals:
-        # Our own PID namespace: -1 is every process in the container but init and us.
-        # (CONT too: the waiter below is stopped, and a stopped process ends on SIGKILL only.)
-        lines.append("trap 'kill -TERM -1 2>/dev/null; kill -CONT -1 2>/dev/null' TERM INT")
-    else:
-        # The signal reaches the whole process group already; survive it to record the exit code.
-        # (A handler, not '' : an ignored signal would stay ignored in the commands too.)
-        lines.append("trap : TERM INT")
+    # Survive the signal to record the exit code. (A handler, not '': an ignored
+    # signal would stay ignored in the commands too.)
+    lines.append("trap : TERM INT")
     lines.append("(")
+    # The signal ends the commands' shell, but only once the command it waits for has
+    # ended: a program that cleans up on SIGINT or SIGTERM gets to finish doing so.
+    lines.append("trap 'exit 130' INT")
+    lines.append("trap 'exit 143' TERM")
     for command in commands:
         lines.append(f"cd {shlex.quote(command['workdir'])} || exit $?" if command.get("workdir") else 'cd "$home_dir"')
         lines.append("{\n" + command["command"] + "\n} || exit $?")
-    lines.append(") &")
-    lines.append("child=$!")
-    # `wait` returns early when a trapped signal arrives: wait again until the child is gone.
-    lines.append("while :; do wait $child; code=$?; kill -0 $child 2>/dev/null || break; done")
+    lines.append(")")
+    lines.append("code=$?")
     lines.append('echo $code > "$RUNYARD_DIR/exit_code"')
     if protect:
-        # Wait for ever with no program but the shell (an image may have only /bin/sh):
-        # `sleep` where there is one, else a shell that stops itself.
+        # Idle: nothing reads the keyboard any more; only a stop (SIGTERM) ends the wait.
+        lines.append("trap '' INT")
+        # Wait with no program but the shell (an image may have only /bin/sh): `sleep`
+        # where there is one, else a shell that stops itself. A SIGTERM ends the wait
+        # either way (the trap above), and the script with it.
         lines.append("if command -v sleep >/dev/null 2>&1; then sleep 2147483647 & else sh -c 'kill -STOP $$' & fi")
         lines.append("wait $!")
     lines.append("exit $code")

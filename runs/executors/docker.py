@@ -23,7 +23,7 @@ from docker.types import DriverConfig, Mount
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
 )
 from runs.executors.terminal_processes import can_see, kill_terminal_processes
 
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 RUNYARD_DIR = "/run/runyard"
 REPORTER_DIR = "/opt/runyard/python"
+# docker-init (tini) sends the signals it gets to the main process's whole group: the
+# user's commands get SIGTERM and Ctrl-C's SIGINT themselves (base.run_script).
+SIGNAL_THE_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
 READ_AHEAD_FRAMES = 50_000
 STREAM_OF_FRAME = {1: 0, 2: 1}  # docker's frame types: 1 stdout, 2 stderr
 # The engine's own copy of a run's output is capped: Runyard stores every line
@@ -179,9 +182,7 @@ class DockerExecutor:
         container = self._container(run)
         if container is None:
             mounts = {self._import_volume(run, item): {"bind": item.path.rstrip("/") or "/", "mode": "ro"} for item in imports}
-            script = run_script(
-                run.spec["run"], protect=run.spec.get("termination_protection", False), forward_signals=True
-            )
+            script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
             memory = f"{limits.memory_mb}m"
             try:
                 container = self.client.containers.create(
@@ -189,7 +190,7 @@ class DockerExecutor:
                     command=["/bin/sh", "-c", script],
                     name=self.container_name(run),
                     labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk)},
-                    environment={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR},
+                    environment={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR, **SIGNAL_THE_GROUP},
                     init=True,
                     network_mode=settings.RUNYARD_DOCKER_NETWORK,
                     cap_drop=["ALL"],
@@ -202,7 +203,7 @@ class DockerExecutor:
                     mounts=[runyard_dir_mount()],
                     volumes=mounts,
                     log_config=log_config(),
-                    stdin_open=False,
+                    stdin_open=True,  # for an attach; never closed (stdin_once off), so a read waits for one
                     tty=False,
                 )
             except ImageNotFound:
@@ -418,9 +419,11 @@ class DockerExecutor:
         client = self.new_client()  # a connection of its own, held while the terminal is open
         try:
             if mode == "attach":
-                # The main process has no TTY and no stdin: its output, live, read-only.
-                sock = client.api.attach_socket(container.id, params={"stdout": 1, "stderr": 1, "stream": 1})
-                return DockerTerminal(client, sock, exec_id=None)
+                # The main process itself: no TTY, its stdin a pipe that outlives the attach.
+                if not container.attrs["Config"].get("OpenStdin"):
+                    raise ExecutorError("this run was started without an input to attach to: open a new shell instead")
+                sock = client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+                return DockerTerminal(client, sock, exec_id=None, container_id=container.id)
             marker = secrets.token_hex(12)  # finds the shell's processes from inside the container, if need be
             exec_id = client.api.exec_create(
                 container.id, SHELL_COMMAND, stdin=True, tty=True,
@@ -534,17 +537,19 @@ def _reporter_tar(exports=()) -> bytes:
 
 class DockerTerminal:
     """A shell exec'd with a TTY (raw bytes both ways), or an attach to the main
-    process (multiplexed output frames, read-only)."""
+    process (multiplexed output frames; typed lines to its stdin, Ctrl-C a SIGINT)."""
 
-    def __init__(self, client, sock, exec_id: str | None, marker: str = ""):
-        self.client, self.exec_id, self.marker = client, exec_id, marker
+    writable = True
+
+    def __init__(self, client, sock, exec_id: str | None, marker: str = "", container_id: str = ""):
+        self.client, self.exec_id, self.marker, self.container_id = client, exec_id, marker, container_id
         self.sock = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
         self.sock.settimeout(None)
-        self.writable = exec_id is not None
+        self.keyboard = AttachedInput() if exec_id is None else None
 
     def read(self) -> bytes:
         try:
-            if self.writable:
+            if self.keyboard is None:
                 return self.sock.recv(65536)
             while True:
                 header = self._exactly(8)
@@ -566,9 +571,20 @@ class DockerTerminal:
             data += chunk
         return data
 
-    def write(self, data: bytes) -> None:
-        if self.writable:
+    def write(self, data: bytes) -> bytes:
+        if self.keyboard is None:
             self.sock.sendall(data)
+            return b""
+        line, echo, interrupt = self.keyboard.feed(data)
+        if line:
+            self.sock.sendall(line)
+        if interrupt:
+            # To docker-init, which passes it to the main process's group (SIGNAL_THE_GROUP).
+            try:
+                self.client.api.kill(self.container_id, signal="SIGINT")
+            except (APIError, DockerException) as exc:
+                return echo + f"[could not interrupt the run: {getattr(exc, 'explanation', None) or exc}]\r\n".encode()
+        return echo
 
     def resize(self, cols: int, rows: int) -> None:
         if self.exec_id:

@@ -26,7 +26,7 @@ from pathlib import Path
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
 )
 from runs.executors.terminal_processes import kill_terminal_processes
 from runs.private_files import open_private_for_append, private_dir, write_private
@@ -55,9 +55,7 @@ class LocalExecutor:
             return str(run_dir)
         for folder in (self.root.parent, self.root, run_dir, run_dir / "runyard"):
             private_dir(folder)
-        script = run_script(
-            run.spec["run"], protect=run.spec.get("termination_protection", False), forward_signals=False
-        )
+        script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
         write_private(run_dir / "script.sh", script)
         base_env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
         base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -189,12 +187,18 @@ class LocalExecutor:
             return set()
         return {int(p.name) for p in self.root.iterdir() if p.name.isdigit()}
 
-    def open_terminal(self, run, mode: str, cols: int, rows: int) -> "LocalTerminal":
-        if mode != "shell":
-            raise ExecutorError("attaching to the main process needs the Docker executor; open a new shell instead")
+    def open_terminal(self, run, mode: str, cols: int, rows: int) -> "LocalTerminal | LocalAttach":
         run_dir = self.run_dir(run)
         if not self._supervisor_alive(run):
             raise ExecutorError("the run's process is not running")
+        if mode == "attach":
+            # A run just started: its supervisor may still be setting up its input and output.
+            deadline = time.monotonic() + 5
+            while not (run_dir / "output.jsonl").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not (run_dir / "stdin").exists() or not (run_dir / "output.jsonl").exists():
+                raise ExecutorError("this run was started without an input to attach to: open a new shell instead")
+            return LocalAttach(run_dir, self._pgid(run))
         try:
             env = json.loads((run_dir / "env.json").read_text())
         except (OSError, ValueError):
@@ -224,6 +228,60 @@ def _kill_terminals(records: Path) -> None:
         except (OSError, ValueError):
             pass
         record.unlink(missing_ok=True)
+
+
+class LocalAttach:
+    """The main process itself: what it prints from now on (read from the output its
+    supervisor records), typed lines to its PTY through the supervisor's FIFO, and
+    Ctrl-C a SIGINT to its process group. Closing it leaves the run alone."""
+
+    writable = True
+
+    def __init__(self, run_dir: Path, pgid: int | None):
+        self.run_dir, self.pgid = run_dir, pgid
+        self.keyboard = AttachedInput()
+        self.output = open(run_dir / "output.jsonl", "rb")
+        self.output.seek(0, os.SEEK_END)
+        self.closed = threading.Event()
+
+    def read(self) -> bytes:
+        """The next records (whole lines: a prompt without a newline shows once its line ends)."""
+        while not self.closed.is_set():
+            position = self.output.tell()
+            records = self.output.read(65536)
+            whole = records[:records.rfind(b"\n") + 1]
+            self.output.seek(position + len(whole))
+            if whole:
+                text = "".join(json.loads(record)[2] for record in whole.splitlines())
+                return text.encode("utf-8", "surrogateescape").replace(b"\n", b"\r\n")
+            if (self.run_dir / "ended").exists():
+                break
+            self.closed.wait(0.05)
+        self.output.close()
+        return b""
+
+    def write(self, data: bytes) -> bytes:
+        line, echo, interrupt = self.keyboard.feed(data)
+        if line:
+            try:
+                fifo = os.open(self.run_dir / "stdin", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # the supervisor is gone: so is the run
+                return echo
+            try:
+                os.write(fifo, line)
+            except BlockingIOError:
+                echo += b"[the run is not reading its input: that line was dropped]\r\n"
+            finally:
+                os.close(fifo)
+        if interrupt and self.pgid is not None:
+            _signal_group(self.pgid, signal.SIGINT)
+        return echo
+
+    def resize(self, cols: int, rows: int) -> None:
+        pass  # the run's PTY keeps its size: other viewers of the same process may differ
+
+    def close(self) -> None:
+        self.closed.set()
 
 
 class LocalTerminal:

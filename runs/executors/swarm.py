@@ -31,7 +31,7 @@ from docker.types import (
 from runs.clusters import image_reference
 from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, Placement, run_script, with_reporter
 from runs.executors.docker import (
-    REPORTER_DIR, RUNYARD_DIR, DockerExecutor, StreamBroke, log_config, runyard_dir_mount,
+    REPORTER_DIR, RUNYARD_DIR, SIGNAL_THE_GROUP, DockerExecutor, StreamBroke, log_config, runyard_dir_mount,
 )
 
 log = logging.getLogger(__name__)
@@ -244,12 +244,12 @@ class SwarmExecutor:
         existing = self._service(run)
         if existing is not None:
             return existing.id
-        script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False), forward_signals=True)
+        script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
         reporter = self._reporter_config()
         container = ContainerSpec(
             image=run.image_digest or image_reference(self.cluster, run.image),
             command=["/bin/sh", "-c", script],
-            env={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR},
+            env={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR, **SIGNAL_THE_GROUP},
             labels=self.labels(run),
             mounts=[runyard_dir_mount(), *export_mounts(run)],
             configs=[ConfigReference(reporter.id, reporter.name, filename=f"{REPORTER_DIR}/runyard.py", mode=0o444)],
@@ -257,6 +257,7 @@ class SwarmExecutor:
             stop_signal="SIGTERM",
             init=True,
             cap_drop=["ALL"],
+            open_stdin=True,  # for an attach (through the node's engine), as on one engine
         )
         nano_cpus, memory = int(limits.cpus * 1e9), limits.memory_mb * 1024 * 1024
         resources = Resources(

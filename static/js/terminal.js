@@ -66,8 +66,9 @@ function connect() {
       else if (resumedSame) term.reset();  // the server replays the whole session
       session = message;
       retry = 500;
-      say(message.writable ? `Connected: ${message.mode === "shell" ? "a shell" : "attached"} in run #${runId}.`
-                           : "Attached to the main process: its output, live (read-only).");
+      say(message.mode === "attach"
+        ? `Attached to the main process of run #${runId}: lines you type go to its input on Enter; Ctrl-C interrupts the run.`
+        : `Connected: a shell in run #${runId}.`);
       endButton.hidden = false;
       openButton.hidden = true;
       modeSelect.disabled = true;

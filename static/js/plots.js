@@ -76,7 +76,8 @@ async function draw(key) {
                     line: { width: 1.5 }, name: key, hovertemplate: "%{x}: %{y}<extra></extra>" };
     const layout = {
       margin: { l: 50, r: 10, t: 10, b: 40 }, showlegend: false, uirevision: `${key}-${xSelect.value}`,
-      xaxis: { title: { text: X_TITLES[xSelect.value] }, type: xSelect.value === "wall" ? "date" : "linear",
+      // The server may answer on another axis than asked (sys/ metrics have no step: time since start).
+      xaxis: { title: { text: X_TITLES[series.x_axis] }, type: series.x_axis === "wall" ? "date" : "linear",
                ...(entry.range ? { range: entry.range, autorange: false } : { autorange: true }) },
       yaxis: { type: logScale.checked ? "log" : "linear", autorange: true },
     };

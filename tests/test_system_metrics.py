@@ -19,6 +19,7 @@ from tests.test_engine import launch
 FINAL = {"completed", "failed", "terminated"}
 CPU, MEMORY = "sys/cpu_percent", "sys/memory_mib"
 # Holds ~100 MiB until the sleep ends: tail keeps its last line, and /dev/zero has no newline.
+SPIN = "timeout 16 sh -c 'while :; do :; done'"
 HOLD_100_MIB = "{ head -c 100m /dev/zero; sleep 15; } | tail > /dev/null"
 
 
@@ -36,13 +37,15 @@ def values(run: Run, key: str) -> list[float]:
 
 
 def test_a_busy_run_shows_its_cpu_beside_its_own_metrics(alice, executor):
-    run = launch(alice, executor, 'echo "#runyard step=1 loss=0.5"',
-                 "timeout 12 sh -c 'while :; do :; done'; echo spun", resources=one_cpu(executor))
+    # Two loops: on this shared machine one alone may get less than half a CPU.
+    run = launch(alice, executor, 'echo "#runyard step=1 loss=0.5"', f"{SPIN} & {SPIN}; wait; echo spun",
+                 resources=one_cpu(executor))
     run = wait_for(run.pk, FINAL, timeout=120, removed=True)
     assert run.status == "completed", run.status_reason
     cpu = values(run, CPU)
     assert cpu and max(cpu) > 50, cpu
-    assert max(cpu) < 150, f"a run limited to one CPU used more: {cpu}"
+    if executor != "local":  # a local process has no limit
+        assert max(cpu) < 130, f"a run limited to one CPU used more: {cpu}"
     api = Api(alice)
     keys = api.get(f"/runs/{run.pk}/metrics").json()["keys"]
     assert {CPU, MEMORY, "loss"} <= set(keys)

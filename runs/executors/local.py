@@ -152,11 +152,11 @@ class LocalExecutor:
             return None
 
     def sample(self, run) -> Sample | None:
-        """The run's process group, from /proc (Linux; elsewhere nothing is read)."""
+        """The run's processes, from /proc (Linux; elsewhere nothing is read)."""
         pgid = self._pgid(run)
         if pgid is None or (self.run_dir(run) / "ended").exists():
             return None
-        return process_group_sample(pgid)
+        return session_sample(pgid)  # its main process leads a session of its own
 
     def stop(self, run, grace: float) -> None:
         run_dir = self.run_dir(run)
@@ -213,10 +213,12 @@ class LocalExecutor:
                              records=run_dir / "terminals")
 
 
-def process_group_sample(pgid: int) -> Sample | None:
-    """CPU time and resident memory of a process group's processes, summed. CPU time
-    counts what each has used and what its ended children did (reaped, they are no
-    longer listed); memory shared between them (the shell's libraries) counts once each."""
+def session_sample(sid: int) -> Sample | None:
+    """CPU time and resident memory of a session's processes, summed: the session, not
+    the process group, as a program may put its children in a group of their own
+    (`timeout` does). CPU time counts what each has used and what its ended children
+    did (reaped, they are no longer listed); memory shared between them (the shell's
+    libraries) counts once each."""
     try:
         ticks, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
@@ -231,7 +233,7 @@ def process_group_sample(pgid: int) -> Sample | None:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # it ended meanwhile
-        if int(fields[2]) != pgid:  # field 5, pgrp
+        if int(fields[3]) != sid:  # field 6, session
             continue
         members += 1
         cpu_ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime

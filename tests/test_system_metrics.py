@@ -105,6 +105,23 @@ def test_system_metrics_use_none_of_the_runs_own_cap(alice):
     assert values(run, CPU) == [12.5]
 
 
+def test_the_plots_tab_draws_them_against_time_since_start(browser, alice, docker_engine):
+    run = launch(alice, "docker", "sleep 12")
+    run = wait_for(run.pk, FINAL, timeout=120, removed=True)
+    assert len(values(run, MEMORY)) >= 2
+    page = browser.page
+    browser.goto(f"/runs/{run.pk}/plots/")  # x: step, the default
+    page.wait_for_selector("#plot-sys_memory_mib .chart .main-svg")
+    page.wait_for_selector("#plot-sys_cpu_percent .chart .main-svg")
+    title = page.evaluate("document.querySelector('#plot-sys_memory_mib .chart').layout.xaxis.title.text")
+    assert title == "seconds since start"
+    xs = page.evaluate("document.querySelector('#plot-sys_memory_mib .chart').data[0].x")
+    assert 0 <= min(xs) and max(xs) < 60, xs
+    # The run reported nothing of its own: the hint on how to stays.
+    assert page.get_by_text("This run has reported no metrics.").is_visible()
+    browser.screenshot("run-plots-system-metrics")
+
+
 def test_a_run_cannot_report_a_system_metric():
     with pytest.raises(reports.Malformed, match="Runyard's own system metrics"):
         reports.parse("#runyard sys/cpu_percent=1")

@@ -108,7 +108,8 @@ async function refresh() {
   const response = await fetch(api);
   if (!response.ok) { state.textContent = `Could not read the metrics (HTTP ${response.status}).`; return; }
   const { keys } = await response.json();
-  document.getElementById("plots-empty").hidden = keys.length > 0;
+  // Its CPU and memory (sys/...) are Runyard's readings: the hint stays until the run reports its own.
+  document.getElementById("plots-empty").hidden = keys.some((key) => !key.startsWith("sys/"));
   for (const key of keys) chartFor(key).stale = true;
   await Promise.all(keys.filter((key) => charts.get(key).onScreen).map(draw));
   state.textContent = live ? "Live: new values appear every few seconds." : "";

@@ -19,6 +19,7 @@ from runs.selectors import runs_for_user
 from runs.services import RunNotFinal, create_run, reproduce_run, terminate_run
 from runs.slots import attach_queue_positions
 from runs.spec import MAX_SPEC_BYTES, SpecError, dump_spec_yaml, line_of
+from runs.system_metrics import is_system_key
 
 PAGE_SIZE = 50
 EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
@@ -145,8 +146,11 @@ def run_logs(request, run_id: int):
 @require_GET
 def run_plots(request, run_id: int):
     run = _run_or_404(request, run_id)
+    keys = metrics.keys(run)
     return render(request, "dashboard/run_plots.html", {
-        **_run_context(request, run, "plots"), "metric_keys": metrics.keys(run),
+        **_run_context(request, run, "plots"), "metric_keys": keys,
+        # Its CPU and memory (sys/...) are Runyard's readings, not metrics the run reported.
+        "reported_metrics": any(not is_system_key(key) for key in keys),
     })
 
 

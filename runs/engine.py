@@ -22,6 +22,7 @@ from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
 from runs.live import announce_waiting
 from runs.logstore import LogWriter
 from runs.models import Run, Status
+from runs.system_metrics import SystemSampler
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def collect_run(run_id: int) -> None:
             return  # nothing to collect until someone terminates it
         writer = LogWriter(run, owner, mask=team_secrets.values_to_mask(run))
         watch_main_exit = run.status == Status.RUNNING and run.spec.get("termination_protection", False)
+        sampler = SystemSampler(executor, run)  # its CPU and memory, stored with the lines
         renewed = checked = time.monotonic()
         vanished = ""
         try:
@@ -161,6 +163,10 @@ def collect_run(run_id: int) -> None:
             for frame in executor.follow_logs(run, run.log_cursor):
                 if frame is not None:
                     writer.add(frame)
+                if sampler.due():
+                    reading = sampler.take()
+                    if reading is not None:
+                        writer.add_system_metrics(*reading)
                 if writer.due():
                     writer.flush()
                     renewed = time.monotonic()

@@ -21,6 +21,7 @@ from runs.live import announce_log, announce_progress
 from runs.executors.base import LogFrame
 from runs.metrics import metric_chunk
 from runs.models import LogChunk, MetricChunk, Run
+from runs.system_metrics import is_system_key
 
 MAX_CHUNK_LINES = 2000
 # The end of the output may add a last half line per stream after a full chunk.
@@ -70,7 +71,9 @@ class LogWriter:
         self.point_count = 0
         self.malformed = 0
         self.metric_keys_max = settings.RUNYARD_METRIC_KEYS_MAX
-        self.metric_keys = set(MetricChunk.objects.filter(run_id=run.pk).values_list("key", flat=True).distinct())
+        # The run's own names: the system's (sys/...) are not the run's to count.
+        stored = MetricChunk.objects.filter(run_id=run.pk).values_list("key", flat=True).distinct()
+        self.metric_keys = {key for key in stored if not is_system_key(key)}
         self.progress_samples = list(run.progress_samples or [])
         self.progress_changed = False
         self.team_id = run.team_id
@@ -144,6 +147,14 @@ class LogWriter:
         if report.progress is not None:
             self.progress_samples = reports.add_progress_sample(self.progress_samples, at, report.progress)
             self.progress_changed = True
+
+    def add_system_metrics(self, at: float, metrics: dict[str, float]) -> None:
+        """A reading of what the run uses (runs.system_metrics), stored with the next flush."""
+        for key, value in metrics.items():
+            self.points.setdefault(key, []).append((None, value, at))
+        self.point_count += len(metrics)
+        if self.first_unflushed_at is None:
+            self.first_unflushed_at = at
 
     def due(self) -> bool:
         if not self.lines and self.first_unflushed_at is None:

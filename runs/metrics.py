@@ -11,6 +11,7 @@ import sys
 from array import array
 
 from runs.models import MetricChunk, Run
+from runs.system_metrics import is_system_key
 
 X_AXES = ("step", "relative", "wall")
 
@@ -69,10 +70,14 @@ def series(run: Run, key: str, *, x: str = "step", max_points: int = 1000,
 
     x: "step" (the reported step, else the point's position), "relative" (seconds
     since the run started) or "wall" (ISO times; x_min and x_max are unix times).
+    The system metrics (sys/...) have no step: for them "step" is "relative", and
+    the answer's "x_axis" says so.
     """
     steps, ys, times = columns(run, key)
     if not ys:
         return None
+    if x == "step" and is_system_key(key):
+        x = "relative"  # a reading's position would say nothing; its time beside the run's steps does
     if x == "step":
         xs = [index if step is None else step for index, step in enumerate(steps)]
     elif x == "relative":

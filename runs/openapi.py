@@ -257,7 +257,8 @@ PATHS = {
         [RUN_ID, param("key", "path", description="may contain /, e.g. train/loss"),
          param("max_points", schema={"type": "integer", "minimum": 2, "maximum": 100000, "default": 1000}),
          param("x", schema={"type": "string", "enum": ["step", "relative", "wall"], "default": "step"},
-               description="step: the reported step (else the point's position); relative: seconds since the start; wall: ISO times"),
+               description="step: the reported step (else the point's position; the system metrics sys/... have no step and answer"
+                           " relative, as x_axis says); relative: seconds since the start; wall: ISO times"),
          param("x_min", schema=NUMBER, description="only points with x at least this (unix time for x=wall)"),
          param("x_max", schema=NUMBER, description="only points with x at most this")],
     )},

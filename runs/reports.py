@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 PREFIX = "#runyard"
 METRIC_NAME = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
+# Runyard's own metrics (runs.system_metrics: sys/cpu_percent, ...): a run cannot report under it.
+SYSTEM_PREFIX = "sys/"
 MAX_STEP = 2**62
 
 
@@ -59,6 +61,8 @@ def parse(text: str, max_metrics: int | None = None) -> Report:
             if not 0 <= number <= 1:
                 raise Malformed(f"progress must be between 0 and 1, got {value}")
             report.progress = number
+        elif name.startswith(SYSTEM_PREFIX):
+            raise Malformed(f"{name!r}: names under {SYSTEM_PREFIX} are Runyard's own system metrics")
         elif METRIC_NAME.match(name):
             report.metrics[name] = _finite(name, value)
         else:

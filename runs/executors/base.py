@@ -55,6 +55,18 @@ class ExitInfo:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """What a live run uses, read once: `cpu_seconds` is the CPU time all its processes
+    have used so far (every CPU counted), `at` the unix time of the reading, on the
+    clock of whatever read it; two readings give the CPU % between them
+    (runs.system_metrics), as `docker stats` does from its own two."""
+
+    at: float
+    cpu_seconds: float
+    memory_mib: float
+
+
+@dataclass(frozen=True)
 class Limits:
     cpus: float
     memory_mb: int
@@ -85,6 +97,10 @@ class Executor(Protocol):
         """How the container ended."""
 
     def exists(self, run) -> bool: ...
+
+    def sample(self, run) -> Sample | None:
+        """What the live run uses now, read without waiting; None if it cannot be told
+        (not running, its engine away)."""
 
     def stop(self, run, grace: float) -> None:
         """SIGTERM, up to `grace` seconds, then SIGKILL."""

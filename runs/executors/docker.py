@@ -23,7 +23,8 @@ from docker.types import DriverConfig, Mount
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, Sample,
+    run_script, with_reporter,
 )
 from runs.executors.terminal_processes import can_see, kill_terminal_processes
 
@@ -389,6 +390,19 @@ class DockerExecutor:
     def exists(self, run) -> bool:
         return self._container(run) is not None
 
+    def sample(self, run) -> Sample | None:
+        """One reading of the engine's stats. `one_shot`: at once, without the second
+        reading a second later that the engine would otherwise wait for; the CPU %
+        comes from this reading and the previous one (runs.system_metrics)."""
+        container = self._container(run)
+        if container is None or container.status != "running":
+            return None
+        try:
+            stats = container.stats(stream=False, one_shot=True)
+        except (APIError, DockerException):
+            return None  # it ended meanwhile
+        return sample_from_stats(stats)
+
     def stop(self, run, grace: float) -> None:
         container = self._container(run)
         if container is None:
@@ -436,6 +450,21 @@ class DockerExecutor:
         except (APIError, DockerException) as exc:
             client.close()
             raise ExecutorError(f"could not open a terminal: {getattr(exc, 'explanation', None) or exc}") from None
+
+
+def sample_from_stats(stats: dict) -> Sample | None:
+    """The container's CPU time so far and its memory as `docker stats` counts it: the
+    usage minus the file cache the kernel may take back (inactive_file: cgroup v1
+    names it total_inactive_file)."""
+    cpu_ns = stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage")
+    memory = stats.get("memory_stats", {})
+    usage, read = memory.get("usage"), stats.get("read", "")
+    if cpu_ns is None or usage is None or not read or read.startswith("0001-"):
+        return None  # not running: the engine answers with empty stats
+    details = memory.get("stats", {})
+    cache = details.get("total_inactive_file", details.get("inactive_file", 0))
+    used = usage - cache if cache < usage else usage
+    return Sample(at=_docker_time(read.encode()), cpu_seconds=cpu_ns / 1e9, memory_mib=used / (1 << 20))
 
 
 _seconds_cache: dict[bytes, int] = {}

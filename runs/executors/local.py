@@ -26,7 +26,8 @@ from pathlib import Path
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, run_script, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, Sample,
+    run_script, with_reporter,
 )
 from runs.executors.terminal_processes import kill_terminal_processes
 from runs.private_files import open_private_for_append, private_dir, write_private
@@ -148,6 +149,13 @@ class LocalExecutor:
         except (OSError, ValueError):
             return None
 
+    def sample(self, run) -> Sample | None:
+        """The run's processes, from /proc (Linux; elsewhere nothing is read)."""
+        pgid = self._pgid(run)
+        if pgid is None or (self.run_dir(run) / "ended").exists():
+            return None
+        return session_sample(pgid)  # its main process leads a session of its own
+
     def stop(self, run, grace: float) -> None:
         run_dir = self.run_dir(run)
         if not run_dir.exists() or (run_dir / "ended").exists():
@@ -207,6 +215,36 @@ class LocalExecutor:
         home.mkdir(parents=True, exist_ok=True)
         return LocalTerminal([*SHELL_COMMAND], cwd=home, env={**env, "TERM": "xterm-256color"}, cols=cols, rows=rows,
                              records=run_dir / "terminals")
+
+
+def session_sample(sid: int) -> Sample | None:
+    """CPU time and resident memory of a session's processes, summed: the session, not
+    the process group, as a program may put its children in a group of their own
+    (`timeout` does). CPU time counts what each has used and what its ended children
+    did (reaped, they are no longer listed); memory shared between them (the shell's
+    libraries) counts once each."""
+    try:
+        ticks, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except (OSError, ValueError):
+        return None
+    at = time.time()
+    cpu_ticks = rss_pages = members = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # After the command name, which may hold spaces and parentheses: field 3 on.
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended meanwhile
+        if int(fields[3]) != sid:  # field 6, session
+            continue
+        members += 1
+        cpu_ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+        rss_pages += int(fields[21])  # rss
+    if not members:
+        return None
+    return Sample(at=at, cpu_seconds=cpu_ticks / ticks, memory_mib=rss_pages * page / (1 << 20))
 
 
 def _signal_group(pgid: int, signum: int) -> None:

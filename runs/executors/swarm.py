@@ -360,6 +360,17 @@ class SwarmExecutor:
         except ExecutorError:
             return None
 
+    def sample(self, run):
+        """Read on the node's engine, as on one engine."""
+        try:
+            engine = self.node_engine(run)
+            try:
+                return engine.sample(run)
+            finally:
+                engine.client.close()  # a client a reading: its connections go with it
+        except ExecutorError:
+            return None
+
     def exit_info(self, run) -> ExitInfo:
         try:
             info = self.node_engine(run).exit_info(run)

@@ -64,6 +64,8 @@ def log(metrics, step=None):
         name = str(name)
         if not _NAME.match(name) or name in _RESERVED:
             _warn("runyard.log: %r is not a metric name (letters, digits, _ . / -)" % name)
+        elif name.startswith("sys/"):
+            _warn("runyard.log: %r: names under sys/ are Runyard's own system metrics" % name)
         number = _number(value)
         # What is wrong is still reported: the console counts it and shows the line.
         fields.append((name, repr(number) if number is not None else str(value).replace(" ", "_")))

@@ -76,7 +76,8 @@ async function draw(key) {
                     line: { width: 1.5 }, name: key, hovertemplate: "%{x}: %{y}<extra></extra>" };
     const layout = {
       margin: { l: 50, r: 10, t: 10, b: 40 }, showlegend: false, uirevision: `${key}-${xSelect.value}`,
-      xaxis: { title: { text: X_TITLES[xSelect.value] }, type: xSelect.value === "wall" ? "date" : "linear",
+      // The server may answer on another axis than asked (sys/ metrics have no step: time since start).
+      xaxis: { title: { text: X_TITLES[series.x_axis] }, type: series.x_axis === "wall" ? "date" : "linear",
                ...(entry.range ? { range: entry.range, autorange: false } : { autorange: true }) },
       yaxis: { type: logScale.checked ? "log" : "linear", autorange: true },
     };
@@ -107,7 +108,8 @@ async function refresh() {
   const response = await fetch(api);
   if (!response.ok) { state.textContent = `Could not read the metrics (HTTP ${response.status}).`; return; }
   const { keys } = await response.json();
-  document.getElementById("plots-empty").hidden = keys.length > 0;
+  // Its CPU and memory (sys/...) are Runyard's readings: the hint stays until the run reports its own.
+  document.getElementById("plots-empty").hidden = keys.some((key) => !key.startsWith("sys/"));
   for (const key of keys) chartFor(key).stale = true;
   await Promise.all(keys.filter((key) => charts.get(key).onScreen).map(draw));
   state.textContent = live ? "Live: new values appear every few seconds." : "";

@@ -1,0 +1,127 @@
+"""System metrics (issue 9): a running run's CPU % and memory, read every few seconds
+(RUNYARD_SYSTEM_METRICS_SECONDS, 5 by default) from its Docker engine, its Swarm
+node's engine, or /proc for local processes, and stored as the metrics
+`sys/cpu_percent` and `sys/memory_mib` beside the run's own. GPUs: none here, nothing
+of them is tested (README)."""
+
+import time
+
+import pytest
+from django.test import override_settings
+
+from runs import metrics, reports
+from runs.leases import take_lease
+from runs.logstore import LogWriter
+from runs.models import Run
+from tests.conftest import EXECUTORS, Api, use_executor, wait_for
+from tests.test_engine import launch
+
+FINAL = {"completed", "failed", "terminated"}
+CPU, MEMORY = "sys/cpu_percent", "sys/memory_mib"
+# Holds ~100 MiB until the sleep ends: tail keeps its last line, and /dev/zero has no newline.
+SPIN = "timeout 16 sh -c 'while :; do :; done'"
+HOLD_100_MIB = "{ head -c 100m /dev/zero; sleep 15; } | tail > /dev/null"
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request, engine):
+    return use_executor(request)
+
+
+def one_cpu(executor: str) -> dict:
+    return {"preset": "cpu-1" if executor == "swarm" else "cpu-small"}  # one CPU, 1 or 2 GiB
+
+
+def values(run: Run, key: str) -> list[float]:
+    return [value for _, value, _ in metrics.points(run, key)]
+
+
+def test_a_busy_run_shows_its_cpu_beside_its_own_metrics(alice, executor):
+    # Two loops: on this shared machine one alone may get less than half a CPU.
+    run = launch(alice, executor, 'echo "#runyard step=1 loss=0.5"', f"{SPIN} & {SPIN}; wait; echo spun",
+                 resources=one_cpu(executor))
+    run = wait_for(run.pk, FINAL, timeout=120, removed=True)
+    assert run.status == "completed", run.status_reason
+    cpu = values(run, CPU)
+    assert cpu and max(cpu) > 50, cpu
+    if executor != "local":  # a local process has no limit
+        assert max(cpu) < 130, f"a run limited to one CPU used more: {cpu}"
+    api = Api(alice)
+    keys = api.get(f"/runs/{run.pk}/metrics").json()["keys"]
+    assert {CPU, MEMORY, "loss"} <= set(keys)
+    # The Plots tab asks for x=step; readings have none, so they come in seconds since the start.
+    series = api.get(f"/runs/{run.pk}/metrics/{CPU}", x="step").json()
+    assert series["x_axis"] == "relative"
+    assert len(series["x"]) == len(cpu) and all(0 <= x < 120 for x in series["x"])
+    assert series["x"] == sorted(series["x"])
+    assert api.get(f"/runs/{run.pk}/metrics/loss", x="step").json()["x_axis"] == "step"
+
+
+def test_a_run_holding_100_mib_shows_it(alice, executor):
+    run = launch(alice, executor, HOLD_100_MIB, resources=one_cpu(executor))
+    run = wait_for(run.pk, FINAL, timeout=120, removed=True)
+    assert run.status == "completed", run.status_reason
+    memory = values(run, MEMORY)
+    assert memory and 95 <= max(memory) <= 160, memory  # 100 MiB held, plus a few shells
+
+
+def test_no_reading_is_doubled_across_a_worker_crash(alice, engine, docker_engine, celery_worker):
+    run = launch(alice, "docker", "sleep 30")
+    wait_until_readings(run, 2)
+    celery_worker.kill()
+    try:
+        time.sleep(1)
+    finally:
+        celery_worker.start()
+    restarted = time.time()
+    run = wait_for(run.pk, FINAL, timeout=120, removed=True)
+    assert run.status == "completed", run.status_reason
+    times = [at for _, _, at in metrics.points(run, MEMORY)]
+    assert times == sorted(set(times)), "a reading stored twice, or out of order"
+    assert any(at > restarted for at in times), "the new collector took no readings"
+
+
+def wait_until_readings(run: Run, count: int, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while len(values(run, MEMORY)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} readings of run {run.pk}"
+        time.sleep(0.2)
+
+
+def test_system_metrics_use_none_of_the_runs_own_cap(alice):
+    run = launch(alice, "local", "true")  # never started: no worker here, the test is its collector
+    assert take_lease(run.pk, "test-owner")
+    with override_settings(RUNYARD_METRIC_KEYS_MAX=1):
+        writer = LogWriter(Run.objects.get(pk=run.pk), "test-owner")
+        writer.add_system_metrics(time.time(), {CPU: 12.5, MEMORY: 3.0})
+        writer.flush()
+        writer = LogWriter(Run.objects.get(pk=run.pk), "test-owner")  # as after a restart
+        writer._append(time.time(), 0, "#runyard step=1 loss=0.5")
+        writer._append(time.time(), 0, "#runyard step=1 acc=0.5")  # a second name of its own: past the cap
+        writer.flush()
+    run.refresh_from_db()
+    assert values(run, "loss") == [0.5] and values(run, "acc") == []
+    assert run.reports_malformed == 1
+    assert values(run, CPU) == [12.5]
+
+
+def test_the_plots_tab_draws_them_against_time_since_start(browser, alice, docker_engine):
+    run = launch(alice, "docker", "sleep 12")
+    run = wait_for(run.pk, FINAL, timeout=120, removed=True)
+    assert len(values(run, MEMORY)) >= 2
+    page = browser.page
+    browser.goto(f"/runs/{run.pk}/plots/")  # x: step, the default
+    page.wait_for_selector("#plot-sys_memory_mib .chart .main-svg")
+    page.wait_for_selector("#plot-sys_cpu_percent .chart .main-svg")
+    title = page.evaluate("document.querySelector('#plot-sys_memory_mib .chart').layout.xaxis.title.text")
+    assert title == "seconds since start"
+    xs = page.evaluate("document.querySelector('#plot-sys_memory_mib .chart').data[0].x")
+    assert 0 <= min(xs) and max(xs) < 60, xs
+    # The run reported nothing of its own: the hint on how to stays.
+    assert page.get_by_text("This run has reported no metrics.").is_visible()
+    browser.screenshot("run-plots-system-metrics")
+
+
+def test_a_run_cannot_report_a_system_metric():
+    with pytest.raises(reports.Malformed, match="Runyard's own system metrics"):
+        reports.parse("#runyard sys/cpu_percent=1")

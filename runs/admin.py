@@ -12,6 +12,7 @@ from runs.models import ApiToken, Cluster, Dataset, DatasetVersion, Membership, 
 from runs.access import NotAllowed, administered_team_ids
 from runs.services import terminate_run
 from runs.team_secrets import SecretError, set_secret
+from terminal.models import TerminalSessionRecord
 
 
 def team_admin_only(request) -> bool:
@@ -271,3 +272,26 @@ class TeamSecretAdmin(TeamScoped, admin.ModelAdmin):
             self.message_user(request, str(exc), messages.ERROR)
             return
         obj.pk = stored.pk
+
+
+@admin.register(TerminalSessionRecord)
+class TerminalSessionRecordAdmin(TeamScoped, admin.ModelAdmin):
+    """The record of web terminal sessions (SPEC §5): read only, for staff and the
+    admins of the run's team."""
+
+    list_display = ["started_at", "username", "run", "mode", "ended_at", "ended_how", "exit_code", "resumes"]
+    list_filter = ["mode", "ended_how", ("team", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["username"]
+    list_select_related = ["run"]
+    readonly_fields = [f.name for f in TerminalSessionRecord._meta.fields if f.name != "user"]
+    exclude = ["user"]  # username says who, even once the user is deleted
+    team_admin_may_add = False
+
+    def has_add_permission(self, request):
+        return False  # only the console writes them
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a record is not edited
+
+    def has_delete_permission(self, request, obj=None):
+        return False

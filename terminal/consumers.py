@@ -18,7 +18,9 @@ What a client sends is never trusted: sizes are clamped (cols 2..1000, rows 2..5
 a malformed control frame gets an {"type": "error"} answer and changes nothing, and
 whatever ends the consumer (a crash included) lets go of its session, which then
 ends after its keep time. A user holds at most RUNYARD_TERMINAL_MAX_SESSIONS
-terminals; one more is refused with 4429.
+terminals (in this console process); one more is refused with 4429, and on record.
+
+Every session is recorded (terminal.audit): opened, resumed, how it ended.
 
 Only a signed-in member of the run's team who may change its runs gets a shell
 (viewers may not); another team's run is closed with 4404, like a missing one.
@@ -45,7 +47,9 @@ from runs.lifecycle import FINAL
 from runs.live import run_group
 from runs.models import Run, Status
 from runs.request_json import BodyError, decode_json
-from terminal.sessions import TooManySessions, find_session, open_session, session_slot
+from terminal import audit
+from terminal.models import Ending
+from terminal.sessions import TooManySessions, find_session, new_session_id, open_session, session_slot
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +95,20 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             try:
                 with session_slot(user.pk):
                     terminal = await sync_to_async(executor.open_terminal, thread_sensitive=False)(run, mode, cols, rows)
-                    session = open_session(terminal, run_id=run.pk, user_id=user.pk, mode=mode)
+                    # On record before its reader starts: a shell that ends at once still ends on record.
+                    session_id = new_session_id()
+                    record_id = await database_sync_to_async(audit.record_opened)(session_id, run, user, mode)
+                    session = open_session(terminal, run_id=run.pk, user_id=user.pk, mode=mode,
+                                           session_id=session_id, record_id=record_id)
             except TooManySessions as exc:
+                await database_sync_to_async(audit.record_refused)(run, user, mode, str(exc))
                 return await self._refuse(4429, str(exc))
             except ExecutorError as exc:
                 return await self._refuse(4409, str(exc))
             log.info("%s opened a %s terminal in run %s", user.get_username(), mode, run.pk)
         else:
             await sync_to_async(session.resize, thread_sensitive=False)(cols, rows)
+            await database_sync_to_async(audit.record_resumed)(session.record_id)
         self.session = session
         self.allowed = access.Recheck(lambda: _may_open_terminal(user, run.pk))
         self.watch = asyncio.create_task(self._watch_access())
@@ -145,7 +155,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             log.info("closing a terminal in run %s: its user lost access", self.session.run_id)
             if hasattr(self, "pump"):
                 self.pump.cancel()  # its "exit" would come first and say the shell just ended
-            await sync_to_async(self.session.close, thread_sensitive=False)()
+            await sync_to_async(self.session.close, thread_sensitive=False)(Ending.ACCESS_LOST)
             await self._refuse(4403, "you no longer have access to a terminal in this run")
         return False
 
@@ -206,14 +216,14 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 return await self._warn(f"resize needs numbers: cols {MIN_SIZE}..{MAX_COLS}, rows {MIN_SIZE}..{MAX_ROWS}")
             await sync_to_async(self.session.resize, thread_sensitive=False)(*size)
         elif kind == "close":
-            await sync_to_async(self.session.close, thread_sensitive=False)()
+            await sync_to_async(self.session.close, thread_sensitive=False)(Ending.CLOSED)
         else:
             await self._warn('a control message is {"type": "resize", "cols": C, "rows": R} or {"type": "close"}')
 
     async def run_status(self, event):
         """The run has ended: so has its terminal (a local shell would outlive it)."""
         if event.get("to") in FINAL and self.session is not None:
-            await sync_to_async(self.session.close, thread_sensitive=False)()
+            await sync_to_async(self.session.close, thread_sensitive=False)(Ending.RUN_ENDED)
 
     async def run_log(self, event):
         pass

@@ -11,7 +11,11 @@ A shell holds the run's secrets in its environment, so it is ended for certain:
 when its keep time passes with nobody attached, when its run ends (seen here
 every few seconds, whoever is attached), and when this process exits. Ending it
 kills its processes (Terminal.close), not just the connection to them. A user
-holds at most RUNYARD_TERMINAL_MAX_SESSIONS sessions at once.
+holds at most RUNYARD_TERMINAL_MAX_SESSIONS sessions at once, in this process.
+
+Each session is on record (terminal.models.TerminalSessionRecord, written by
+terminal.audit): one record however often it is resumed, ended by the reader thread
+once the terminal has ended, with how it ended and a shell's exit code.
 """
 
 import atexit
@@ -27,7 +31,9 @@ from django.conf import settings
 from django.db import connections
 
 from runs.lifecycle import FINAL
-from runs.models import Run
+from runs.models import Run, Status
+from terminal import audit
+from terminal.models import Ending
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +45,16 @@ class TooManySessions(Exception):
     """The user already holds RUNYARD_TERMINAL_MAX_SESSIONS terminals."""
 
 
+def new_session_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
 class TerminalSession:
-    def __init__(self, terminal, *, run_id: int, user_id: int, mode: str):
-        self.id = secrets.token_urlsafe(18)
+    def __init__(self, terminal, *, run_id: int, user_id: int, mode: str, session_id: str = "", record_id: int | None = None):
+        self.id = session_id or new_session_id()
         self.terminal, self.run_id, self.user_id, self.mode = terminal, run_id, user_id, mode
+        self.record_id = record_id
+        self.how: str | None = None  # why it was closed, when something closed it
         self.lock = threading.Lock()
         self.scrollback = bytearray()
         self.listener: Callable[[bytes | None], None] | None = None  # None: the end
@@ -60,6 +72,8 @@ class TerminalSession:
             if not data:
                 _forget(self)
                 self.terminal.close()
+                self.record_end()
+                connections.close_all()  # this thread's own, opened by record_end
                 return
 
     def _show(self, data: bytes) -> None:
@@ -98,13 +112,43 @@ class TerminalSession:
         if not self.ended:
             self.terminal.resize(cols, rows)
 
-    def close(self) -> None:
-        """End the terminal: its processes are killed; the reader then sees the end."""
+    def close(self, how: str = Ending.CLOSED) -> None:
+        """End the terminal: its processes are killed; the reader then sees the end.
+        `how` goes on record (the first reason given, when several come at once)."""
+        with self.lock:
+            self.how = self.how or how
         _forget(self)
         try:
             self.terminal.close()
         except Exception:  # one terminal that fails to close must not keep the others open
             log.exception("closing the terminal of run %s failed", self.run_id)
+
+
+    def record_end(self) -> None:
+        """Put the end on record: how, and a shell's exit code (the executor's, where it can tell)."""
+        how = self.how or self._ended_by_itself()
+        exit_code, note = None, ""
+        if self.mode == "shell":
+            exit_code = self.terminal.exit_code()
+            if exit_code is None:
+                note = "the shell's exit code could not be read"
+        else:
+            note = "attach: the main process's exit code is the run's"
+        try:
+            audit.record_ended(self.record_id, how, exit_code, note)
+        except Exception:
+            log.exception("could not record the end of a terminal in run %s", self.run_id)
+
+    def _ended_by_itself(self) -> str:
+        """Nobody closed it: a shell that exited (exit, Ctrl-D), or the run's end (an
+        attach ends with the main process; a shell with its container)."""
+        if self.mode == "shell":
+            try:
+                if Run.objects.filter(pk=self.run_id, status__in=(Status.RUNNING, Status.IDLE)).exists():
+                    return Ending.EXITED
+            except Exception:
+                return Ending.EXITED
+        return Ending.RUN_ENDED
 
 
 _sessions: dict[str, TerminalSession] = {}
@@ -132,8 +176,10 @@ def session_slot(user_id: int) -> Iterator[None]:
                 del _opening[user_id]
 
 
-def open_session(terminal, *, run_id: int, user_id: int, mode: str) -> TerminalSession:
-    session = TerminalSession(terminal, run_id=run_id, user_id=user_id, mode=mode)
+def open_session(terminal, *, run_id: int, user_id: int, mode: str, session_id: str = "",
+                 record_id: int | None = None) -> TerminalSession:
+    """A session for an open terminal; `session_id` and `record_id` when its record is written already."""
+    session = TerminalSession(terminal, run_id=run_id, user_id=user_id, mode=mode, session_id=session_id, record_id=record_id)
     with _sessions_lock:
         _sessions[session.id] = session
     session.start()
@@ -171,9 +217,9 @@ def reap(now: float | None = None) -> int:
     ended_runs = _ended_runs({s.run_id for s in current}) if current else set()
     stale += [s for s in current if s.run_id in ended_runs and s not in stale]
     for session in stale:
-        why = "its run has ended" if session.run_id in ended_runs else "nobody came back for it"
-        log.info("closing terminal session of run %s: %s", session.run_id, why)
-        session.close()
+        how = Ending.RUN_ENDED if session.run_id in ended_runs else Ending.ABANDONED
+        log.info("closing terminal session of run %s: %s", session.run_id, how.label)
+        session.close(how)
     return len(stale)
 
 
@@ -192,7 +238,8 @@ def close_all() -> int:
     with _sessions_lock:
         current = list(_sessions.values())
     for session in current:
-        session.close()
+        session.close(Ending.SERVER_STOPPED)
+        session.record_end()  # now: the process may be gone before its reader gets to it
     return len(current)
 
 

@@ -139,6 +139,10 @@ class Terminal(Protocol):
         """End it: the shell gets a hangup, then what is left of it is killed. Its
         processes really end (the shell holds the run's secrets in its environment)."""
 
+    def exit_code(self) -> int | None:
+        """Once it has ended (after close): a shell's exit code (128+N for a signal N),
+        None for an attach (the main process's is the run's) or where it cannot be told."""
+
 
 TERMINAL_MODES = ("shell", "attach")
 

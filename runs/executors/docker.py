@@ -575,6 +575,7 @@ class DockerTerminal:
         self.sock = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
         self.sock.settimeout(None)
         self.keyboard = AttachedInput() if exec_id is None else None
+        self.ended_with: int | None = None  # the shell's exit code, read at close
 
     def read(self) -> bytes:
         try:
@@ -630,12 +631,32 @@ class DockerTerminal:
                 self.kill_shell()
             except (APIError, DockerException, OSError) as exc:  # the container is stopping, say
                 log.warning("could not end the shell of exec %s: %s", self.exec_id, exc)
+            if self.ended_with is None:
+                self.ended_with = self._exec_exit_code()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
         self.client.close()
+
+    def exit_code(self) -> int | None:
+        return self.ended_with
+
+    def _exec_exit_code(self, patience: float = 3.0) -> int | None:
+        """The exec's ExitCode from the engine, once it says the exec has stopped (a shell
+        just killed is reaped a moment later); None if it never says, or cannot be asked."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                found = self.client.api.exec_inspect(self.exec_id)
+            except (APIError, DockerException, OSError):
+                return None  # the container is gone, and the engine's record of the exec with it
+            if not found.get("Running"):
+                return found.get("ExitCode")
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
 
     def shell_process(self) -> tuple[int, str] | None:
         """(host PID, container id) of the exec'd shell while it runs, from the engine's exec inspect."""

@@ -321,6 +321,9 @@ class LocalAttach:
     def close(self) -> None:
         self.closed.set()
 
+    def exit_code(self) -> None:
+        return None  # the main process's is the run's
+
 
 class LocalTerminal:
     """A shell on its own PTY, in the run's directory and environment. `records`: a
@@ -388,3 +391,8 @@ class LocalTerminal:
                 self.process.wait()
         if self.record is not None:
             self.record.unlink(missing_ok=True)
+
+    def exit_code(self) -> int | None:
+        """The shell's, as a shell reports it (128+N for a signal N); None while it runs."""
+        code = self.process.poll()
+        return None if code is None else (128 - code if code < 0 else code)

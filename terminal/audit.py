@@ -1,0 +1,53 @@
+"""Writes the terminal session records (terminal.models): called by the consumer when a
+session opens, resumes or is refused, and by the session's reader thread when it ends.
+A record that cannot be written is logged, never a reason to refuse or break a terminal."""
+
+import logging
+
+from django.db.models import F
+from django.utils import timezone
+
+from terminal.models import Ending, TerminalSessionRecord
+
+log = logging.getLogger(__name__)
+
+
+def record_opened(session_key: str, run, user, mode: str) -> int | None:
+    """The new record's id."""
+    try:
+        return TerminalSessionRecord.objects.create(
+            session_key=session_key, run=run, team_id=run.team_id, user=user, username=user.get_username(),
+            mode=mode, started_at=timezone.now(),
+        ).pk
+    except Exception:
+        log.exception("could not record the %s terminal of %s in run %s", mode, user.get_username(), run.pk)
+        return None
+
+
+def record_resumed(record_id: int | None) -> None:
+    if record_id is None:
+        return
+    try:
+        TerminalSessionRecord.objects.filter(pk=record_id).update(resumes=F("resumes") + 1)
+    except Exception:
+        log.exception("could not record the resumption of terminal record %s", record_id)
+
+
+def record_refused(run, user, mode: str, why: str) -> None:
+    now = timezone.now()
+    try:
+        TerminalSessionRecord.objects.create(
+            run=run, team_id=run.team_id, user=user, username=user.get_username(), mode=mode,
+            started_at=now, ended_at=now, ended_how=Ending.REFUSED, note=why[:300],
+        )
+    except Exception:
+        log.exception("could not record a refused terminal of %s in run %s", user.get_username(), run.pk)
+
+
+def record_ended(record_id: int | None, how: str, exit_code: int | None, note: str = "") -> None:
+    """Once: a session that is ended twice (closed, and its reader seeing the end) keeps the first."""
+    if record_id is None:
+        return
+    TerminalSessionRecord.objects.filter(pk=record_id, ended_at__isnull=True).update(
+        ended_at=timezone.now(), ended_how=how, exit_code=exit_code, note=note[:300],
+    )

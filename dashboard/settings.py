@@ -246,6 +246,8 @@ RUNYARD_LOG_LINE_MAX_BYTES = env_int("RUNYARD_LOG_LINE_MAX_BYTES", 64 * 1024, 10
 RUNYARD_LOG_PAGE_MAX_BYTES = env_int("RUNYARD_LOG_PAGE_MAX_BYTES", 4 * 1024 * 1024, 64 * 1024)
 # Metric names a run may report; reports adding names past it are counted as malformed.
 RUNYARD_METRIC_KEYS_MAX = env_int("RUNYARD_METRIC_KEYS_MAX", 1000, 1)
+# A running run whose reported progress has not moved for this long shows `stalled`.
+RUNYARD_STALLED_SECONDS = env_int("RUNYARD_STALLED_SECONDS", 600, 1)
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"

@@ -124,6 +124,7 @@ def run_summary(request, run_id: int):
         "reproductions": reproductions,
         "changes": [(key, json.dumps(change["from"]), json.dumps(change["to"])) for key, change in run.changes.items()],
         "spec_yaml": dump_spec_yaml(run.spec),
+        "summary_items": [(name, value, not isinstance(value, str)) for name, value in sorted(run.summary.items())],
     })
 
 

@@ -73,6 +73,8 @@ class LogWriter:
         self.metric_keys = set(MetricChunk.objects.filter(run_id=run.pk).values_list("key", flat=True).distinct())
         self.progress_samples = list(run.progress_samples or [])
         self.progress_changed = False
+        self.summary = dict(run.summary or {})
+        self.summary_changed = False
         self.team_id = run.team_id
         self.first_unflushed_at: float | None = None
         self.flushed_at = time.monotonic()
@@ -137,6 +139,12 @@ class LogWriter:
         new_keys = report.metrics.keys() - self.metric_keys
         if len(self.metric_keys) + len(new_keys) > self.metric_keys_max:
             raise reports.Malformed(f"the run would have more than {self.metric_keys_max} metrics")
+        new_names = report.summary.keys() - self.summary.keys()
+        if len(self.summary) + len(new_names) > self.metric_keys_max:
+            raise reports.Malformed(f"the run's summary would have more than {self.metric_keys_max} names")
+        if report.summary:
+            self.summary.update(report.summary)
+            self.summary_changed = True
         self.metric_keys |= new_keys
         for key, value in report.metrics.items():
             self.points.setdefault(key, []).append((report.step, value, at))
@@ -167,6 +175,8 @@ class LogWriter:
         reported = {}
         if self.progress_changed:
             reported = {"progress": self.progress_samples[-1][1], "progress_samples": self.progress_samples}
+        if self.summary_changed:
+            reported["summary"] = self.summary
         if self.malformed:
             reported["reports_malformed"] = F("reports_malformed") + self.malformed
         pending = {
@@ -198,6 +208,7 @@ class LogWriter:
         self.lines, self.points, self.point_count, self.line_bytes = [], {}, 0, 0
         self.malformed = 0
         self.progress_changed = False
+        self.summary_changed = False
         self.first_unflushed_at = None
         self.flushed_at = time.monotonic()
 

@@ -202,6 +202,7 @@ class Run(models.Model):
     progress = models.FloatField(null=True, blank=True)
     progress_samples = models.JSONField(default=list, blank=True, help_text="recent [unix time, progress] pairs")
     reports_malformed = models.PositiveIntegerField(default=0)
+    summary = models.JSONField(default=dict, blank=True, help_text="runyard.summary: the latest value per name")
     # What the run read, resolved at creation: [{"path", "kind": git|dataset|code, ...}].
     imports = models.JSONField(default=list, blank=True)
     # A reproduction made with changes: {field: {"from": ..., "to": ...}}.
@@ -273,6 +274,15 @@ class Run(models.Model):
         if self.status != Status.RUNNING:
             return None
         return eta_seconds(self.progress_samples, timezone.now().timestamp())
+
+    @property
+    def stalled(self) -> bool:
+        """Running, but its progress has not moved for RUNYARD_STALLED_SECONDS."""
+        from runs.reports import is_stalled
+
+        if self.status != Status.RUNNING:
+            return False
+        return is_stalled(self.progress_samples, timezone.now().timestamp(), settings.RUNYARD_STALLED_SECONDS)
 
     @property
     def idle_deadline(self):

@@ -13,6 +13,9 @@ async function refreshRow(runId) {
   const fresh = holder.firstElementChild;
   const current = document.getElementById(`run-${runId}`);
   if (current) {
+    // A run ticked for Compare stays ticked when its row is swapped.
+    const ticked = current.querySelector("input[name=runs]")?.checked;
+    if (ticked) fresh.querySelector("input[name=runs]").checked = true;
     current.replaceWith(fresh);
   } else if (body() && !new URLSearchParams(location.search).has("before")) {
     body().prepend(fresh);  // a new run: the list is newest first
@@ -54,5 +57,15 @@ function connect() {
     retry = Math.min(retry * 2, 10000);
   };
 }
+
+// Compare opens /compare/?runs=1,2,3 (without this script the form sends runs=1&runs=2).
+document.addEventListener("submit", (event) => {
+  if (event.target.id !== "compare-form") return;
+  event.preventDefault();
+  const picked = [...document.querySelectorAll("input[name=runs]:checked")].map((box) => box.value);
+  const hint = document.getElementById("compare-hint");
+  if (picked.length < 2) { hint.textContent = "Tick two or more runs to compare."; return; }
+  location.href = `${event.target.action}?runs=${picked.join(",")}`;
+});
 
 connect();

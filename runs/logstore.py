@@ -74,6 +74,7 @@ class LogWriter:
         self.progress_samples = list(run.progress_samples or [])
         self.progress_changed = False
         self.summary = dict(run.summary or {})
+        self.metrics_last = dict(run.metrics_last or {})  # the runs list's metric columns
         self.summary_changed = False
         self.team_id = run.team_id
         self.first_unflushed_at: float | None = None
@@ -148,6 +149,7 @@ class LogWriter:
         self.metric_keys |= new_keys
         for key, value in report.metrics.items():
             self.points.setdefault(key, []).append((report.step, value, at))
+            self.metrics_last[key] = value
         self.point_count += len(report.metrics)
         if report.progress is not None:
             self.progress_samples = reports.add_progress_sample(self.progress_samples, at, report.progress)
@@ -177,6 +179,8 @@ class LogWriter:
             reported = {"progress": self.progress_samples[-1][1], "progress_samples": self.progress_samples}
         if self.summary_changed:
             reported["summary"] = self.summary
+        if self.points:
+            reported["metrics_last"] = self.metrics_last
         if self.malformed:
             reported["reports_malformed"] = F("reports_malformed") + self.malformed
         pending = {

@@ -203,6 +203,7 @@ class Run(models.Model):
     progress_samples = models.JSONField(default=list, blank=True, help_text="recent [unix time, progress] pairs")
     reports_malformed = models.PositiveIntegerField(default=0)
     summary = models.JSONField(default=dict, blank=True, help_text="runyard.summary: the latest value per name")
+    metrics_last = models.JSONField(default=dict, blank=True, help_text="the last value each metric reported")
     # What the run read, resolved at creation: [{"path", "kind": git|dataset|code, ...}].
     imports = models.JSONField(default=list, blank=True)
     # A reproduction made with changes: {field: {"from": ..., "to": ...}}.

@@ -12,6 +12,11 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name='run',
+            name='metrics_last',
+            field=models.JSONField(blank=True, default=dict, help_text='the last value each metric reported'),
+        ),
+        migrations.AddField(
+            model_name='run',
             name='summary',
             field=models.JSONField(blank=True, default=dict, help_text='runyard.summary: the latest value per name'),
         ),

@@ -6,7 +6,8 @@ const state = document.getElementById("live-state");
 let retry = 500;
 
 async function refreshRow(runId) {
-  const response = await fetch(`/runs/${runId}/row/`, { headers: { "X-Requested-With": "fetch" } });
+  // The list's query names its chosen columns (?columns=...): the row shows the same.
+  const response = await fetch(`/runs/${runId}/row/${location.search}`, { headers: { "X-Requested-With": "fetch" } });
   if (!response.ok) return;
   const holder = document.createElement("tbody");
   holder.innerHTML = (await response.text()).trim();

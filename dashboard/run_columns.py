@@ -39,8 +39,9 @@ class Column:
 def parse_columns(text: str) -> tuple[list[Column], list[str]]:
     """The columns asked for, once each, and a note for each name that is not one."""
     columns, notes = [], []
-    for name in (piece.strip() for piece in text.split(",")):
-        if not name or any(column.name == name for column in columns):
+    names = [piece.strip() for piece in text.split(",") if piece.strip()]
+    for name in names[:MAX_COLUMNS * 2]:  # a note for each, within reason
+        if any(column.name == name for column in columns):
             continue
         key = name[len(SUMMARY_PREFIX):] if name.startswith(SUMMARY_PREFIX) else name
         if not METRIC_NAME.match(key):

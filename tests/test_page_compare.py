@@ -4,7 +4,7 @@ trace per run, the spec fields that differ, the summaries; another team's run is
 left out with a note."""
 
 from dashboard.compare_views import requested_ids
-from tests.conftest import wait_for
+from tests.conftest import sign_in, wait_for
 from tests.test_engine import launch
 from tests.test_pages import expect_text
 
@@ -65,3 +65,29 @@ def test_two_runs_compare_on_one_chart_per_metric(browser, alice, charlie):
     page.wait_for_selector("#compare-loss .chart .main-svg")
     assert traces(page, "loss") == 1
     browser.screenshot("compare-foreign-left-out")
+
+
+def test_a_long_list_of_numbers_is_read_only_so_far():
+    ids, notes = requested_ids([",".join(str(n) for n in range(1, 1001))])
+    assert ids == list(range(1, 51)) and notes == ["Only the first 50 of 1000 numbers are read."]
+
+
+def test_compare_fits_a_phone_and_asks_a_signed_out_visitor_to_sign_in(chromium, console_url, alice, engine):
+    first = finished(alice, "echo '#runyard step=1 loss=2'", env={"SEED": "1"})
+    second = finished(alice, "echo '#runyard step=1 loss=1'; echo a long command that a phone must scroll sideways to read in full",
+                      env={"SEED": "2"})
+    phone = sign_in(chromium, console_url, alice, width=390, height=844)
+    try:
+        phone.goto(f"/compare/?runs={first.pk},{second.pk}")
+        phone.page.wait_for_selector("#compare-loss .chart .main-svg")
+        assert traces(phone.page, "loss") == 2
+        assert phone.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        phone.screenshot("compare-390")
+    finally:
+        phone.page.context.close()
+    visitor = chromium.new_context(base_url=console_url).new_page()
+    try:
+        visitor.goto(f"{console_url}/compare/?runs={first.pk}")
+        assert "/accounts/login/" in visitor.url
+    finally:
+        visitor.context.close()

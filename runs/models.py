@@ -272,18 +272,26 @@ class Run(models.Model):
     def eta_seconds(self) -> float | None:
         from runs.reports import eta_seconds
 
-        if self.status != Status.RUNNING:
+        # A stalled run's rate is not its rate: no ETA rather than "finishing".
+        if self.status != Status.RUNNING or self.stalled:
             return None
         return eta_seconds(self.progress_samples, timezone.now().timestamp())
 
     @property
-    def stalled(self) -> bool:
-        """Running, but its progress has not moved for RUNYARD_STALLED_SECONDS."""
-        from runs.reports import is_stalled
+    def stalls_in_seconds(self) -> float | None:
+        """While running: seconds until it counts as stalled if its progress does
+        not move (0 or less: it is); None where it cannot stall."""
+        from runs.reports import stalls_in
 
         if self.status != Status.RUNNING:
-            return False
-        return is_stalled(self.progress_samples, timezone.now().timestamp(), settings.RUNYARD_STALLED_SECONDS)
+            return None
+        return stalls_in(self.progress_samples, timezone.now().timestamp(), settings.RUNYARD_STALLED_SECONDS)
+
+    @property
+    def stalled(self) -> bool:
+        """Running, but its progress has not moved for RUNYARD_STALLED_SECONDS."""
+        left = self.stalls_in_seconds
+        return left is not None and left <= 0
 
     @property
     def idle_deadline(self):

@@ -68,7 +68,7 @@ RUN_FIELDS: dict[str, dict] = {
     "stop_deadline": {**MAYBE_TIME, "description": "while stopping: when SIGKILL follows SIGTERM"},
     "duration_seconds": nullable(NUMBER),
     "progress": {**nullable(NUMBER), "description": "the last fraction the run reported (runyard.progress)"},
-    "eta_seconds": nullable(NUMBER),
+    "eta_seconds": {**nullable(NUMBER), "description": "seconds left at the recent rate; null until it can be told, and while stalled"},
     "stalled": {**BOOLEAN, "description": "running, and its progress has not moved for RUNYARD_STALLED_SECONDS"},
     "reports_malformed": COUNT,
     "summary": {"type": "object", "description": "runyard.summary: the latest value per name (a number or text)",

@@ -173,7 +173,14 @@ def progress_still_since(samples: list) -> float | None:
 
 def is_stalled(samples: list, now: float, stalled_seconds: float) -> bool:
     """Progress was reported, is short of done, and has not moved for stalled_seconds."""
+    left = stalls_in(samples, now, stalled_seconds)
+    return left is not None and left <= 0
+
+
+def stalls_in(samples: list, now: float, stalled_seconds: float) -> float | None:
+    """Seconds until the run counts as stalled if its progress does not move
+    (0 or less: it is); None where it cannot stall (nothing reported, or done)."""
     since = progress_still_since(samples)
     if since is None or samples[-1][1] >= 1:
-        return False
-    return now - since >= stalled_seconds
+        return None
+    return since + stalled_seconds - now

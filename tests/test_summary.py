@@ -2,8 +2,11 @@
 line), read back through the API and the Summary tab; and when a running run's
 progress counts as stalled."""
 
+import time
+
 import pytest
 import yaml
+from django.conf import settings
 
 from runs import reports
 from runs.models import Run
@@ -95,24 +98,36 @@ def test_progress_that_has_not_moved_for_the_limit_is_stalled():
     done = reports.add_progress_sample(samples, 1040.0, 1.0)
     assert not reports.is_stalled(done, now=99999.0, stalled_seconds=600)
     assert not reports.is_stalled([], now=99999.0, stalled_seconds=600)
+    assert reports.stalls_in(samples, now=1500.0, stalled_seconds=600) == 110.0
 
 
 def test_a_running_run_whose_progress_stopped_shows_stalled(browser, alice):
     # The console and worker are shared by the session, so RUNYARD_STALLED_SECONDS
-    # cannot be made small for them: the progress samples are set old instead.
+    # cannot be made small for them: the run's progress sample is set back in time
+    # instead, to a few seconds short of the limit, and the open pages must notice
+    # when it passes, with no message to tell them.
     run = launch(alice, "local", "echo '#runyard progress=0.3'; sleep 120")
     wait_for(run.pk, "running")
     wait_until(lambda: Run.objects.get(pk=run.pk).progress == 0.3, 30, "the progress report")
     api = Api(alice)
     assert api.get(f"/runs/{run.pk}").json()["stalled"] is False
-    long_ago = Run.objects.get(pk=run.pk).progress_samples[-1][0] - 3600
-    Run.objects.filter(pk=run.pk).update(progress_samples=[[long_ago, 0.3]])
-    assert api.get(f"/runs/{run.pk}").json()["stalled"] is True
+
+    def stalls_in(seconds):
+        at = time.time() - settings.RUNYARD_STALLED_SECONDS + seconds
+        Run.objects.filter(pk=run.pk).update(progress_samples=[[at - 30, 0.2], [at, 0.3], [at + 20, 0.3]])
+
+    stalls_in(5)
     browser.goto("/")
-    expect_text(browser.page, f"#run-{run.pk}", "stalled")
+    assert "stalled" not in browser.page.inner_text(f"#run-{run.pk}")
+    expect_text(browser.page, f"#run-{run.pk}", "stalled")  # the list looked again when it passed
+    body = api.get(f"/runs/{run.pk}").json()
+    assert body["stalled"] is True and body["eta_seconds"] is None  # its old rate tells nothing now
     browser.screenshot("runs-list-stalled")
+    stalls_in(5)
     browser.goto(f"/runs/{run.pk}/")
+    assert "stalled" not in browser.page.inner_text("#run-head h1")
     expect_text(browser.page, "#run-head h1", "stalled")
+    browser.screenshot("run-head-stalled")
     api.post(f"/runs/{run.pk}/terminate")
     run = wait_for(run.pk, "terminated", removed=True)
     assert api.get(f"/runs/{run.pk}").json()["stalled"] is False  # only a running run stalls

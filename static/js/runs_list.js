@@ -18,11 +18,23 @@ async function refreshRow(runId) {
     const ticked = current.querySelector("input[name=runs]")?.checked;
     if (ticked) fresh.querySelector("input[name=runs]").checked = true;
     current.replaceWith(fresh);
+    watchStall(fresh);
   } else if (body() && !new URLSearchParams(location.search).has("before")) {
     body().prepend(fresh);  // a new run: the list is newest first
     body().closest("table").hidden = false;
   }
 }
+
+// A running run whose progress stops turns `stalled` without any message: its
+// row says how many seconds that is away (data-stalls-in), and is read again then.
+const stallTimers = new Map();
+function watchStall(row) {
+  const runId = Number(row.dataset.run);
+  clearTimeout(stallTimers.get(runId));
+  const left = Number(row.querySelector("[data-stalls-in]")?.dataset.stallsIn ?? NaN);
+  if (Number.isFinite(left)) stallTimers.set(runId, setTimeout(() => refreshRow(runId), Math.min(2 ** 31 - 1, left * 1000 + 1000)));
+}
+for (const row of document.querySelectorAll("tr[data-run]")) watchStall(row);
 
 function refreshWaiting(except) {
   for (const row of document.querySelectorAll("tr[data-run]")) {

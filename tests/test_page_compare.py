@@ -55,6 +55,14 @@ def test_two_runs_compare_on_one_chart_per_metric(browser, alice, charlie):
     assert any("only_b" in text for text in page.locator("#compare-differences td").all_inner_texts())
     expect_text(page, "#compare-summaries", "best_loss")
     assert page.locator("#compare-summaries tbody td").all_inner_texts() == ["10", "20"]
+    # Smoothing draws each run's moving average over its faint raw line, in the run's colour.
+    raw = page.evaluate("document.querySelector('#compare-loss .chart').data.map((t) => t.y)")
+    page.locator("#compare-smooth").fill("0.5")
+    page.wait_for_function("document.querySelector('#compare-loss .chart').data.length === 4")
+    after = page.evaluate("document.querySelector('#compare-loss .chart').data.map((t) => t.y)")
+    assert after[:2] == raw and after[2] != raw[0] and len(after[2]) == len(raw[0])
+    assert page.evaluate("document.querySelector('#compare-loss .chart').data[2].line.color") == colours[0]
+    assert "smooth=0.5" in page.url
     browser.screenshot("compare-two-runs")
     # Another team's run is left out, with a note that says only that it is not there.
     browser.goto(f"/compare/?runs={first.pk},{foreign.pk},nope")

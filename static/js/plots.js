@@ -3,6 +3,8 @@
 // bucket's lowest and highest value); zooming in reads that range again at full
 // detail. While the run is live, new values and new metrics appear every few
 // seconds; only the charts on screen are read again, the others when scrolled to.
+import { smoothed, smoothingSlider } from "./smoothing.js";
+
 const section = document.getElementById("plots");
 const grid = document.getElementById("plots-grid");
 const runId = section.dataset.run;
@@ -11,8 +13,8 @@ const xSelect = document.getElementById("plots-x");
 const logScale = document.getElementById("plots-log");
 const filter = document.getElementById("plots-filter");
 const state = document.getElementById("plots-state");
-const smoothing = document.getElementById("plots-smooth");
-const smoothingShown = document.getElementById("plots-smooth-value");
+const smoothing = smoothingSlider(document.getElementById("plots-smooth"), document.getElementById("plots-smooth-value"),
+                                  () => { for (const key of charts.keys()) render(key); });
 const REFRESH_MS = 4000;
 const X_TITLES = { step: "step", relative: "seconds since start", wall: "" };
 
@@ -88,29 +90,19 @@ async function draw(key) {
   }
 }
 
-// Exponential moving average, debiased so the first values are not pulled
-// toward zero (as W&B and TensorBoard smooth); 0 leaves the series as it is.
-function smoothed(values, weight) {
-  let average = 0;
-  return values.map((value, index) => {
-    average = average * weight + (1 - weight) * value;
-    return average / (1 - weight ** (index + 1));
-  });
-}
-
 // Draws what was last read: the raw series (faint when smoothed) and its smoothed line over it.
 async function render(key) {
   const entry = charts.get(key);
   const series = entry.series;
   if (!series) return;
-  const weight = Number(smoothing.value);
+  const weight = smoothing();
   const raw = { x: series.x, y: series.y, type: "scatter", mode: series.y.length > 60 ? "lines" : "lines+markers",
                 line: { width: 1.5, color: "#1f77b4" }, name: key, hovertemplate: "%{x}: %{y}<extra></extra>" };
   const traces = [raw];
   if (weight > 0) {
     raw.opacity = 0.25;
     raw.hoverinfo = "skip";
-    traces.push({ x: series.x, y: smoothed(series.y, weight), type: "scatter", mode: "lines", line: { width: 2, color: "#1f77b4" },
+    traces.push({ x: series.x, y: smoothed(series.y, weight), type: "scatter", mode: series.y.length > 1 ? "lines" : "markers", line: { width: 2, color: "#1f77b4" },
                   name: `${key} (smoothed)`, hovertemplate: "%{x}: %{y} (smoothed)<extra></extra>" });
   }
   const layout = {
@@ -155,19 +147,7 @@ function redrawAll() {
 xSelect.addEventListener("change", redrawAll);
 logScale.addEventListener("change", () => { for (const key of charts.keys()) draw(key); });
 filter.addEventListener("input", applyFilter);
-// The smoothing is kept in the URL (?smooth=0.6): a reload or a shared link draws the same.
-function smoothingChanged() {
-  smoothingShown.textContent = Number(smoothing.value).toFixed(2);
-  const url = new URL(location.href);
-  if (Number(smoothing.value) > 0) url.searchParams.set("smooth", smoothing.value);
-  else url.searchParams.delete("smooth");
-  history.replaceState(null, "", url);
-  for (const key of charts.keys()) render(key);
-}
-smoothing.addEventListener("input", smoothingChanged);
-const askedSmoothing = Number(new URLSearchParams(location.search).get("smooth"));
-if (askedSmoothing > 0 && askedSmoothing < 1) smoothing.value = String(askedSmoothing);
-smoothingShown.textContent = Number(smoothing.value).toFixed(2);
+
 document.getElementById("plots-toolbar").addEventListener("submit", (event) => event.preventDefault());
 document.addEventListener("run-status", (event) => {
   if (["completed", "failed", "terminated"].includes(event.detail.to)) { live = false; refresh(); }

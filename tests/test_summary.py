@@ -9,6 +9,9 @@ import yaml
 from django.conf import settings
 
 from runs import reports
+from runs.executors.base import LogFrame
+from runs.leases import LeaseLost, take_lease
+from runs.logstore import LogWriter
 from runs.models import Run
 from runs.services import create_run
 from tests.conftest import Api, wait_for, wait_until
@@ -81,6 +84,34 @@ def test_a_teammate_sees_the_summary_and_an_outsider_does_not(alice, bob, charli
     wait_for(run.pk, FINAL, removed=True)
     assert Api(bob).get(f"/runs/{run.pk}").json()["summary"] == {"acc": 1}
     assert Api(charlie).get(f"/runs/{run.pk}").status_code == 404
+
+
+def test_a_summary_is_stored_with_its_lines_and_a_collector_that_lost_its_lease_stores_none(alice):
+    # The LogWriter on its own (no worker: the run is never started), as a collector
+    # crash and a second collector taking over would drive it.
+    run = create_run(user=alice, source=yaml.safe_dump({"name": "s", "image": "runyard/busybox:latest",
+                                                        "run": [{"command": "true"}]}), executor="local")
+
+    def line(cursor, text):
+        return LogFrame(cursor=cursor, time=1000.0 + cursor, stream=0, data=text.encode() + b"\n")
+
+    assert take_lease(run.pk, "first")
+    first = LogWriter(Run.objects.get(pk=run.pk), "first")
+    first.add(line(1, "epoch 1"))
+    first.add(line(2, '#runyard summary {"acc": 0.5, "arch": "x"}'))
+    first.flush()
+    Run.objects.filter(pk=run.pk).update(lease_until=None)  # its lease ran out
+    assert take_lease(run.pk, "second")
+    second = LogWriter(Run.objects.get(pk=run.pk), "second")
+    second.add(line(3, '#runyard summary {"acc": 0.9}'))
+    second.flush()
+    # The first, unaware, goes on: its flush is refused whole, its summary with its lines.
+    first.add(line(3, '#runyard summary {"acc": 0.1, "stale": 1}'))
+    with pytest.raises(LeaseLost):
+        first.flush()
+    run = Run.objects.get(pk=run.pk)
+    assert run.summary == {"acc": 0.9, "arch": "x"}
+    assert log_texts(run) == ["epoch 1"] and run.log_cursor == 3
 
 
 # ---------------------------------------------------------------- stalled

@@ -9,8 +9,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from runs import metrics
 from runs.access import visible_runs
+from runs.models import MetricChunk
 
 MAX_RUNS = 10
 MAX_PIECES = 50  # of a ?runs= list read at all: a note for each, and no more
@@ -83,6 +83,15 @@ def summary_rows(runs: list) -> list[tuple[str, list]]:
     return [(name, [run.summary.get(name, "—") for run in runs]) for name in names]
 
 
+def metric_names(runs: list) -> dict[int, list[str]]:
+    """Each run's metric names, in one query for all of them."""
+    names: dict[int, list[str]] = {}
+    rows = MetricChunk.objects.filter(run__in=runs).values_list("run_id", "key").distinct().order_by("run_id", "key")
+    for run_id, key in rows:
+        names.setdefault(run_id, []).append(key)
+    return names
+
+
 @login_required
 @require_GET
 def compare_runs(request):
@@ -94,7 +103,8 @@ def compare_runs(request):
     # Another team's run is left out exactly as a missing one is: its number says nothing.
     notes += [f"There is no run #{pk} in your teams, so it is left out." for pk in ids if pk not in found]
     runs = [found[pk] for pk in ids if pk in found]
-    keyed = [(run, COLOURS[index % len(COLOURS)], metrics.keys(run)) for index, run in enumerate(runs)]
+    names = metric_names(runs)
+    keyed = [(run, COLOURS[index % len(COLOURS)], names.get(run.pk, [])) for index, run in enumerate(runs)]
     chart_data = {
         "runs": [{"id": run.pk, "name": f"#{run.pk} {run.name}", "colour": colour, "keys": keys}
                  for run, colour, keys in keyed],

@@ -55,3 +55,27 @@ def test_the_list_shows_and_sorts_by_chosen_metrics_and_summary_values(browser, 
     # A name that is not one is named, not silently dropped.
     browser.goto("/?columns=loss,bad name")
     expect_text(page, "#column-notes", "“bad name” is not a metric or summary name")
+
+
+def test_the_list_with_columns_and_the_compare_page_cost_no_query_per_run(alice, client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from runs.services import create_run
+
+    source = "name: q\nimage: runyard/busybox:latest\nrun: [{command: 'true'}]\n"
+    client.force_login(alice)
+
+    def cost(n_runs):
+        while Run.objects.count() < n_runs:  # never started: no worker in this test
+            run = create_run(user=alice, source=source, executor="local")
+            Run.objects.filter(pk=run.pk).update(metrics_last={"loss": run.pk / 10}, summary={"acc": run.pk})
+        ids = ",".join(str(pk) for pk in Run.objects.values_list("pk", flat=True)[:10])
+        with CaptureQueriesContext(connection) as listed:
+            assert client.get("/?columns=loss,summary:acc&sort=-loss").status_code == 200
+        with CaptureQueriesContext(connection) as compared:
+            assert client.get(f"/compare/?runs={ids}").status_code == 200
+        return len(listed), len(compared)
+
+    few, many = cost(2), cost(8)
+    assert few == many, (few, many)  # the same whatever the number of runs

@@ -248,6 +248,8 @@ RUNYARD_LOG_PAGE_MAX_BYTES = env_int("RUNYARD_LOG_PAGE_MAX_BYTES", 4 * 1024 * 10
 RUNYARD_METRIC_KEYS_MAX = env_int("RUNYARD_METRIC_KEYS_MAX", 1000, 1)
 # How often a running run's CPU % and memory are read and stored as sys/ metrics (0: never).
 RUNYARD_SYSTEM_METRICS_SECONDS = env_int("RUNYARD_SYSTEM_METRICS_SECONDS", 5, 0)
+# A running run whose reported progress has not moved for this long shows `stalled`.
+RUNYARD_STALLED_SECONDS = env_int("RUNYARD_STALLED_SECONDS", 600, 1)
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"

@@ -1,12 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from dashboard import files_views, team_views, token_views, views
+from dashboard import compare_views, files_views, team_views, token_views, views
 from terminal import views as terminal_views
 
 urlpatterns = [
     path("", views.runs_list, name="runs-list"),
     path("runs/new/", views.run_new, name="run-new"),
+    path("compare/", compare_views.compare_runs, name="compare-runs"),
     path("runs/<int:run_id>/", views.run_summary, name="run-summary"),
     path("runs/<int:run_id>/row/", views.run_row, name="run-row"),
     path("runs/<int:run_id>/head/", views.run_head, name="run-head"),

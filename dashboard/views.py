@@ -11,6 +11,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from dashboard import run_columns
 from runs import metrics
 from runs.access import Action, NotAllowed, default_team, may, run_for_user, visible_runs
 from runs.lifecycle import IllegalTransition
@@ -42,18 +43,31 @@ def runs_list(request):
         before = int(request.GET.get("before", "")) if request.GET.get("before") else None
     except ValueError:
         before = None
-    page = list(runs_for_user(request.user, before_id=before, limit=PAGE_SIZE + 1, **filters))
+    columns, column_notes = run_columns.parse_columns(request.GET.get("columns", ""))
+    sort, descending = run_columns.sort_column(request.GET.get("sort", ""), columns)
+    # Sorted by a reported value, the list pages by position; else newest first by id.
+    start = _whole_number(request.GET.get("start")) if sort else 0
+    page = list(runs_for_user(request.user, before_id=None if sort else before, limit=PAGE_SIZE + 1,
+                              order=sort.ordering(descending) if sort else None, offset=start, **filters))
     more = len(page) > PAGE_SIZE
-    page = attach_queue_positions(page[:PAGE_SIZE])
+    page = _with_column_values(attach_queue_positions(page[:PAGE_SIZE]), columns)
     older = request.GET.copy()
-    if more:
+    if more and sort:
+        older["start"] = start + PAGE_SIZE
+    elif more:
         older["before"] = page[-1].pk
     context = {
         "runs": page,
+        "columns": columns,
+        "column_notes": column_notes,
+        "column_suggestions": run_columns.suggestions(page),
+        "sort": ("-" if descending else "") + sort.name if sort else "",
+        "columns_text": ", ".join(column.name for column in columns),
+        "column_heads": _column_heads(request, columns, sort, descending),
         "filters": filters,
         "all_statuses": Status.choices,
         "older_query": older.urlencode() if more else "",
-        "filtered": any(filters.values()) or before is not None,
+        "filtered": any(filters.values()) or before is not None or bool(start),
         "any_runs": bool(page) or visible_runs(request.user).exists(),
     }
     template = "dashboard/_runs_table.html" if request.headers.get("HX-Request") else "dashboard/runs_list.html"
@@ -64,7 +78,35 @@ def runs_list(request):
 @require_GET
 def run_row(request, run_id: int):
     """One row of the runs list: what the live list swaps in on a status change."""
-    return render(request, "dashboard/_run_row.html", {"run": attach_queue_positions([_run_or_404(request, run_id)])[0]})
+    columns, _ = run_columns.parse_columns(request.GET.get("columns", ""))
+    run = _with_column_values(attach_queue_positions([_run_or_404(request, run_id)]), columns)[0]
+    return render(request, "dashboard/_run_row.html", {"run": run, "columns": columns})
+
+
+def _column_heads(request, columns, sort, descending) -> list[tuple]:
+    """(column, the query that sorts by it, "ascending"/"descending"/"") for each chosen column.
+    A first click sorts descending (the best accuracy first), a second ascending."""
+    heads = []
+    for column in columns:
+        query = request.GET.copy()
+        query.pop("start", None)
+        query.pop("before", None)
+        current = "descending" if column == sort and descending else "ascending" if column == sort else ""
+        query["sort"] = column.name if current == "descending" else "-" + column.name
+        heads.append((column, query.urlencode(), current))
+    return heads
+
+
+def _whole_number(text: str | None) -> int:
+    return int(text) if text and text.isdigit() and len(text) < 10 else 0
+
+
+def _with_column_values(runs: list[Run], columns: list) -> list[Run]:
+    """Each run's values for the chosen columns, as shown: numbers to 6 significant digits."""
+    for run in runs:
+        values = (column.value(run) for column in columns)
+        run.column_values = ["—" if v is None else v if isinstance(v, str) else f"{v:.6g}" for v in values]
+    return runs
 
 
 def _examples() -> list[dict]:
@@ -125,6 +167,7 @@ def run_summary(request, run_id: int):
         "reproductions": reproductions,
         "changes": [(key, json.dumps(change["from"]), json.dumps(change["to"])) for key, change in run.changes.items()],
         "spec_yaml": dump_spec_yaml(run.spec),
+        "summary_items": [(name, value, not isinstance(value, str)) for name, value in sorted(run.summary.items())],
     })
 
 

@@ -76,6 +76,9 @@ class LogWriter:
         self.metric_keys = {key for key in stored if not is_system_key(key)}
         self.progress_samples = list(run.progress_samples or [])
         self.progress_changed = False
+        self.summary = dict(run.summary or {})
+        self.metrics_last = dict(run.metrics_last or {})  # the runs list's metric columns
+        self.summary_changed = False
         self.team_id = run.team_id
         self.first_unflushed_at: float | None = None
         self.flushed_at = time.monotonic()
@@ -140,9 +143,16 @@ class LogWriter:
         new_keys = report.metrics.keys() - self.metric_keys
         if len(self.metric_keys) + len(new_keys) > self.metric_keys_max:
             raise reports.Malformed(f"the run would have more than {self.metric_keys_max} metrics")
+        new_names = report.summary.keys() - self.summary.keys()
+        if len(self.summary) + len(new_names) > self.metric_keys_max:
+            raise reports.Malformed(f"the run's summary would have more than {self.metric_keys_max} names")
+        if report.summary:
+            self.summary.update(report.summary)
+            self.summary_changed = True
         self.metric_keys |= new_keys
         for key, value in report.metrics.items():
             self.points.setdefault(key, []).append((report.step, value, at))
+            self.metrics_last[key] = value
         self.point_count += len(report.metrics)
         if report.progress is not None:
             self.progress_samples = reports.add_progress_sample(self.progress_samples, at, report.progress)
@@ -178,6 +188,10 @@ class LogWriter:
         reported = {}
         if self.progress_changed:
             reported = {"progress": self.progress_samples[-1][1], "progress_samples": self.progress_samples}
+        if self.summary_changed:
+            reported["summary"] = self.summary
+        if self.points:
+            reported["metrics_last"] = self.metrics_last
         if self.malformed:
             reported["reports_malformed"] = F("reports_malformed") + self.malformed
         pending = {
@@ -209,6 +223,7 @@ class LogWriter:
         self.lines, self.points, self.point_count, self.line_bytes = [], {}, 0, 0
         self.malformed = 0
         self.progress_changed = False
+        self.summary_changed = False
         self.first_unflushed_at = None
         self.flushed_at = time.monotonic()
 

@@ -202,6 +202,8 @@ class Run(models.Model):
     progress = models.FloatField(null=True, blank=True)
     progress_samples = models.JSONField(default=list, blank=True, help_text="recent [unix time, progress] pairs")
     reports_malformed = models.PositiveIntegerField(default=0)
+    summary = models.JSONField(default=dict, blank=True, help_text="runyard.summary: the latest value per name")
+    metrics_last = models.JSONField(default=dict, blank=True, help_text="the last value each metric reported")
     # What the run read, resolved at creation: [{"path", "kind": git|dataset|code, ...}].
     imports = models.JSONField(default=list, blank=True)
     # A reproduction made with changes: {field: {"from": ..., "to": ...}}.
@@ -270,9 +272,26 @@ class Run(models.Model):
     def eta_seconds(self) -> float | None:
         from runs.reports import eta_seconds
 
-        if self.status != Status.RUNNING:
+        # A stalled run's rate is not its rate: no ETA rather than "finishing".
+        if self.status != Status.RUNNING or self.stalled:
             return None
         return eta_seconds(self.progress_samples, timezone.now().timestamp())
+
+    @property
+    def stalls_in_seconds(self) -> float | None:
+        """While running: seconds until it counts as stalled if its progress does
+        not move (0 or less: it is); None where it cannot stall."""
+        from runs.reports import stalls_in
+
+        if self.status != Status.RUNNING:
+            return None
+        return stalls_in(self.progress_samples, timezone.now().timestamp(), settings.RUNYARD_STALLED_SECONDS)
+
+    @property
+    def stalled(self) -> bool:
+        """Running, but its progress has not moved for RUNYARD_STALLED_SECONDS."""
+        left = self.stalls_in_seconds
+        return left is not None and left <= 0
 
     @property
     def idle_deadline(self):

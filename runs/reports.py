@@ -1,9 +1,10 @@
-"""What a run reports from inside (SPEC §4): metric values and progress.
+"""What a run reports from inside (SPEC §4): metric values, progress, a summary.
 
 A report is a line of the run's output that starts with `#runyard `, followed by
 `name=value` fields: `step=` (a whole number), `progress=` (0 to 1) and metrics
-(finite numbers). runs/inrun/runyard.py writes them; a shell script can `echo`
-them. The log collector takes good reports out of the log and stores them in the
+(finite numbers); or by `summary ` and a JSON object of name to number or text
+(the run's final figures: the latest value per name is kept). runs/inrun/runyard.py
+writes them; a shell script can `echo` them. The log collector takes good reports out of the log and stores them in the
 same transaction as the lines around them, so none is lost or doubled. A
 malformed report stays in the log, is counted, and is never fatal.
 
@@ -13,6 +14,7 @@ names are capped (RUNYARD_METRIC_KEYS_MAX): a report with more metrics than the
 cap, or one adding names past it, is malformed as a whole.
 """
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ METRIC_NAME = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
 # Runyard's own metrics (runs.system_metrics: sys/cpu_percent, ...): a run cannot report under it.
 SYSTEM_PREFIX = "sys/"
 MAX_STEP = 2**62
+SUMMARY_WORD = "summary"
+SUMMARY_TEXT_MAX = 1000
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Report:
     step: int | None = None
     progress: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, float | str] = field(default_factory=dict)
 
 
 class Malformed(ValueError):
@@ -41,9 +46,12 @@ def is_report(text: str) -> bool:
 
 def parse(text: str, max_metrics: int | None = None) -> Report:
     """The report a `#runyard ...` line holds; Malformed says what is wrong with it."""
+    body = text[len(PREFIX):].strip()
+    if body.split(None, 1)[:1] == [SUMMARY_WORD]:
+        return Report(summary=parse_summary(body[len(SUMMARY_WORD):], max_metrics))
     report = Report()
     seen: set[str] = set()
-    for token in text[len(PREFIX):].split():
+    for token in body.split():
         if max_metrics is not None and len(report.metrics) > max_metrics:
             raise Malformed(f"more than {max_metrics} metrics in one report")
         name, sep, value = token.partition("=")
@@ -72,6 +80,41 @@ def parse(text: str, max_metrics: int | None = None) -> Report:
     if report.progress is None and not report.metrics:
         raise Malformed("nothing reported")
     return report
+
+
+def parse_summary(text: str, max_keys: int | None = None) -> dict[str, float | str]:
+    """`{"best_acc": 0.93, "arch": "resnet50"}`: names as metric names, values
+    finite numbers or text (true/false count as text, so nothing is guessed)."""
+    try:
+        values = json.loads(text)
+    except ValueError:
+        raise Malformed("summary expects a JSON object, e.g. {\"best_acc\": 0.93}") from None
+    if not isinstance(values, dict) or not values:
+        raise Malformed("summary expects a non-empty JSON object of name to number or text")
+    if max_keys is not None and len(values) > max_keys:
+        raise Malformed(f"more than {max_keys} names in one summary")
+    summary: dict[str, float | str] = {}
+    for name, value in values.items():
+        if not METRIC_NAME.match(name):
+            raise Malformed(f"{name!r} is not a summary name (letters, digits, _ . / -)")
+        if isinstance(value, bool) or value is None:
+            summary[name] = json.dumps(value)
+        elif isinstance(value, (int, float)):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise Malformed(f"{name} must be a finite number, got {value}")
+            # A whole number JSON can hold exactly stays whole (an epoch count, not 3.0).
+            summary[name] = value if isinstance(value, int) and abs(value) <= 2**53 else number
+        elif isinstance(value, str):
+            if len(value) > SUMMARY_TEXT_MAX:
+                raise Malformed(f"{name} is longer than {SUMMARY_TEXT_MAX} characters")
+            summary[name] = value
+        else:
+            raise Malformed(f"{name} must be a number or text, got {type(value).__name__}")
+    return summary
 
 
 def _finite(name: str, value: str) -> float:
@@ -115,3 +158,33 @@ def eta_seconds(samples: list, now: float) -> float | None:
         return None
     rate = (last - first) / (last_at - first_at)
     return max(0.0, (1 - last) / rate - max(0.0, now - last_at))
+
+
+def progress_still_since(samples: list) -> float | None:
+    """When progress last moved: the first of the trailing samples that hold the
+    last value. Samples are capped, so when they all hold it, it moved at or
+    before the oldest (the answer is never later than the truth)."""
+    if not samples:
+        return None
+    last = samples[-1][1]
+    since = samples[-1][0]
+    for at, value in reversed(samples):
+        if value != last:
+            break
+        since = at
+    return since
+
+
+def is_stalled(samples: list, now: float, stalled_seconds: float) -> bool:
+    """Progress was reported, is short of done, and has not moved for stalled_seconds."""
+    left = stalls_in(samples, now, stalled_seconds)
+    return left is not None and left <= 0
+
+
+def stalls_in(samples: list, now: float, stalled_seconds: float) -> float | None:
+    """Seconds until the run counts as stalled if its progress does not move
+    (0 or less: it is); None where it cannot stall (nothing reported, or done)."""
+    since = progress_still_since(samples)
+    if since is None or samples[-1][1] >= 1:
+        return None
+    return since + stalled_seconds - now

@@ -3,6 +3,8 @@
 // bucket's lowest and highest value); zooming in reads that range again at full
 // detail. While the run is live, new values and new metrics appear every few
 // seconds; only the charts on screen are read again, the others when scrolled to.
+import { smoothed, smoothingSlider } from "./smoothing.js";
+
 const section = document.getElementById("plots");
 const grid = document.getElementById("plots-grid");
 const runId = section.dataset.run;
@@ -11,6 +13,8 @@ const xSelect = document.getElementById("plots-x");
 const logScale = document.getElementById("plots-log");
 const filter = document.getElementById("plots-filter");
 const state = document.getElementById("plots-state");
+const smoothing = smoothingSlider(document.getElementById("plots-smooth"), document.getElementById("plots-smooth-value"),
+                                  () => { for (const key of charts.keys()) render(key); });
 const REFRESH_MS = 4000;
 const X_TITLES = { step: "step", relative: "seconds since start", wall: "" };
 
@@ -72,16 +76,8 @@ async function draw(key) {
     const response = await fetch(`${api}/${encodeURIComponent(key).replace(/%2F/g, "/")}?${params}`);
     if (!response.ok) { entry.note.textContent = `Could not read ${key} (HTTP ${response.status}).`; return; }
     const series = await response.json();
-    const trace = { x: series.x, y: series.y, type: "scatter", mode: series.y.length > 60 ? "lines" : "lines+markers",
-                    line: { width: 1.5 }, name: key, hovertemplate: "%{x}: %{y}<extra></extra>" };
-    const layout = {
-      margin: { l: 50, r: 10, t: 10, b: 40 }, showlegend: false, uirevision: `${key}-${xSelect.value}`,
-      // The server may answer on another axis than asked (sys/ metrics have no step: time since start).
-      xaxis: { title: { text: X_TITLES[series.x_axis] }, type: series.x_axis === "wall" ? "date" : "linear",
-               ...(entry.range ? { range: entry.range, autorange: false } : { autorange: true }) },
-      yaxis: { type: logScale.checked ? "log" : "linear", autorange: true },
-    };
-    await window.Plotly.react(entry.chart, [trace], layout, { responsive: true, displaylogo: false });
+    entry.series = series;
+    await render(key);
     if (!entry.chart.dataset.listening) {
       entry.chart.dataset.listening = "yes";
       entry.chart.on("plotly_relayout", (change) => zoomed(key, change));
@@ -92,6 +88,32 @@ async function draw(key) {
   } finally {
     entry.busy = false;
   }
+}
+
+// Draws what was last read: the raw series (faint when smoothed) and its smoothed line over it.
+async function render(key) {
+  const entry = charts.get(key);
+  const series = entry.series;
+  if (!series) return;
+  const weight = smoothing();
+  const raw = { x: series.x, y: series.y, type: "scatter", mode: series.y.length > 60 ? "lines" : "lines+markers",
+                line: { width: 1.5, color: "#1f77b4" }, name: key, hovertemplate: "%{x}: %{y}<extra></extra>" };
+  const traces = [raw];
+  if (weight > 0) {
+    raw.opacity = 0.25;
+    raw.hoverinfo = "skip";
+    traces.push({ x: series.x, y: smoothed(series.y, weight), type: "scatter", mode: series.y.length > 1 ? "lines" : "markers", line: { width: 2, color: "#1f77b4" },
+                  name: `${key} (smoothed)`, hovertemplate: "%{x}: %{y} (smoothed)<extra></extra>" });
+  }
+  // The server may answer on another axis than asked (sys/ metrics have no step: time since start).
+  const axis = series.x_axis || xSelect.value;
+  const layout = {
+    margin: { l: 50, r: 10, t: 10, b: 40 }, showlegend: false, uirevision: `${key}-${xSelect.value}`,
+    xaxis: { title: { text: X_TITLES[axis] }, type: axis === "wall" ? "date" : "linear",
+             ...(entry.range ? { range: entry.range, autorange: false } : { autorange: true }) },
+    yaxis: { type: logScale.checked ? "log" : "linear", autorange: true },
+  };
+  await window.Plotly.react(entry.chart, traces, layout, { responsive: true, displaylogo: false });
 }
 
 function zoomed(key, change) {
@@ -128,6 +150,7 @@ function redrawAll() {
 xSelect.addEventListener("change", redrawAll);
 logScale.addEventListener("change", () => { for (const key of charts.keys()) draw(key); });
 filter.addEventListener("input", applyFilter);
+
 document.getElementById("plots-toolbar").addEventListener("submit", (event) => event.preventDefault());
 document.addEventListener("run-status", (event) => {
   if (["completed", "failed", "terminated"].includes(event.detail.to)) { live = false; refresh(); }

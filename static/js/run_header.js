@@ -17,7 +17,18 @@ async function refreshHead() {
   holder.innerHTML = (await response.text()).trim();
   head().replaceWith(holder.firstElementChild);
   tick();
+  watchStall();
 }
+
+// A running run whose progress stops turns `stalled` without any message: the
+// header says how many seconds that is away (data-stalls-in), and is read again then.
+let stallTimer;
+function watchStall() {
+  clearTimeout(stallTimer);
+  const left = Number(head().querySelector("[data-stalls-in]")?.dataset.stallsIn ?? NaN);
+  if (Number.isFinite(left)) stallTimer = setTimeout(refreshHead, Math.min(2 ** 31 - 1, left * 1000 + 1000));
+}
+watchStall();
 
 function tick() {
   const countdown = document.getElementById("stop-countdown");

@@ -6,19 +6,35 @@ const state = document.getElementById("live-state");
 let retry = 500;
 
 async function refreshRow(runId) {
-  const response = await fetch(`/runs/${runId}/row/`, { headers: { "X-Requested-With": "fetch" } });
+  // The list's query names its chosen columns (?columns=...): the row shows the same.
+  const response = await fetch(`/runs/${runId}/row/${location.search}`, { headers: { "X-Requested-With": "fetch" } });
   if (!response.ok) return;
   const holder = document.createElement("tbody");
   holder.innerHTML = (await response.text()).trim();
   const fresh = holder.firstElementChild;
   const current = document.getElementById(`run-${runId}`);
   if (current) {
+    // A run ticked for Compare stays ticked when its row is swapped.
+    const ticked = current.querySelector("input[name=runs]")?.checked;
+    if (ticked) fresh.querySelector("input[name=runs]").checked = true;
     current.replaceWith(fresh);
+    watchStall(fresh);
   } else if (body() && !new URLSearchParams(location.search).has("before")) {
     body().prepend(fresh);  // a new run: the list is newest first
     body().closest("table").hidden = false;
   }
 }
+
+// A running run whose progress stops turns `stalled` without any message: its
+// row says how many seconds that is away (data-stalls-in), and is read again then.
+const stallTimers = new Map();
+function watchStall(row) {
+  const runId = Number(row.dataset.run);
+  clearTimeout(stallTimers.get(runId));
+  const left = Number(row.querySelector("[data-stalls-in]")?.dataset.stallsIn ?? NaN);
+  if (Number.isFinite(left)) stallTimers.set(runId, setTimeout(() => refreshRow(runId), Math.min(2 ** 31 - 1, left * 1000 + 1000)));
+}
+for (const row of document.querySelectorAll("tr[data-run]")) watchStall(row);
 
 function refreshWaiting(except) {
   for (const row of document.querySelectorAll("tr[data-run]")) {
@@ -54,5 +70,15 @@ function connect() {
     retry = Math.min(retry * 2, 10000);
   };
 }
+
+// Compare opens /compare/?runs=1,2,3 (without this script the form sends runs=1&runs=2).
+document.addEventListener("submit", (event) => {
+  if (event.target.id !== "compare-form") return;
+  event.preventDefault();
+  const picked = [...document.querySelectorAll("input[name=runs]:checked")].map((box) => box.value);
+  const hint = document.getElementById("compare-hint");
+  if (picked.length < 2) { hint.textContent = "Tick two or more runs to compare."; return; }
+  location.href = `${event.target.action}?runs=${picked.join(",")}`;
+});
 
 connect();

@@ -12,15 +12,21 @@ from runs.credits import team_usage
 from runs.models import Team
 
 
-@login_required
-@require_GET
-def team_usage_page(request, name: str):
+def administered_team_or_404(request, name: str) -> Team:
+    """The team of that name, for a page only its admins see: 404 if it is not among the
+    user's teams, 403 if the user is in it without administering it."""
     try:
-        team = team_for_user(request.user, name, Action.ADMINISTER)
+        return team_for_user(request.user, name, Action.ADMINISTER)
     except Team.DoesNotExist:
         raise Http404("There is no team with this name among yours.") from None
     except NotAllowed as exc:
         raise PermissionDenied(str(exc)) from None
+
+
+@login_required
+@require_GET
+def team_usage_page(request, name: str):
+    team = administered_team_or_404(request, name)
     usage = team_usage(team.pk)
     used = usage["total"]["credits"]
     return render(request, "dashboard/team_usage.html", {

@@ -4,13 +4,13 @@ And the record of terminal sessions, for the team's admins (/teams/{name}/termin
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponseBadRequest
+from django.http import HttpResponseBadRequest
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from dashboard.team_views import administered_team_or_404
 from dashboard.views import _run_context, _run_or_404
-from runs.access import Action, NotAllowed, may, require, team_for_user
-from runs.models import Team
+from runs.access import Action, NotAllowed, may, require
 from terminal.consumers import OPEN_STATUSES
 from terminal.models import TerminalSessionRecord
 
@@ -32,13 +32,7 @@ def run_terminal(request, run_id: int):
 @require_GET
 def team_terminal_sessions(request, name: str):
     """Every terminal session in the team's runs, newest first: for its admins only."""
-    try:
-        team = team_for_user(request.user, name, Action.ADMINISTER)
-    except Team.DoesNotExist:
-        raise Http404("There is no team with this name among yours.") from None
-    except NotAllowed as exc:
-        raise PermissionDenied(str(exc)) from None
-    return _sessions_page(request, team, run=None)
+    return _sessions_page(request, administered_team_or_404(request, name), run=None)
 
 
 @login_required

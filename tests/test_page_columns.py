@@ -51,7 +51,7 @@ def test_the_list_shows_and_sorts_by_chosen_metrics_and_summary_values(browser, 
     # A row fetched for a live swap (runs_list.js asks with the list's query) has the columns too.
     page.evaluate("""(pk) => fetch(`/runs/${pk}/row/${location.search}`).then(r => r.text())
                         .then(html => { window.__row = html; })""", low.pk)
-    page.wait_for_function("window.__row && window.__row.includes('metric-col')")
+    page.wait_for_function("() => window.__row && window.__row.includes('metric-col')")
     # A name that is not one is named, not silently dropped.
     browser.goto("/?columns=loss,bad name")
     expect_text(page, "#column-notes", "“bad name” is not a metric or summary name")

@@ -58,7 +58,7 @@ def test_two_runs_compare_on_one_chart_per_metric(browser, alice, charlie):
     # Smoothing draws each run's moving average over its faint raw line, in the run's colour.
     raw = page.evaluate("document.querySelector('#compare-loss .chart').data.map((t) => t.y)")
     page.locator("#compare-smooth").fill("0.5")
-    page.wait_for_function("document.querySelector('#compare-loss .chart').data.length === 4")
+    page.wait_for_function("() => document.querySelector('#compare-loss .chart').data.length === 4")
     after = page.evaluate("document.querySelector('#compare-loss .chart').data.map((t) => t.y)")
     assert after[:2] == raw and after[2] != raw[0] and len(after[2]) == len(raw[0])
     assert page.evaluate("document.querySelector('#compare-loss .chart').data[2].line.color") == colours[0]

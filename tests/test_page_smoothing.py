@@ -19,7 +19,7 @@ def test_smoothing_draws_a_second_line_over_the_raw_one_and_is_kept_in_the_url(b
     raw = page.evaluate(f"{CHART}.data[0].y")
     assert page.evaluate(f"{CHART}.data.length") == 1  # 0: the values as they are
     page.locator("#plots-smooth").fill("0.9")
-    page.wait_for_function(f"{CHART}.data.length === 2")
+    page.wait_for_function(f"() => {CHART}.data.length === 2")
     assert page.evaluate(f"{CHART}.data[0].y") == raw  # the raw line stays, faint
     assert page.evaluate(f"{CHART}.data[0].opacity") < 1
     smooth = page.evaluate(f"{CHART}.data[1].y")
@@ -30,7 +30,7 @@ def test_smoothing_draws_a_second_line_over_the_raw_one_and_is_kept_in_the_url(b
     browser.screenshot("run-plots-smoothed")
     # A reload (or the link shared) draws it smoothed again; back to 0 is raw only.
     page.reload()
-    page.wait_for_function(f"{CHART} && {CHART}.data && {CHART}.data.length === 2")
+    page.wait_for_function(f"() => {CHART} && {CHART}.data && {CHART}.data.length === 2")
     page.locator("#plots-smooth").fill("0")
-    page.wait_for_function(f"{CHART}.data.length === 1")
+    page.wait_for_function(f"() => {CHART}.data.length === 1")
     assert "smooth=" not in page.url

@@ -33,7 +33,7 @@ def test_a_shell_in_the_browser_survives_a_dropped_connection(browser, alice, do
     page.evaluate("window.__droppedSocket = window.__runyardSocket; window.__droppedSocket.close()")
     # Until the page has made a new socket, the state still reads "Connected" from before
     # the drop, and keys typed then go nowhere.
-    page.wait_for_function("window.__runyardSocket !== window.__droppedSocket")
+    page.wait_for_function("() => window.__runyardSocket !== window.__droppedSocket")
     expect_text(page, "#terminal-state", "Connected: a shell")
     page.locator("#terminal-screen").click()
     page.keyboard.type("echo again-$KEPT\n")

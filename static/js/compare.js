@@ -2,6 +2,7 @@
 // colour. Each series comes from /api/v1/runs/ID/metrics/KEY, thinned on the
 // server to about two points per pixel; a run without the metric has no trace.
 // Smoothing draws each run's moving average over its faint raw line, as on Plots.
+import { chartFigure } from "./chart_figure.js";
 import { smoothed, smoothingSlider } from "./smoothing.js";
 
 const data = JSON.parse(document.getElementById("compare-data")?.textContent || "null");
@@ -16,21 +17,9 @@ const smoothing = data && data.keys.length
 function slug(key) { return "compare-" + key.replace(/[^A-Za-z0-9_-]/g, "_"); }
 
 function figureFor(key) {
-  const box = document.createElement("figure");
-  box.className = "plot";
-  box.id = slug(key);
-  box.dataset.key = key;
-  const title = document.createElement("h3");
-  title.textContent = key;
-  const chart = document.createElement("div");
-  chart.className = "chart";
-  chart.setAttribute("role", "img");
-  chart.setAttribute("aria-label", `Chart of ${key} for each run`);
-  const note = document.createElement("figcaption");
-  note.className = "plot-note muted";
-  box.append(title, chart, note);
-  grid.append(box);
-  return { box, chart, note };
+  const figure = chartFigure(slug(key), key, `Chart of ${key} for each run`);
+  grid.append(figure.box);
+  return figure;
 }
 
 async function series(run, key, maxPoints) {

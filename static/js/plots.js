@@ -3,6 +3,7 @@
 // bucket's lowest and highest value); zooming in reads that range again at full
 // detail. While the run is live, new values and new metrics appear every few
 // seconds; only the charts on screen are read again, the others when scrolled to.
+import { chartFigure } from "./chart_figure.js";
 import { smoothed, smoothingSlider } from "./smoothing.js";
 
 const section = document.getElementById("plots");
@@ -32,19 +33,7 @@ function slug(key) { return "plot-" + key.replace(/[^A-Za-z0-9_-]/g, "_"); }
 
 function chartFor(key) {
   if (charts.has(key)) return charts.get(key);
-  const box = document.createElement("figure");
-  box.className = "plot";
-  box.id = slug(key);
-  box.dataset.key = key;
-  const title = document.createElement("h3");
-  title.textContent = key;
-  const chart = document.createElement("div");
-  chart.className = "chart";
-  chart.setAttribute("role", "img");
-  chart.setAttribute("aria-label", `Chart of ${key}`);
-  const note = document.createElement("figcaption");
-  note.className = "plot-note muted";
-  box.append(title, chart, note);
+  const { box, chart, note } = chartFigure(slug(key), key, `Chart of ${key}`);
   // Keep the charts in name order, whenever a metric first appears.
   const after = [...grid.children].find((other) => other.dataset.key > key);
   grid.insertBefore(box, after || null);

@@ -167,7 +167,8 @@ def queue_position(run: Run) -> int | None:
     known = run.__dict__.get("queue_position")
     if known is not None:
         return known
-    return Run.objects.filter(team_id=run.team_id, status=Status.PENDING, pk__lte=run.pk).count()
+    # 0: the run left the queue since it was read (a worker started it): no place in it.
+    return Run.objects.filter(team_id=run.team_id, status=Status.PENDING, pk__lte=run.pk).count() or None
 
 
 def attach_queue_positions(runs: list[Run]) -> list[Run]:

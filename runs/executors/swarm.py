@@ -122,6 +122,7 @@ class SwarmExecutor:
 
     def __init__(self, instance_id: str, cluster):
         self.instance_id, self.cluster = instance_id, cluster
+        self._engines: dict[str, NodeEngine] = {}  # node id -> its engine
         self.interrupted: dict[int, str] = {}  # run id -> the node whose engine stopped answering while followed
 
     @cached_property
@@ -212,6 +213,13 @@ class SwarmExecutor:
         return self._engine_of(task["NodeID"])
 
     def _engine_of(self, node_id: str) -> NodeEngine:
+        """The node's engine, one client for as long as this executor lives (a collector
+        asks every second or so: for the exit code, the system metrics)."""
+        if node_id not in self._engines:
+            self._engines[node_id] = self._reach(node_id)
+        return self._engines[node_id]
+
+    def _reach(self, node_id: str) -> NodeEngine:
         name = self.node_name(node_id)
         url = self.cluster.node_engines.get(name) or self.cluster.node_engines.get(node_id)
         if not url and self.cluster.node_engine_port:

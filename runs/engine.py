@@ -85,7 +85,7 @@ def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
             # Another worker owns the start now: whether the run failed is its call.
             log.warning("run %s: start failed after its lease was taken over: %s", run_id, exc)
             return NOTHING
-        if run.status == Status.PENDING and getattr(exc, "retry", False):
+        if run.status == Status.PENDING and exc.retry:
             # Its cluster's manager is away: the run waits, and the reconciler tries again.
             _say_why_waiting(run, f"waiting: {exc}")
             return NOTHING
@@ -97,7 +97,7 @@ def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
                 return NOTHING
         _fail_initializing(run, executor, str(exc))
         return NOTHING
-    if getattr(executor, "places_runs", False):
+    if executor.places_runs:
         return SUBMITTED  # its cluster starts it when a node has room; the collector watches
     try:
         transition(run_id, Status.RUNNING, reason="main process started", only_from=[Status.INITIALIZING], container_id=handle[:100])
@@ -143,7 +143,7 @@ def collect_run(run_id: int) -> None:
             return
         executor = executor_for(run)
         if run.status in (Status.PENDING, Status.INITIALIZING):
-            if not (getattr(executor, "places_runs", False) and (run.submitted_at or run.status == Status.INITIALIZING)):
+            if not (executor.places_runs and (run.submitted_at or run.status == Status.INITIALIZING)):
                 return  # its start task brings it to running
             run = _await_placement(run_id, executor, owner)
             if run is None:
@@ -210,7 +210,7 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
         try:
             placement = executor.placement(run)
         except ExecutorError as exc:
-            if not getattr(exc, "retry", False):
+            if not exc.retry:
                 raise
             placement = Placement("waiting", reason=f"waiting: {exc}")  # the manager is away: ask again
         if placement.state == "waiting":

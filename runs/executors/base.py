@@ -116,10 +116,10 @@ class Executor(Protocol):
         its stdin (AttachedInput), Ctrl-C a SIGINT to it. Closing an attach leaves
         the main process and its stdin open."""
 
-    # An executor whose cluster places runs itself sets `places_runs = True`: `start`
-    # then only hands the run over, and the run waits `pending` until `placement(run)`
-    # says it runs (runs.engine._await_placement).
-    # def placement(self, run) -> Placement: ...
+    # True where the cluster places runs itself (a Swarm): `start` then only hands the
+    # run over, and the run waits `pending` until `placement(run) -> Placement` says it
+    # runs (runs.engine._await_placement); only such an executor has `placement`.
+    places_runs: bool
 
 
 class Terminal(Protocol):

@@ -142,6 +142,7 @@ class _ChunkReader(io.RawIOBase):
 
 class DockerExecutor:
     name = "docker"
+    places_runs = False  # it starts a run itself (a Swarm places its runs: runs.engine)
 
     def __init__(self, instance_id: str, base_url: str = "", tls=None):
         # base_url: another engine than this console's own (a Swarm node's, say).

@@ -35,6 +35,7 @@ from runs.private_files import open_private_for_append, private_dir, write_priva
 
 class LocalExecutor:
     name = "local"
+    places_runs = False  # it starts a run itself (a Swarm places its runs: runs.engine)
 
     def __init__(self, instance_id: str):
         self.instance_id = instance_id

@@ -57,6 +57,9 @@ def resolve(spec: dict, team: Team) -> tuple[dict, list[dict], list[dict]]:
         loc = f'import["{path}"]'
         if "git" in source:
             git = dict(source["git"])
+            if not git.get("commit") and (refusal := remote_sources.git_refusal(git["url"])):
+                errors.append({"loc": f"{loc}.git.url", "msg": refusal})
+                continue
             try:
                 git["commit"] = git.get("commit") or resolve_git_ref(git["url"], git["ref"])
             except GitError as exc:

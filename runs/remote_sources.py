@@ -10,6 +10,7 @@ and never a creation that hangs: the host is probed first, with a short timeout
   Git LFS, which Runyard does not fetch (the run would see pointer files).
 - s3:// and gs:// need a client and credentials that Runyard does not have: refused,
   naming the network first where the host cannot be reached.
+- git over HTTP(S) (and so VESSL's git:// shorthand) is probed the same way first.
 """
 
 import re
@@ -36,6 +37,17 @@ def hf_repository(url: str) -> tuple[str, str, str]:
         if not reachable(parts.hostname or "", port):
             return "", "", unreachable(url, parts.hostname or endpoint)
     return f"{endpoint}/{match['path']}", match["rev"] or DEFAULT_GIT_REF, ""
+
+
+def git_refusal(url: str) -> str:
+    """Why a git repository over HTTP(S) cannot be read from here, or "": its host is
+    probed first, so that an installation with no route out says so at once rather
+    than after git's own timeout."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return "" if reachable(parts.hostname, port) else unreachable(url, parts.hostname)
 
 
 def bucket_refusal(url: str) -> str:

@@ -20,7 +20,7 @@ import yaml
 
 __all__ = [
     "SpecError", "parse_spec", "parse_spec_with_warnings", "dump_spec_yaml", "line_of", "warning", "split_warnings",
-    "MAX_SPEC_BYTES",
+    "format_duration", "MAX_SPEC_BYTES",
 ]
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -830,8 +830,8 @@ _LEGACY_RESOURCES: dict[str, FieldParser] = {
 def _service_file_error(document: Mapping[Any, Any]) -> Error | None:
     """A VESSL service (a long-lived, autoscaled endpoint) has `service:` and `message:`
     where a run has neither: refused as a whole rather than key by key."""
-    for key in ("service", "message"):
-        if key in document:
+    for key in document:  # the first of them in the file, so the line shown is where it starts
+        if key in ("service", "message"):
             return {"loc": key, "msg": "a service, not a run: this is a VESSL service file (service:, message:);"
                     " Runyard takes run files (name, image, run)"}
     return None
@@ -923,7 +923,8 @@ def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
 _SpecDumper.add_representer(str, _represent_str)
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """10.0 → "10s", 90.5 → "1m30s500ms": as a run file writes a duration."""
     remaining_millis = round(seconds * 1000)
     parts: list[str] = []
     for unit, unit_millis in _MILLIS_PER_UNIT.items():
@@ -948,7 +949,7 @@ def _dump_import_source(source: Mapping[str, Any]) -> str | dict[str, Any]:
 
 def _dump_run_step(step: Mapping[str, Any]) -> dict[str, str]:
     if "wait_seconds" in step:
-        return {"wait": _format_duration(step["wait_seconds"])}
+        return {"wait": format_duration(step["wait_seconds"])}
     rendered = {"command": step["command"]}
     if step["workdir"] is not None:
         rendered["workdir"] = step["workdir"]
@@ -979,7 +980,7 @@ def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
     if spec["env"]:
         document["env"] = {name: _dump_env_value(value) for name, value in spec["env"].items()}
     document["termination_protection"] = spec["termination_protection"]
-    document["termination_grace"] = _format_duration(spec["termination_grace_seconds"])
+    document["termination_grace"] = format_duration(spec["termination_grace_seconds"])
     # A huge width keeps long commands on one line instead of folding them.
     return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=2**16)
 

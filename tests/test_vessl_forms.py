@@ -13,7 +13,7 @@ import sys
 from datetime import datetime
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 
 from runs import logstore
 from runs.datasets import create_version
@@ -22,7 +22,6 @@ from runs.services import create_run
 from runs.spec import SpecError, dump_spec_yaml, parse_spec, parse_spec_with_warnings
 from runs.team_secrets import set_secret
 from tests.conftest import BUSYBOX, ROOT, Api, wait_for
-from tests.test_engine import log_texts
 from tests.test_reproducible import git, tar_gz
 
 BASE = "name: forms\nimage: runyard/busybox:latest\n"
@@ -572,7 +571,7 @@ def test_runyard_run_validate_shows_what_the_run_would_use(console_url, alice, e
 
 
 def test_a_run_of_strings_and_a_wait_step_completes_with_its_log(alice, engine, docker_engine):
-    source = BASE + "run:\n  - echo first\n  - wait: 1s\n  - echo second $EPOCHS\nenv:\n  EPOCHS: 3\n"
+    source = BASE + "run:\n  - echo first\n  - wait: 2s\n  - echo second $EPOCHS\nenv:\n  EPOCHS: 3\n"
     run = create_run(user=alice, source=source, executor="docker")
 
     run = wait_for(run.pk, "completed", timeout=60, removed=True)
@@ -580,7 +579,17 @@ def test_a_run_of_strings_and_a_wait_step_completes_with_its_log(alice, engine, 
     lines = logstore.read_lines(run, after=0, limit=100)["lines"]
     assert [line["text"] for line in lines] == ["first", "second 3"]
     printed = [datetime.fromisoformat(line["t"].replace("Z", "+00:00")) for line in lines]
-    assert (printed[1] - printed[0]).total_seconds() >= 1  # the wait waited
+    # The wait waited (the engine stamps each line as it reads it, so allow it some slack).
+    assert (printed[1] - printed[0]).total_seconds() >= 1.5
+
+    # Reproduced with changed commands from its page, the wait step stays a wait step.
+    page = Client()
+    page.force_login(alice)
+    shown = page.get(f"/runs/{run.pk}/reproduce/").content.decode()
+    assert "echo first\nwait: 2s\necho second $EPOCHS</textarea>" in shown
+    page.post(f"/runs/{run.pk}/reproduce/", {"mode": "changed", "env": "EPOCHS=4", "commands": "echo first\nwait: 1s\necho third"})
+    again = Run.objects.get(reproduced_from=run)
+    assert again.spec["run"] == [{"command": "echo first", "workdir": None}, {"wait_seconds": 1.0}, {"command": "echo third", "workdir": None}]
 
 
 def test_a_wait_step_works_in_an_image_with_nothing_but_sh(alice, engine, docker_engine):
@@ -592,9 +601,10 @@ def test_a_wait_step_works_in_an_image_with_nothing_but_sh(alice, engine, docker
 
     run = wait_for(run.pk, "completed", timeout=60, removed=True)
 
-    texts = log_texts(run)
-    assert texts[0] == "before" and texts[-1] == "after"
-    assert "runyard: this image has no sleep command: waiting 1s on the clock, which keeps a CPU busy" in texts
+    lines = logstore.read_lines(run, after=0, limit=100)["lines"]  # two streams: their order between them is not kept
+    assert [line["text"] for line in lines if line["stream"] == "stdout"] == ["before", "after"]
+    assert [line["text"] for line in lines if line["stream"] == "stderr"] == [
+        "runyard: this image has no sleep command: waiting 1s on the clock, which keeps a CPU busy"]
 
 
 # ---------------------------------------------------------------- the New run page

@@ -15,7 +15,7 @@ from django.test import Client
 
 from runs import model_registry
 from runs.models import DatasetVersion, Model, ModelVersion, Run
-from runs.services import create_run
+from runs.services import create_run, terminate_run
 from runs.spec import SpecError, dump_spec_yaml, org_warnings, parse_spec
 from tests.conftest import BUSYBOX, Api, sign_in, wait_for
 from tests.test_cli import assert_clean_error, cli  # noqa: F401 (the fixture)
@@ -202,6 +202,20 @@ def test_a_failed_run_makes_no_version_and_a_completed_one_makes_model_and_datas
     assert wait_for(data.pk, FINAL, removed=True).status == "completed"
 
 
+def test_an_idle_run_ended_after_its_command_makes_a_version_and_one_stopped_mid_command_none(alice, engine, docker_engine):
+    kept = create_run(user=alice, executor="docker", source=run_file(
+        "kept", "printf k > /output/k.bin", export={"/output/": "vessl-model://vision/kept"}, termination_protection=True))
+    terminate_run(wait_for(kept.pk, "idle"), actor=alice)
+    assert wait_for(kept.pk, "terminated", removed=True).exports_state == "complete"
+    assert ModelVersion.objects.get(model__name="kept").run_id == kept.pk
+
+    cut = create_run(user=alice, executor="docker", source=run_file(
+        "cut", "printf c > /output/c.bin; sleep 60", export={"/output/": "vessl-model://vision/cut"}, termination_grace="1s"))
+    terminate_run(wait_for(cut.pk, "running"), actor=alice)
+    assert wait_for(cut.pk, "terminated", removed=True).exports_state == "partial"
+    assert not Model.objects.filter(name="cut").exists()
+
+
 def test_what_cannot_be_imported_is_refused_at_creation_naming_the_import(alice, charlie, defaults):
     theirs = create_run(user=charlie, source=run_file("theirs", "true"), executor="docker")  # stays pending: no worker here
     mine = create_run(user=alice, source=run_file("mine", "true"), executor="docker")
@@ -289,6 +303,15 @@ def test_the_pages_show_versions_with_their_lineage(alice, engine, docker_engine
         browser.screenshot("run-with-model-lineage")
     finally:
         page.context.close()
+    phone = sign_in(chromium, console_url, alice, width=390, height=844)
+    try:
+        for name, path in (("models-list-390", "/models/"), ("model-detail-390", "/models/weights/")):
+            phone.goto(path)
+            overflow = phone.page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 1, f"{path} is {overflow}px wider than the screen"
+            phone.screenshot(name)
+    finally:
+        phone.page.context.close()
 
 
 # ---------------------------------------------------------------- CLI

@@ -119,8 +119,10 @@ def _resolve_run_files(team: Team, run_id: int, path: str) -> tuple[dict, dict] 
     run = Run.objects.filter(team=team, pk=run_id).first()
     if run is None:
         return f"run {run_id} not found in team {team.name}"
-    if run.status not in FINAL or run.exports_state not in ("complete", "partial"):
+    if run.status not in FINAL:
         return f"run {run_id} is {run.status}: only the files a finished run exported can be imported"
+    if run.exports_state not in ("complete", "partial"):
+        return f"run {run_id} exported no files" + (" (copying them out failed)" if run.exports_state == "failed" else "")
     files = files_under(run, path)
     if not files:
         return f"run {run_id} exported no files under {path}"

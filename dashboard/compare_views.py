@@ -43,6 +43,10 @@ def _import_text(item: dict) -> str:
         return f"git {item.get('url')} {item.get('ref')} @ {str(item.get('commit', ''))[:12]}"
     if item.get("kind") == "dataset":
         return f"dataset {item.get('name')}@{item.get('version')}"
+    if item.get("kind") == "model":
+        return f"model {item.get('name')} version {item.get('version')}"
+    if item.get("kind") == "run_files":
+        return f"run {item.get('run')} files under {item.get('run_path')} ({str(item.get('content_hash', ''))[:12]})"
     return f"code {str(item.get('content_hash', ''))[:12]}"
 
 

@@ -1,7 +1,7 @@
 """Who may do what, in one place (SPEC §3, §5, §6).
 
-Everything a user reaches (a run, a dataset, a code snapshot, a secret, a team's
-settings) belongs to a team, and the user's role in that team decides:
+Everything a user reaches (a run, a dataset, a model, a code snapshot, a secret, a
+team's settings) belongs to a team, and the user's role in that team decides:
 
     role        read   change (launch, terminate, upload, set)   terminal   administer
     admin        yes    yes                                       yes        yes
@@ -23,7 +23,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from runs.models import CodeSnapshot, Dataset, Membership, Role, Run, Team, TeamSecret
+from runs.models import CodeSnapshot, Dataset, Membership, Model, Role, Run, Team, TeamSecret
 
 
 class Action(StrEnum):
@@ -186,6 +186,10 @@ def _owned_by_team(model, user, team_name: str | None, action: Action, what: str
 
 def dataset_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> Dataset:
     return _owned_by_team(Dataset, user, team_name, action, f"dataset {name!r}", name=name)
+
+
+def model_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> Model:
+    return _owned_by_team(Model, user, team_name, action, f"model {name!r}", name=name)
 
 
 def code_snapshot_for_user(user, team_name: str | None, content_hash: str, action: Action = Action.READ) -> CodeSnapshot:

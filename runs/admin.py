@@ -8,7 +8,9 @@ from runs.credits import team_credits_used, team_usage
 from runs.lifecycle import IllegalTransition
 from runs.archives import ArchiveError
 from runs.datasets import create_version
-from runs.models import ApiToken, Cluster, Dataset, DatasetVersion, Membership, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret
+from runs.models import (
+    ApiToken, Cluster, Dataset, DatasetVersion, Membership, Model, ModelVersion, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret,
+)
 from runs.access import NotAllowed, administered_team_ids
 from runs.services import terminate_run
 from runs.team_secrets import SecretError, set_secret
@@ -248,6 +250,27 @@ class DatasetAdmin(TeamScoped, admin.ModelAdmin):
                 return redirect("admin:runs_dataset_change", version.dataset.pk)
         context = {**self.admin_site.each_context(request), "form": form, "title": "Upload a dataset version", "opts": self.model._meta}
         return render(request, "admin/runs/dataset_upload.html", context)
+
+
+class ModelVersionInline(DatasetVersionInline):
+    model = ModelVersion
+    fields = ["version", "content_hash", "size", "files", "run", "created_by", "created_at", "removed_at"]
+    readonly_fields = fields
+
+
+@admin.register(Model)
+class ModelAdmin(TeamScoped, admin.ModelAdmin):
+    """Versions come from runs' exports and uploads (API, `runyard model create`); here
+    they are read, and the model's description is written."""
+
+    list_display = ["name", "team", "created_at"]
+    list_filter = [("team", admin.RelatedOnlyFieldListFilter)]
+    inlines = [ModelVersionInline]
+    readonly_fields = ["team", "name", "created_at", "created_by"]
+    fields = ["team", "name", "description", "created_at", "created_by"]
+
+    def has_add_permission(self, request, *args):
+        return False
 
 
 class TeamSecretForm(forms.ModelForm):

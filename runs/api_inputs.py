@@ -7,7 +7,8 @@ from django.http import JsonResponse
 from runs.access import Action, dataset_for_user, secret_for_user
 from runs.api import ApiError, api_view, iso, json_body, team_param
 from runs.archives import ArchiveError
-from runs.datasets import NAME_PATTERN, create_code_snapshot, create_version, remove_version
+from runs.datasets import create_code_snapshot, create_version, remove_version
+from runs.file_sets import NAME_PATTERN, NAME_RULE
 from runs.models import DatasetVersion, TeamSecret
 from runs.team_secrets import SecretError, set_secret
 
@@ -25,6 +26,22 @@ def _archive_body(request):
     return request
 
 
+def store_archive(request, store, *names) -> tuple:
+    """What `store` (runs.datasets.create_version, create_code_snapshot,
+    runs.model_registry.create_version) makes of the archive in the body, in the
+    user's team where they may change things: (the object, created)."""
+    team = _writer_team(request)
+    try:
+        return store(team, *names, _archive_body(request), request.content_type, request.user)
+    except ArchiveError as exc:
+        raise ApiError(400, f"the upload is not a usable archive: {exc}", [{"loc": "body", "msg": str(exc)}]) from None
+
+
+def check_name(name: str, what: str) -> None:
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ApiError(400, f"invalid {what} name", [{"loc": "name", "msg": NAME_RULE}])
+
+
 def _version_json(version: DatasetVersion) -> dict:
     archive = version.archive
     return {
@@ -35,6 +52,7 @@ def _version_json(version: DatasetVersion) -> dict:
         "file_count": archive.file_count,
         "created_at": iso(version.created_at),
         "removed": version.removed_at is not None,
+        "made_by_run": version.run_id,
     }
 
 
@@ -53,17 +71,12 @@ def datasets(request):
 
 @api_view("GET", "POST")
 def dataset_versions(request, name: str):
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise ApiError(400, "invalid dataset name", [{"loc": "name", "msg": "letters, digits, . _ - only, at most 100"}])
+    check_name(name, "dataset")
     if request.method == "GET":
         dataset = dataset_for_user(request.user, request.GET.get("team"), name)
         versions = dataset.versions.select_related("dataset", "archive").order_by("version")
         return JsonResponse({"name": name, "versions": [_version_json(v) for v in versions]})
-    team = _writer_team(request)
-    try:
-        version, created = create_version(team, name, _archive_body(request), request.content_type, request.user)
-    except ArchiveError as exc:
-        raise ApiError(400, f"the upload is not a usable archive: {exc}", [{"loc": "body", "msg": str(exc)}]) from None
+    version, created = store_archive(request, create_version, name)
     return JsonResponse(_version_json(version), status=201 if created else 200)
 
 
@@ -80,11 +93,7 @@ def dataset_version(request, name: str, version: int):
 
 @api_view("POST")
 def code_snapshots(request):
-    team = _writer_team(request)
-    try:
-        snapshot, created = create_code_snapshot(team, _archive_body(request), request.content_type, request.user)
-    except ArchiveError as exc:
-        raise ApiError(400, f"the upload is not a usable archive: {exc}", [{"loc": "body", "msg": str(exc)}]) from None
+    snapshot, created = store_archive(request, create_code_snapshot)
     archive = snapshot.archive
     body = {"hash": archive.content_hash, "size_bytes": archive.size_bytes, "file_count": archive.file_count}
     return JsonResponse(body, status=201 if created else 200)

@@ -289,6 +289,10 @@ def _finalize(run_id: int, executor, vanished: str, heartbeat: LeaseHeartbeat) -
             except exports.ExportError as exc:
                 target, reason = Status.FAILED, str(exc)
                 Run.objects.filter(pk=run_id).update(exports_state="failed")
+            else:
+                if target == Status.COMPLETED:
+                    # Before it completes: whoever sees it completed finds the versions it made.
+                    target, reason = _publish_versions(run, reason, heartbeat)
         heartbeat.check()
         try:
             transition(run_id, target, reason=reason, only_from=[Status.STOPPING], exit_code=info.exit_code)
@@ -301,6 +305,9 @@ def _finalize(run_id: int, executor, vanished: str, heartbeat: LeaseHeartbeat) -
         except exports.ExportError as exc:
             log.warning("run %s: %s", run_id, exc)
             Run.objects.filter(pk=run_id).update(exports_state="failed")
+        else:
+            if run.idle_at is not None and run.exit_code == 0:  # its command had completed: its outputs are whole
+                _publish_versions(run, "", heartbeat)
     elif run.status == Status.IDLE:
         # The container ended on its own while idle (killed from outside, out of memory).
         try:
@@ -314,6 +321,17 @@ def _finalize(run_id: int, executor, vanished: str, heartbeat: LeaseHeartbeat) -
         container_removed_at=timezone.now(), log_complete=True,
         exit_code=Coalesce(F("exit_code"), Value(info.exit_code, output_field=IntegerField())),
     )
+
+
+def _publish_versions(run: Run, reason: str, heartbeat: LeaseHeartbeat) -> tuple[str, str]:
+    """The model and dataset versions the run's exports make (runs.exports); the
+    status it ends in and its reason, which says what was made."""
+    try:
+        made = exports.publish_versions(run, guard=heartbeat.check)
+    except exports.ExportError as exc:
+        log.warning("run %s: %s", run.pk, exc)
+        return Status.FAILED, str(exc)
+    return Status.COMPLETED, "; ".join([part for part in [reason, *made] if part])
 
 
 def stop_run(run_id: int) -> None:

@@ -6,6 +6,11 @@ materialized as read-only volumes while it is initializing.
   the URL the run names: a SHA alone proves nothing about who may read it.
 - dataset://NAME[@VERSION]: NAME alone is frozen to the newest version.
 - code://HASH: a snapshot uploaded with `runyard run create --code DIR`.
+- vessl-model://ORG/REPO[/N] (model://REPO[@N]): a model version; REPO alone is
+  frozen to the newest version.
+- run://ID/PATH: the files an earlier run of the team exported under PATH.
+- volume://NAME: frozen to run://ID/PATH, the files the team's newest run with whole
+  outputs (runs.exports.WHOLE_OUTPUTS) exported to volume NAME (or vessl-artifact://NAME).
 
 An import volume is a cache shared by the runs that read the same content, so its
 key names the team and the (normalized) source as well as the content: another
@@ -24,9 +29,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 
-from runs.archives import open_archive
+from runs.archives import open_archive, stored_files_hash, tar_of_stored_files
+from runs.exports import WHOLE_OUTPUTS, files_under
 from runs.executors.base import ExecutorError
-from runs.models import CodeSnapshot, Dataset, DatasetVersion, Team
+from runs.file_sets import newest_version
+from runs.lifecycle import FINAL
+from runs.models import CodeSnapshot, Dataset, DatasetVersion, Model, ModelVersion, Run, Team
 
 GIT_TIMEOUT = 120
 SHA = re.compile(r"[0-9a-f]{40}")
@@ -63,7 +71,7 @@ def resolve(spec: dict, team: Team) -> tuple[dict, list[dict], list[dict]]:
             listed.append({"path": path, "kind": "git", "url": git["url"], "ref": git["ref"], "commit": git["commit"]})
         elif "dataset" in source:
             name, wanted = source["dataset"]["name"], source["dataset"]["version"]
-            version = _dataset_version(team, name, wanted)
+            version = newest_version(Dataset, team, name, wanted)
             if isinstance(version, str):
                 errors.append({"loc": loc, "msg": version})
                 continue
@@ -79,19 +87,64 @@ def resolve(spec: dict, team: Team) -> tuple[dict, list[dict], list[dict]]:
                 continue
             frozen_imports[path] = {"code": {"hash": snapshot.archive.content_hash}}
             listed.append({"path": path, "kind": "code", "content_hash": snapshot.archive.content_hash, "size_bytes": snapshot.archive.size_bytes})
+        else:
+            resolved = _resolve_team_files(source, team)
+            if isinstance(resolved, str):
+                errors.append({"loc": loc, "msg": resolved})
+                continue
+            frozen_imports[path], item = resolved
+            listed.append({"path": path, **item})
     return {**spec, "import": frozen_imports}, listed, errors
 
 
-def _dataset_version(team: Team, name: str, wanted: int | None) -> DatasetVersion | str:
-    dataset = Dataset.objects.filter(team=team, name=name).first()
-    if dataset is None:
-        return f"dataset {name!r} not found in team {team.name}"
-    versions = DatasetVersion.objects.filter(dataset=dataset, removed_at__isnull=True).select_related("archive")
-    if wanted is None:
-        version = versions.order_by("-version").first()
-        return version or f"dataset {name!r} has no versions"
-    version = versions.filter(version=wanted).first()
-    return version or f"dataset {name!r} has no version {wanted}"
+def _resolve_team_files(source: dict, team: Team) -> tuple[dict, dict] | str:
+    """A model version, an earlier run's exported files, or a volume's newest files:
+    (the frozen source, what the run reads) or what is missing."""
+    if "model" in source:
+        name = source["model"]["name"]
+        version = newest_version(Model, team, name, source["model"]["version"])
+        if isinstance(version, str):
+            return version
+        archive = version.archive
+        return {"model": {"name": name, "version": version.version}}, {
+            "kind": "model", "name": name, "version": version.version, "content_hash": archive.content_hash,
+            "size_bytes": archive.size_bytes, "file_count": archive.file_count,
+        }
+    if "run_files" in source:
+        return _resolve_run_files(team, source["run_files"]["run"], source["run_files"]["path"])
+    return _resolve_volume(team, source["volume"]["name"])
+
+
+def _resolve_run_files(team: Team, run_id: int, path: str) -> tuple[dict, dict] | str:
+    run = Run.objects.filter(team=team, pk=run_id).first()
+    if run is None:
+        return f"run {run_id} not found in team {team.name}"
+    if run.status not in FINAL:
+        return f"run {run_id} is {run.status}: only the files a finished run exported can be imported"
+    if run.exports_state not in ("complete", "partial"):
+        return f"run {run_id} exported no files" + (" (copying them out failed)" if run.exports_state == "failed" else "")
+    files = files_under(run, path)
+    if not files:
+        return f"run {run_id} exported no files under {path}"
+    partial = run.exports_state == "partial"
+    return {"run_files": {"run": run.pk, "path": path}}, {
+        "kind": "run_files", "run": run.pk, "run_path": path, "content_hash": stored_files_hash(files),
+        "size_bytes": sum(size for size, _, _ in files.values()), "file_count": len(files), "partial": partial,
+    }
+
+
+def _resolve_volume(team: Team, name: str) -> tuple[dict, dict] | str:
+    """The newest run of the team with whole outputs that exported to volume NAME."""
+    targets = ({"volume": name}, {"artifact": name})
+    finished = Run.objects.filter(WHOLE_OUTPUTS, team=team).order_by("-pk").values_list("pk", "spec__export")
+    # Newest first, stopping at the first match: a team's recent runs are what is read.
+    for run_id, exported in finished.iterator(chunk_size=200):
+        for path, target in (exported or {}).items():
+            if target in targets:
+                resolved = _resolve_run_files(team, run_id, "/" + "/".join(part for part in path.split("/") if part))
+                if not isinstance(resolved, str):
+                    return resolved[0], {**resolved[1], "volume": name}
+    return f"no run of team {team.name} has exported files to volume://{name} yet (a completed run's exports count)"
 
 
 class GitError(Exception):
@@ -219,7 +272,31 @@ def volumes_for(run) -> list[ImportVolume]:
             archive = snapshot.archive
             key = cache_key("code", run.team_id, "code://", archive.content_hash)
             volumes.append(ImportVolume(path, key, f"code {archive.content_hash[:12]}", lambda a=archive: open_archive(a)))
+        elif "model" in source or "run_files" in source:
+            volumes.append(_team_files_volume(run, path, source))
     return volumes
+
+
+def _team_files_volume(run, path: str, source: dict) -> ImportVolume:
+    if "model" in source:
+        name, number = source["model"]["name"], source["model"]["version"]
+        version = ModelVersion.objects.filter(model__team=run.team, model__name=name, version=number).select_related("archive").first()
+        if version is None or version.removed_at:
+            raise ExecutorError(f"model {name} version {number} is no longer available (removed)")
+        archive = version.archive
+        key = cache_key("model", run.team_id, f"model://{name}", archive.content_hash)
+        return ImportVolume(path, key, f"model {name} version {number}", lambda: open_archive(archive))
+    earlier, under = source["run_files"]["run"], source["run_files"]["path"]
+    made_by = Run.objects.filter(team=run.team, pk=earlier).first()
+    files = files_under(made_by, under) if made_by else {}
+    if not files:
+        raise ExecutorError(f"the files run {earlier} exported under {under} are no longer available")
+    content = stored_files_hash(files)
+    pinned = next((item.get("content_hash") for item in run.imports if item.get("path") == path), None)
+    if pinned and pinned != content:
+        raise ExecutorError(f"the files run {earlier} exported under {under} have changed since this run was created")
+    key = cache_key("run", run.team_id, f"run://{earlier}{under}", content)
+    return ImportVolume(path, key, f"run {earlier}'s files under {under}", lambda: tar_of_stored_files(files))
 
 
 def _git_tree(url: str, commit: str):

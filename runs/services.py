@@ -8,12 +8,12 @@ import yaml
 from django.db import transaction
 from django.utils import timezone
 
-from runs import clusters, imports, team_secrets
+from runs import clusters, imports, model_registry, team_secrets
 from runs.credits import team_credits_used
 from runs.access import Action, NotAllowed, require, team_for_user
 from runs.lifecycle import FINAL, IllegalTransition, transition
 from runs.models import Membership, ResourcePreset, Role, Run, Status, Team
-from runs.spec import SpecError, dump_spec_yaml, parse_spec
+from runs.spec import SpecError, dump_spec_yaml, org_warnings, parse_spec
 from runs.tasks import enqueue
 
 DEFAULT_TEAM = "default"
@@ -77,10 +77,12 @@ def create_run(
                        "run this on a single-engine cluster, or copy the data into the image"})
     if reproduced_from is not None:
         read, image_digest = reproduced_from.imports, reproduced_from.image_digest
+        warnings = reproduced_from.warnings
     else:
         spec, read, import_errors = imports.resolve(spec, team)
         errors += import_errors + team_secrets.missing_for_spec(spec, team)
         image_digest = ""
+        warnings = org_warnings(source, team.name) if source is not None else []
     if errors:
         raise SpecError(errors)
     with transaction.atomic():
@@ -100,7 +102,9 @@ def create_run(
             image_digest=image_digest,
             cluster=cluster,
             executor=clusters.executor_name(cluster, executor),
+            warnings=warnings,
         )
+        model_registry.record_uses(run)
         enqueue("start", run.pk)
     return run
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SpecError", "parse_spec", "dump_spec_yaml", "line_of", "MAX_SPEC_BYTES"]
+__all__ = ["SpecError", "parse_spec", "dump_spec_yaml", "line_of", "org_warnings", "MAX_SPEC_BYTES"]
 
 MAX_SPEC_BYTES = 256 * 1024
 # Hostile YAML: nesting deeper than this is refused before PyYAML recurses into it,
@@ -458,6 +458,8 @@ def _parse_code_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | No
 def _parse_import_source(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
     if isinstance(value, str) and value.startswith("code://"):
         return _parse_code_uri(value, loc, errors)
+    if isinstance(value, str) and value.startswith(_REFERENCE_IMPORT_SCHEMES):
+        return _parse_reference_import(value, loc, errors)
     if isinstance(value, str):
         return _parse_dataset_uri(value, loc, errors)
     if isinstance(value, dict):
@@ -493,11 +495,10 @@ def _parse_exports(value: Any, loc: str, errors: Errors) -> dict[str, Any] | Non
         uri = _parse_string(target, target_loc, errors)
         if uri is None:
             continue
-        match = _VOLUME_URI.fullmatch(uri)
-        if match is None:
-            _add(errors, target_loc, "expected volume://NAME")
-        elif path_ok:
-            exports[path] = {"volume": match["name"]}
+        parsed_target = _parse_export_target(uri, target_loc, errors)
+        if parsed_target is not None and path_ok:
+            exports[path] = parsed_target
+    _check_one_export_per_file_set(exports, loc, errors)
     return exports
 
 
@@ -558,6 +559,182 @@ def _parse_env(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
         if name_ok and parsed_value is not None:
             env[name] = parsed_value
     return env
+
+
+# ---------------------------------------------------------------- models, run files, VESSL URIs (SPEC §8)
+#
+# Imports, normalized (a version or volume left open is pinned when the run is created):
+#   vessl-model://ORG/REPO[/N], model://REPO[@N]    {"model": {"name": REPO, "version": N or None}}
+#   vessl-dataset://ORG/NAME[/N]                    {"dataset": {"name": NAME, "version": N or None}}
+#   run://ID[/PATH]                                 {"run_files": {"run": ID, "path": "/PATH"}}
+#   volume://NAME                                   {"volume": {"name": NAME}}, then run_files
+# Exports:
+#   vessl-artifact://[NAME]                         {"artifact": NAME or ""}
+#   vessl-model://ORG/REPO, model://REPO            {"model": {"name": REPO}}
+#   vessl-dataset://ORG/NAME, dataset://NAME        {"dataset": {"name": NAME}}
+# VESSL's ORG is the run's own team, whatever it says (org_warnings tells when it differs).
+
+_SET_NAME = r"[A-Za-z0-9._-]{1,100}"
+_ORG = r"[A-Za-z0-9._-]{1,100}"
+_VESSL_MODEL_URI = re.compile(rf"vessl-model://(?P<org>{_ORG})/(?P<name>{_SET_NAME})(?:/(?P<version>[^/]*))?/?")
+_VESSL_DATASET_URI = re.compile(rf"vessl-dataset://(?P<org>{_ORG})/(?P<name>{_SET_NAME})(?:/(?P<version>[^/]*))?/?")
+_MODEL_URI = re.compile(rf"model://(?P<name>{_SET_NAME})(?:@(?P<version>.*))?", re.DOTALL)
+_RUN_FILES_URI = re.compile(r"run://(?P<run>[^/]*)(?P<path>/.*)?", re.DOTALL)
+_ARTIFACT_URI = re.compile(rf"vessl-artifact://(?P<name>{_SET_NAME})?/?")
+_EXPORT_DATASET_URI = re.compile(rf"dataset://(?P<name>{_SET_NAME})")
+_REFERENCE_IMPORT_SCHEMES = ("vessl-model://", "model://", "vessl-dataset://", "run://", "volume://")
+_EXPORT_TARGETS = "volume://NAME, vessl-artifact://[NAME], vessl-model://ORG/REPO or vessl-dataset://ORG/NAME"
+
+
+def _parse_version(text: str | None, what: str, loc: str, errors: Errors) -> int | None | bool:
+    """None for no version (the newest, pinned at creation), the number, or False after an error."""
+    if text is None or text == "":
+        return None
+    if not re.fullmatch(r"[0-9]{1,10}", text) or int(text) < 1:
+        _add(errors, loc, f"{what} version must be a positive integer")
+        return False
+    return int(text)
+
+
+def _parse_model_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    if value.startswith("model://"):
+        match, expected = _MODEL_URI.fullmatch(value), "expected model://NAME or model://NAME@VERSION"
+    else:
+        match, expected = _VESSL_MODEL_URI.fullmatch(value), "expected vessl-model://ORG/REPO or vessl-model://ORG/REPO/NUMBER"
+    if match is None:
+        _add(errors, loc, expected)
+        return None
+    version = _parse_version(match["version"], "model", loc, errors)
+    return None if version is False else {"model": {"name": match["name"], "version": version}}
+
+
+def _parse_vessl_dataset_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    match = _VESSL_DATASET_URI.fullmatch(value)
+    if match is None:
+        _add(errors, loc, "expected vessl-dataset://ORG/NAME or vessl-dataset://ORG/NAME/VERSION")
+        return None
+    version = _parse_version(match["version"], "dataset", loc, errors)
+    return None if version is False else {"dataset": {"name": match["name"], "version": version}}
+
+
+def _parse_run_files_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    match = _RUN_FILES_URI.fullmatch(value)
+    if match is None:
+        _add(errors, loc, "expected run://RUN_ID/PATH, a path that run exported (e.g. run://12/output)")
+        return None
+    if not re.fullmatch(r"[0-9]{1,18}", match["run"]) or int(match["run"]) < 1:
+        _add(errors, loc, "expected run://RUN_ID/PATH: the run id must be a positive integer")
+        return None
+    path = match["path"] or "/"
+    if not _check_container_path(path, loc, errors, allow_root=True):
+        return None
+    # One spelling per folder: "/output/", "/output" and "//output" name the same files.
+    return {"run_files": {"run": int(match["run"]), "path": "/" + "/".join(part for part in path.split("/") if part)}}
+
+
+def _parse_volume_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    match = _VOLUME_URI.fullmatch(value)
+    if match is None:
+        _add(errors, loc, "expected volume://NAME")
+        return None
+    return {"volume": {"name": match["name"]}}
+
+
+def _parse_reference_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    """An import of what the team already has: a model version, a dataset version,
+    an earlier run's exported files, or the files last exported to a volume."""
+    if value.startswith(("vessl-model://", "model://")):
+        return _parse_model_import(value, loc, errors)
+    if value.startswith("vessl-dataset://"):
+        return _parse_vessl_dataset_import(value, loc, errors)
+    if value.startswith("run://"):
+        return _parse_run_files_import(value, loc, errors)
+    return _parse_volume_import(value, loc, errors)
+
+
+def _parse_export_target(uri: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    for scheme, pattern, expected in (
+        ("volume://", _VOLUME_URI, "expected volume://NAME"),
+        ("vessl-artifact://", _ARTIFACT_URI, "expected vessl-artifact:// or vessl-artifact://NAME"),
+        ("vessl-model://", _VESSL_MODEL_URI, "expected vessl-model://ORG/REPO"),
+        ("model://", _MODEL_URI, "expected model://NAME"),
+        ("vessl-dataset://", _VESSL_DATASET_URI, "expected vessl-dataset://ORG/NAME"),
+        ("dataset://", _EXPORT_DATASET_URI, "expected dataset://NAME"),
+    ):
+        if not uri.startswith(scheme):
+            continue
+        match = pattern.fullmatch(uri)
+        if match is None:
+            _add(errors, loc, expected)
+            return None
+        if match.groupdict().get("version"):
+            _add(errors, loc, f"an export makes a new version, numbered when the run ends: write {expected[len('expected '):]}, without a version")
+            return None
+        if scheme == "volume://":
+            return {"volume": match["name"]}
+        if scheme == "vessl-artifact://":
+            return {"artifact": match["name"] or ""}
+        return {"model" if "model" in scheme else "dataset": {"name": match["name"]}}
+    _add(errors, loc, f"expected {_EXPORT_TARGETS}")
+    return None
+
+
+def _check_one_export_per_file_set(exports: dict[str, Any], loc: str, errors: Errors) -> None:
+    """A run makes one new version of a model or dataset: two paths exported to one are refused."""
+    first_path: dict[tuple[str, str], str] = {}
+    for path, target in exports.items():
+        for kind in ("model", "dataset"):
+            if kind in target:
+                key = (kind, target[kind]["name"])
+                if key in first_path:
+                    _add(errors, _name_loc(loc, path), f"{kind} {key[1]} is already exported from {_name_loc(loc, first_path[key])}: "
+                         f"a run makes one version of a {kind}, from one path")
+                first_path.setdefault(key, path)
+
+
+def org_warnings(source: str | bytes | Mapping[str, Any], team_name: str) -> Errors:
+    """VESSL URIs name an organization; here the run's own team is always meant. For
+    each vessl-model:// or vessl-dataset:// import or export whose ORG is not
+    `team_name`: a warning, {"loc", "msg"}, not an error. `source` is what parse_spec took."""
+    try:
+        document = _load_yaml(source) if isinstance(source, str | bytes) else source
+    except SpecError:
+        return []
+    warnings: Errors = []
+    if not isinstance(document, Mapping):
+        return warnings
+    for section in ("import", "export"):
+        entries = document.get(section)
+        if not isinstance(entries, Mapping):
+            continue
+        for path, uri in entries.items():
+            if not isinstance(uri, str):
+                continue
+            match = _VESSL_MODEL_URI.fullmatch(uri) or _VESSL_DATASET_URI.fullmatch(uri)
+            if match is not None and match["org"] != team_name:
+                _add(warnings, _name_loc(section, path),
+                     f"organization {match['org']!r} is not this run's team: team {team_name}'s "
+                     f"{'model' if uri.startswith('vessl-model') else 'dataset'} {match['name']} is used")
+    return warnings
+
+
+def _dump_reference_import(source: Mapping[str, Any]) -> str:
+    if "model" in source:
+        version = source["model"]["version"]
+        return f"model://{source['model']['name']}" + ("" if version is None else f"@{version}")
+    if "run_files" in source:
+        return f"run://{source['run_files']['run']}{source['run_files']['path'].rstrip('/')}"
+    return f"volume://{source['volume']['name']}"
+
+
+def _dump_export_target(target: Mapping[str, Any]) -> str:
+    if "artifact" in target:
+        return f"vessl-artifact://{target['artifact']}"
+    if "model" in target:
+        return f"model://{target['model']['name']}"
+    if "dataset" in target:
+        return f"dataset://{target['dataset']['name']}"
+    return f"volume://{target['volume']}"
 
 
 _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
@@ -644,6 +821,8 @@ def _dump_import_source(source: Mapping[str, Any]) -> str | dict[str, Any]:
         return {"git": {"url": source["git"]["url"], "ref": source["git"].get("commit") or source["git"]["ref"]}}
     if "code" in source:
         return f"code://{source['code']['hash']}"
+    if "dataset" not in source:
+        return _dump_reference_import(source)
     dataset = source["dataset"]
     version = dataset["version"]
     return f"dataset://{dataset['name']}" + ("" if version is None else f"@{version}")
@@ -675,7 +854,7 @@ def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
     if spec["import"]:
         document["import"] = {path: _dump_import_source(source) for path, source in spec["import"].items()}
     if spec["export"]:
-        document["export"] = {path: f"volume://{target['volume']}" for path, target in spec["export"].items()}
+        document["export"] = {path: _dump_export_target(target) for path, target in spec["export"].items()}
     document["run"] = [_dump_run_step(step) for step in spec["run"]]
     if spec["env"]:
         document["env"] = {name: _dump_env_value(value) for name, value in spec["env"].items()}

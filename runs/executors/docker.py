@@ -183,7 +183,8 @@ class DockerExecutor:
     def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
         container = self._container(run)
         if container is None:
-            mounts = {self._import_volume(run, item): {"bind": item.path.rstrip("/") or "/", "mode": "ro"} for item in imports}
+            # A list, not a dict keyed by volume: two paths may import the same content (one volume).
+            mounts = [f"{self._import_volume(run, item)}:{item.path.rstrip('/') or '/'}:ro" for item in imports]
             script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
             memory = f"{limits.memory_mb}m"
             try:

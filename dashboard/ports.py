@@ -366,6 +366,8 @@ async def _exchange(scope, receive, send, upstream: AsyncPortStream, host: str, 
         headers, refused = response_headers(answer, host, prefix, scope["path"])
         if refused:
             return await _page(send, 502, "The app left its address", refused, run_id)
+        if length == "chunked" or length is None:  # a length beside chunks is not the body's (RFC 9112 §6.3)
+            headers = [(name, value) for name, value in headers if name != b"content-length"]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         try:
             async for piece in body_pieces(upstream, length):
@@ -381,7 +383,7 @@ async def _exchange(scope, receive, send, upstream: AsyncPortStream, host: str, 
 
 
 def _close_code(code) -> int:
-    """A close code the browser's side may be given (Daphne sends 1000 and 3000-4999 only)."""
+    """A close code that may be passed on (Daphne sends only 1000 and 3000-4999), else 1000."""
     return code if isinstance(code, int) and (code == 1000 or 3000 <= code <= 4999) else 1000
 
 
@@ -507,7 +509,8 @@ class PortConsumer(AsyncWebsocketConsumer):
         if self.upstream is None:
             return
         try:  # tell the app, as a browser would; an app that reads nothing more is not waited for
-            going = code if isinstance(code, int) and (code == 1000 or 3000 <= code <= 4999) else 1001
+            sendable = isinstance(code, int) and (1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999)
+            going = code if sendable else 1001  # 1005, 1006: the browser went without saying
             await asyncio.wait_for(self.upstream.write(frame(CLOSE, close_payload(going))), 5)
         except (OSError, asyncio.TimeoutError):
             pass

@@ -512,6 +512,6 @@ class PortConsumer(AsyncWebsocketConsumer):
             sendable = isinstance(code, int) and (1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999)
             going = code if sendable else 1001  # 1005, 1006: the browser went without saying
             await asyncio.wait_for(self.upstream.write(frame(CLOSE, close_payload(going))), 5)
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, TimeoutError):
             pass
         await self.upstream.aclose()

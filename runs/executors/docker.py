@@ -469,7 +469,6 @@ class DockerExecutor:
             client.close()
             raise ExecutorError(f"could not open a terminal: {getattr(exc, 'explanation', None) or exc}") from None
 
-
     def open_port(self, run, port: int) -> "DockerPortStream":
         container = self._container(run)
         if container is None or container.status != "running":

@@ -180,7 +180,7 @@ def test_only_the_runs_team_reaches_its_ports(alice, bob, charlie, viola, consol
     assert b"Hello from run" not in outsider.body
     assert Console(console_url, charlie).get(f"/runs/{run.pk + 1000}/ports/web/").status == 404  # the same as none
     viewer = Console(console_url, viola).get(prefix)
-    assert viewer.status == 403 and b"viewers cannot reach the apps a run serves" in viewer.body
+    assert viewer.status == 403 and b"Viewers cannot reach the apps a run serves" in viewer.body
     signed_out = Console(console_url).get(prefix + "headers?a=b")
     assert signed_out.status == 302 and signed_out.getheader("Location").startswith("/accounts/login/?next=")
     undeclared = Console(console_url, bob).get(f"/runs/{run.pk}/ports/admin/")
@@ -195,7 +195,7 @@ def test_only_the_runs_team_reaches_its_ports(alice, bob, charlie, viola, consol
     terminate_run(run, actor=alice)
     wait_for(run.pk, "terminated")
     ended = Console(console_url, bob).get(prefix)
-    assert ended.status == 409 and f"run #{run.pk} is terminated".encode() in ended.body
+    assert ended.status == 409 and f"Run #{run.pk} is terminated".encode() in ended.body
 
 
 def _addresses_of_this_machine() -> list[str]:
@@ -267,6 +267,10 @@ def test_the_run_page_links_its_ports_and_the_app_works_in_the_browser(browser, 
     page.reload()
     page.get_by_text("Ports: web").wait_for()
     assert page.get_by_role("link", name="web").count() == 0  # named, not linked, once it has stopped
+    stopped = browser.goto(f"/runs/{run.pk}/ports/web/")
+    assert stopped.status == 409
+    expect_text(page, "#port-problem", f"^Run #{run.pk} is terminated: its ports are served only while it runs$")
+    browser.screenshot("run-ports-stopped")
 
 
 def test_a_local_run_serves_its_port_too(alice, console_url, engine):

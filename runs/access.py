@@ -3,10 +3,10 @@
 Everything a user reaches (a run, a dataset, a model, a code snapshot, a secret, a
 team's settings) belongs to a team, and the user's role in that team decides:
 
-    role        read   change (launch, terminate, upload, set)   terminal   administer
-    admin        yes    yes                                       yes        yes
-    member       yes    yes                                       yes        no
-    viewer       yes    no                                        no         no
+    role        read   change (launch, terminate, upload, set)   terminal, ports   administer
+    admin        yes    yes                                       yes               yes
+    member       yes    yes                                       yes               no
+    viewer       yes    no                                        no                no
     superuser: everything in every team. A deactivated user, or one in no team: nothing.
 
 The lookups work like healthchecks' `_get_check_for_user`: they return the object,
@@ -30,12 +30,13 @@ class Action(StrEnum):
     READ = "read"
     CHANGE = "change"
     TERMINAL = "terminal"
+    PORTS = "ports"  # an app served from a run acts inside it (a Jupyter is a shell): as a terminal
     ADMINISTER = "administer"
 
 
 ALLOWED: dict[str, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
-    Role.MEMBER: frozenset({Action.READ, Action.CHANGE, Action.TERMINAL}),
+    Role.MEMBER: frozenset({Action.READ, Action.CHANGE, Action.TERMINAL, Action.PORTS}),
     Role.VIEWER: frozenset({Action.READ}),
 }
 
@@ -44,6 +45,7 @@ _REFUSED = {
     Action.READ: "see anything in team {team}",
     Action.CHANGE: "launch or change anything in team {team}",
     Action.TERMINAL: "open a terminal in a run",
+    Action.PORTS: "reach the apps a run serves on its ports (they act inside the run, as a terminal does)",
     Action.ADMINISTER: "change the settings of team {team}",
 }
 

@@ -8,7 +8,7 @@ import yaml
 from django.db import transaction
 from django.utils import timezone
 
-from runs import clusters, imports, model_registry, team_secrets
+from runs import clusters, imports, model_registry, ports, team_secrets
 from runs.credits import team_credits_used
 from runs.access import Action, NotAllowed, require, team_for_user
 from runs.lifecycle import FINAL, IllegalTransition, transition
@@ -71,7 +71,7 @@ def create_run(
         known = ", ".join(ResourcePreset.objects.order_by("name").values_list("name", flat=True))
         errors.append({"loc": "resources.preset", "msg": f"unknown preset {spec['resources']['preset']!r} (known: {known})"})
     cluster, cluster_errors = clusters.check_resources(spec, preset)
-    errors += cluster_errors
+    errors += cluster_errors + ports.creation_errors(spec)
     if cluster is not None and cluster.kind == cluster.Kind.SWARM and spec.get("import"):
         errors.append({"loc": "import", "msg": f"imports are not available on Swarm cluster {cluster.name!r} yet: "
                        "run this on a single-engine cluster, or copy the data into the image"})

@@ -737,6 +737,78 @@ def _dump_export_target(target: Mapping[str, Any]) -> str:
     return f"volume://{target['volume']}"
 
 
+PORT_TYPES = ("http", "tcp")
+# A port's name is the last part of its address (/runs/ID/ports/NAME/): URL-safe as it is.
+_PORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _parse_port_number(value: Any, loc: str, errors: Errors) -> int | None:
+    # bool is an int subclass: "port: yes" is not port 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        _add(errors, loc, "expected a port number from 1 to 65535")
+        return None
+    return value
+
+
+def _parse_port_name(value: Any, loc: str, errors: Errors) -> str | None:
+    name = _parse_string(value, loc, errors)
+    if name is not None and not _PORT_NAME.fullmatch(name):
+        _add(errors, loc, "use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return None
+    return name
+
+
+def _parse_port_type(value: Any, loc: str, errors: Errors) -> str | None:
+    kind = _parse_string(value, loc, errors)
+    if kind is not None and kind not in PORT_TYPES:
+        _add(errors, loc, "expected http or tcp")
+        return None
+    return kind
+
+
+def _parse_ports(value: Any, loc: str, errors: Errors) -> list[dict[str, Any]] | None:
+    """VESSL's `ports`: `{name, type: http|tcp, port}` items or bare numbers, to
+    `{"name", "type", "port"}` each (a bare N is `{"name": "N", "type": "http", "port": N}`;
+    a missing name is the number, a missing type http). Names and numbers are unique:
+    a port is reached by either (runs.ports)."""
+    if not isinstance(value, list):
+        _add(errors, loc, "expected a list of ports, e.g. [{name: web, type: http, port: 8000}] or [8000]")
+        return None
+    parsers = {"name": _parse_port_name, "type": _parse_port_type, "port": _parse_port_number}
+    ports: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+    numbers: dict[int, str] = {}
+    for index, item in enumerate(value):
+        item_loc = _index_loc(loc, index)
+        if isinstance(item, dict):
+            before = len(errors)
+            fields = _parse_fields(item, item_loc, parsers, frozenset({"port"}), errors)
+            if len(errors) > before:
+                continue
+            number = fields["port"]
+            port = {"name": fields.get("name", str(number)), "type": fields.get("type", "http"), "port": number}
+            name_loc = _key_loc(item_loc, "name")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if _parse_port_number(item, item_loc, errors) is None:
+                continue
+            port, name_loc = {"name": str(item), "type": "http", "port": item}, item_loc
+        else:
+            _add(errors, item_loc, "expected a port number or a mapping with name, type and port")
+            continue
+        if port["name"].isdigit() and int(port["name"]) != port["port"]:
+            # /ports/8080/ must not mean one port by name and another by number.
+            _add(errors, name_loc, f"a name made of digits must be the port's own number ({port['port']})")
+        elif port["name"] in names:
+            _add(errors, name_loc, f"duplicate port name {port['name']!r} (also {names[port['name']]})")
+        elif port["port"] in numbers:
+            _add(errors, _key_loc(item_loc, "port") if isinstance(item, dict) else item_loc,
+                 f"port {port['port']} is declared twice (also {numbers[port['port']]})")
+        else:
+            names[port["name"]], numbers[port["port"]] = item_loc, item_loc
+            ports.append(port)
+    return ports
+
+
 _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
     "name": _parse_name,
     "description": _parse_string,
@@ -749,6 +821,7 @@ _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
     "env": _parse_env,
     "termination_protection": _parse_boolean,
     "termination_grace": _parse_grace_seconds,
+    "ports": _parse_ports,
 }
 _TOP_LEVEL_REQUIRED = frozenset({"name", "image", "run"})
 
@@ -772,6 +845,7 @@ def _normalize_document(document: Any) -> dict[str, Any]:
         "env": fields.get("env", {}),
         "termination_protection": fields.get("termination_protection", False),
         "termination_grace_seconds": fields.get("termination_grace", DEFAULT_GRACE_SECONDS),
+        "ports": fields.get("ports", []),
     }
 
 
@@ -860,6 +934,8 @@ def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
         document["env"] = {name: _dump_env_value(value) for name, value in spec["env"].items()}
     document["termination_protection"] = spec["termination_protection"]
     document["termination_grace"] = _format_duration(spec["termination_grace_seconds"])
+    if spec.get("ports"):  # a spec frozen before ports existed has none
+        document["ports"] = [dict(port) for port in spec["ports"]]
     # A huge width keeps long commands on one line instead of folding them.
     return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=2**16)
 

@@ -71,6 +71,7 @@ def test_it_parses_the_full_example_into_a_normalized_spec():
         "env": {"EPOCHS": "3", "HF_TOKEN": {"secret": "HF_TOKEN"}},
         "termination_protection": False,
         "termination_grace_seconds": 10.0,
+        "ports": [],
     }
     assert json.loads(json.dumps(spec)) == spec
 
@@ -92,6 +93,7 @@ def test_it_fills_every_default_for_a_minimal_dict_and_does_not_share_input_obje
         "env": {},
         "termination_protection": False,
         "termination_grace_seconds": 10.0,
+        "ports": [],
     }
     spec["run"][0]["command"] = "changed"
     assert source["run"][0]["command"] == "true"

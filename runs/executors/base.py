@@ -116,6 +116,11 @@ class Executor(Protocol):
         its stdin (AttachedInput), Ctrl-C a SIGINT to it. Closing an attach leaves
         the main process and its stdin open."""
 
+    def open_port(self, run, port: int) -> "PortStream":
+        """A connection to `port` on the live run's own loopback (127.0.0.1 inside it),
+        as one of its own processes would make it: the run gets no route out for it.
+        ExecutorError if the run is not running or the connection cannot be made."""
+
     # True where the cluster places runs itself (a Swarm): `start` then only hands the
     # run over, and the run waits `pending` until `placement(run) -> Placement` says it
     # runs (runs.engine._await_placement); only such an executor has `placement`.
@@ -145,6 +150,27 @@ class Terminal(Protocol):
 
 
 TERMINAL_MODES = ("shell", "attach")
+
+
+class PortStream(Protocol):
+    """A byte stream to a port inside a run (executor.open_port): a TCP connection
+    made from inside the run. `read` and `write` block (a thread of their own uses them)."""
+
+    def read(self) -> bytes:
+        """The next bytes the run's side sent; b"" once it closed the connection."""
+
+    def write(self, data: bytes) -> None:
+        """Send all of `data`; OSError once the connection is gone."""
+
+    def close_write(self) -> None:
+        """No more bytes from this side (the run's side reads its end); reading goes on."""
+
+    def close(self) -> None:
+        """End the connection; a `read` blocked in another thread returns b"". """
+
+    def failure(self) -> str:
+        """Once `read` returned b"": why the connection ended, if it was refused or broke
+        ("" when it simply closed)."""
 
 
 class AttachedInput:

@@ -1,6 +1,19 @@
 """Runs as Docker containers: one container per run, named and labelled by run id.
 
 The only module that imports `docker`.
+
+A run's ports (open_port) are reached without giving the run any network: a run's
+container has loopback only (network mode `none`), so nothing outside it, the console
+included, can connect to it, and it can connect to nothing outside. Each connection
+is instead a `docker exec` in the run of a relay that connects to 127.0.0.1:PORT there
+and pipes the bytes over the exec's own stream (the engine's API, which the console
+already uses for terminals, so this works the same for a remote engine or a Swarm
+node). The relay is BusyBox's `nc`, from a statically linked BusyBox on the console's
+host (RUNYARD_PORT_RELAY), copied into the run at its first use: it needs nothing
+from the run's image, not even a C library. The alternatives were worse: a network
+shared with the console is a route out of the run; a sidecar container in the run's
+network namespace needs an image of ours on every engine; and nsenter needs the
+console on the engine's host, as root.
 """
 
 import calendar
@@ -26,12 +39,16 @@ from runs.executors.base import (
     REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, Sample,
     run_script, with_reporter,
 )
+from runs.executors.static_relay import relay_tar
 from runs.executors.terminal_processes import can_see, kill_terminal_processes
 
 log = logging.getLogger(__name__)
 
 RUNYARD_DIR = "/run/runyard"
 REPORTER_DIR = "/opt/runyard/python"
+RELAY_PATH = "/opt/runyard/bin/busybox"  # BusyBox picks the applet from argv[1] when its name starts so
+# Containers (by id) known to hold the relay, in this process: checked once each.
+_relay_ready: set[str] = set()
 # docker-init (tini) sends the signals it gets to the main process's whole group: the
 # user's commands get SIGTERM and Ctrl-C's SIGINT themselves (base.run_script).
 SIGNAL_THE_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
@@ -452,6 +469,113 @@ class DockerExecutor:
         except (APIError, DockerException) as exc:
             client.close()
             raise ExecutorError(f"could not open a terminal: {getattr(exc, 'explanation', None) or exc}") from None
+
+    def open_port(self, run, port: int) -> "DockerPortStream":
+        container = self._container(run)
+        if container is None or container.status != "running":
+            raise ExecutorError("the run's container is not running")
+        client = self.new_client()  # a connection of its own, held while the connection lasts
+        try:
+            _ensure_relay(client, container.id)
+            exec_id = client.api.exec_create(
+                container.id, [RELAY_PATH, "nc", "127.0.0.1", str(port)], stdin=True, stdout=True, stderr=True,
+            )["Id"]
+            return DockerPortStream(client, client.api.exec_start(exec_id, socket=True))
+        except (APIError, DockerException) as exc:
+            client.close()
+            raise ExecutorError(f"could not reach port {port} in the run: {getattr(exc, 'explanation', None) or exc}") from None
+        except ExecutorError:
+            client.close()
+            raise
+
+
+def _relay_runs(client, container_id: str) -> tuple[bool, str]:
+    """Whether the relay starts in the container, and what it said if not."""
+    exec_id = client.api.exec_create(container_id, [RELAY_PATH, "true"], stdout=True, stderr=True)["Id"]
+    output = client.api.exec_start(exec_id)
+    return client.api.exec_inspect(exec_id).get("ExitCode") == 0, output.decode("utf-8", "replace").strip()
+
+
+def _ensure_relay(client, container_id: str) -> None:
+    """Put the relay into the run's container unless it is there. Checked before copying:
+    a copy over a relay that runs (another console process's) would fail, text file busy."""
+    if container_id in _relay_ready:
+        return
+    ready, _ = _relay_runs(client, container_id)
+    if not ready:
+        try:
+            client.api.put_archive(container_id, "/", relay_tar(RELAY_PATH))
+        except APIError as exc:
+            log.info("copying the port relay into %s failed (%s): checking whether another process did", container_id[:12], exc)
+        ready, said = _relay_runs(client, container_id)
+        if not ready:
+            raise ExecutorError(f"the port relay does not start in this run's container ({said[:300]})")
+    if len(_relay_ready) > 10_000:
+        _relay_ready.clear()
+    _relay_ready.add(container_id)
+
+
+class DockerPortStream:
+    """The relay's exec stream. Without a TTY the engine frames what it sends (stdout,
+    stderr); stdout is the port's bytes, stderr says why `nc` could not connect.
+
+    Closing ends the relay's input: `nc` then closes its side of the connection for
+    writing, and exits once the app closes the connection, as an app does."""
+
+    def __init__(self, client, sock):
+        self.client = client
+        self.sock = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
+        self.sock.settimeout(None)
+        self.left = 0  # bytes of the current stdout frame not read yet
+        self.said = bytearray()  # the relay's stderr, the first KiB
+
+    def read(self) -> bytes:
+        try:
+            while True:
+                if self.left:
+                    data = self.sock.recv(min(self.left, 65536))
+                    self.left -= len(data)
+                    return data
+                header = self._exactly(8)
+                if len(header) < 8:
+                    return b""
+                kind, length = struct.unpack(">BxxxL", header)
+                if kind == 2:
+                    text = self._exactly(length)
+                    self.said += text[:max(0, 1024 - len(self.said))]
+                else:
+                    self.left = length
+        except OSError:
+            return b""
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.client.close()
+
+    def failure(self) -> str:
+        return self.said.decode("utf-8", "replace").strip().removeprefix("nc: ")
 
 
 def sample_from_stats(stats: dict) -> Sample | None:

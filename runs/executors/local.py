@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -216,6 +217,50 @@ class LocalExecutor:
         home.mkdir(parents=True, exist_ok=True)
         return LocalTerminal([*SHELL_COMMAND], cwd=home, env={**env, "TERM": "xterm-256color"}, cols=cols, rows=rows,
                              records=run_dir / "terminals")
+
+
+    def open_port(self, run, port: int) -> "LocalPortStream":
+        """A plain TCP connection to the port on this machine: a local run shares its network."""
+        if not self._supervisor_alive(run) or (self.run_dir(run) / "ended").exists():
+            raise ExecutorError("the run's process is not running")
+        try:
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError as exc:
+            raise ExecutorError(f"nothing answers on port {port} in the run ({exc.strerror or exc})") from None
+        connection.settimeout(None)
+        return LocalPortStream(connection)
+
+
+class LocalPortStream:
+    def __init__(self, connection: socket.socket):
+        self.connection = connection
+        self.broke = ""
+
+    def read(self) -> bytes:
+        try:
+            return self.connection.recv(65536)
+        except OSError as exc:
+            self.broke = exc.strerror or str(exc)
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self.connection.sendall(data)
+
+    def close_write(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.connection.close()
+
+    def failure(self) -> str:
+        return self.broke
 
 
 def session_sample(sid: int) -> Sample | None:

@@ -438,3 +438,10 @@ class SwarmExecutor:
             return self.node_engine(run).open_terminal(run, mode, cols, rows)
         except NodeUnreachable as exc:
             raise ExecutorError(str(exc)) from None
+
+    def open_port(self, run, port: int):
+        """Through the node's engine, as on one engine (runs.executors.docker)."""
+        try:
+            return self.node_engine(run).open_port(run, port)
+        except NodeUnreachable as exc:
+            raise ExecutorError(str(exc)) from None

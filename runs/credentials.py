@@ -39,6 +39,7 @@ DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker
 # Where the server takes any username with a token (GitHub, GitLab, Gitea): what git sends.
 DEFAULT_GIT_USERNAME = "x-access-token"
 GIT_KINDS = (Credential.Kind.GIT_TOKEN, Credential.Kind.GIT_SSH)
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 class CredentialError(Exception):
@@ -202,6 +203,9 @@ def git_credential(team_id: int, name: str, url: str) -> Credential:
     scheme, host = git_host(url)
     if credential.kind == Credential.Kind.GIT_TOKEN and scheme not in ("https", "http"):
         raise CredentialError("credential_name", f"credential {name!r} holds a token, for https:// URLs; {url} is not one")
+    if credential.kind == Credential.Kind.GIT_TOKEN and scheme == "http" and host.rsplit(":", 1)[0] not in LOOPBACK:
+        # Plain HTTP would show the token to anyone on the way: only to this machine itself.
+        raise CredentialError("credential_name", f"credential {name!r} is sent over https:// only (http:// only to this machine); {url} is http://")
     if credential.kind == Credential.Kind.GIT_SSH and scheme != "ssh":
         raise CredentialError("credential_name", f"credential {name!r} holds an SSH key, for ssh:// or git@host:path URLs; {url} is not one")
     if not _host_matches(credential.host, host):

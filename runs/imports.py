@@ -137,9 +137,16 @@ LOGIN_REFUSED = ("could not read username", "authentication failed", "permission
                  "could not read password", "http basic: access denied")
 
 
+# What git says after any failure over SSH: the line before it says why.
+GIT_BOILERPLATE = ("fatal: could not read from remote repository.", "please make sure you have the correct access rights",
+                   "and the repository exists.")
+
+
 def _read_failure(url: str, stderr: str, default: str, credential) -> str:
     """Why `url` could not be read, with what to do where the server wants a login."""
-    line = _last_line(stderr, default)
+    telling = [line.strip() for line in stderr.splitlines() if line.strip() and line.strip().lower() not in GIT_BOILERPLATE]
+    errors = [line for line in telling if line.lower().startswith(("ssh:", "fatal:", "error:", "remote:"))]
+    line = (errors or telling or [default])[0]
     if any(words in stderr.lower() for words in LOGIN_REFUSED):
         if credential is None:
             return f"could not read {url}: it needs a login: name a git credential of your team with credential_name ({line})"

@@ -434,6 +434,43 @@ def test_a_git_credential_is_sent_only_to_its_own_host(alice, git_server):
     assert git_server.refused == 0 and git_server.served == 0  # not even asked
 
 
+@pytest.mark.parametrize(("kind", "url", "msg"), [
+    ("git-token", "http://git.example.org/team/model.git",
+     "credential 'git' is sent over https:// only (http:// only to this machine); http://git.example.org/team/model.git is http://"),
+    ("git-token", "git@git.example.org:team/model.git",
+     "credential 'git' holds a token, for https:// URLs; git@git.example.org:team/model.git is not one"),
+    ("git-ssh", "https://git.example.org/team/model.git",
+     "credential 'git' holds an SSH key, for ssh:// or git@host:path URLs; https://git.example.org/team/model.git is not one"),
+    ("registry", "https://git.example.org/team/model.git", "credential 'git' is a registry credential, not a git one"),
+])
+def test_a_git_credential_fits_its_url_or_the_run_is_refused(alice, kind, url, msg):
+    secret = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n" if kind == "git-ssh" else "t0ken"
+    credentials.set_credential(alice.teams.get(), "git", kind=kind, host="git.example.org", username="u", secret=secret)
+    with pytest.raises(SpecError) as caught:
+        create_run(user=alice, source=git_run_source(url, "git"), executor="docker")
+    assert caught.value.errors == [{"loc": 'import["/code/"].git.credential_name', "msg": msg}]
+
+
+def test_an_ssh_key_goes_to_ssh_as_a_file_that_is_removed_after(alice, tmp_path):
+    """No SSH server here: a closed port shows that ssh took the key file and its
+    options as given (a wrong option is refused before it connects)."""
+    if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        missing("ssh is not installed (apt-get install openssh-client)")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    key = (tmp_path / "key").read_text()
+    credentials.set_credential(alice.teams.get(), "deploy", kind="git-ssh", host="127.0.0.1", secret=key,
+                               known_hosts="127.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDn6oOcfvIaVYcwgSeHvbwbA7AbxNRdrX1E0wAqOTCC7\n")
+    before = logins_left_behind()
+    url = f"ssh://git@127.0.0.1:{free_port()}/team/model.git"
+    with pytest.raises(SpecError) as caught:
+        create_run(user=alice, source=git_run_source(url, "deploy"), executor="docker")
+    [error] = caught.value.errors
+    assert error["loc"] == 'import["/code/"].git.url'
+    assert error["msg"].startswith(f"could not read {url}: ") and "Connection refused" in error["msg"], error["msg"]
+    assert logins_left_behind() == before
+    assert "PRIVATE KEY" not in error["msg"]
+
+
 # ------------------------------------------------------------------ inline secrets
 
 

@@ -30,7 +30,7 @@ from runs.models import Credential, LogChunk, Run, RunEvent
 from runs.services import create_run
 from runs.spec import SpecError, dump_spec_yaml, parse_spec, parse_spec_with_secrets
 from tests.conftest import BUSYBOX, Api, missing, wait_for, wait_until
-from tests.test_imports_isolation import make_repo
+from tests.test_imports_isolation import make_repo, remove_volumes
 
 FINAL = {"completed", "failed", "terminated"}
 REGISTRY_USER, REGISTRY_PASSWORD = "runner", "pw-Registry-7f3a9c"
@@ -415,7 +415,10 @@ def test_a_git_import_over_https_logs_in_with_a_token_that_shows_nowhere(alice, 
 
     created = Api(alice).post("/runs", json.dumps(git_run_source(git_server.url, "gh")), "application/json")
     assert created.status_code == 201, created.content
-    run = wait_for(created.json()["id"], FINAL, removed=True)
+    try:
+        run = wait_for(created.json()["id"], FINAL, removed=True)
+    finally:
+        remove_volumes(docker_engine, Run.objects.get(pk=created.json()["id"]).spec["import"]["/code/"]["git"]["commit"])
     assert run.status == "completed", run.status_reason
     assert "private weights of team vision" in log_text(run)
     assert run.spec["import"]["/code/"]["git"]["credential"] == "gh"

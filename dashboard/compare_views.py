@@ -35,7 +35,9 @@ def requested_ids(values: list[str]) -> tuple[list[int], list[str]]:
 
 def _env_text(value) -> str:
     # A secret is named, never shown: its value is not in the spec anyway.
-    return f"secret {value['secret']}" if isinstance(value, dict) else str(value)
+    if isinstance(value, dict):
+        return "secret (inline)" if value.get("inline_secret") else f"secret {value.get('secret')}"
+    return str(value)
 
 
 def _import_text(item: dict) -> str:

@@ -1,7 +1,7 @@
 """Who may do what, in one place (SPEC §3, §5, §6).
 
 Everything a user reaches (a run, a dataset, a model, a code snapshot, a secret, a
-team's settings) belongs to a team, and the user's role in that team decides:
+credential, a team's settings) belongs to a team, and the user's role in that team decides:
 
     role        read   change (launch, terminate, upload, set)   terminal, ports   administer
     admin        yes    yes                                       yes               yes
@@ -23,7 +23,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from runs.models import CodeSnapshot, Dataset, Membership, Model, Role, Run, Team, TeamSecret
+from runs.models import CodeSnapshot, Credential, Dataset, Membership, Model, Role, Run, Team, TeamSecret
 
 
 class Action(StrEnum):
@@ -201,6 +201,10 @@ def code_snapshot_for_user(user, team_name: str | None, content_hash: str, actio
 
 def secret_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> TeamSecret:
     return _owned_by_team(TeamSecret, user, team_name, action, f"secret {name!r}", name=name)
+
+
+def credential_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> Credential:
+    return _owned_by_team(Credential, user, team_name, action, f"credential {name!r}", name=name)
 
 
 # ------------------------------------------------------------------ websockets

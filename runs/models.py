@@ -227,6 +227,9 @@ class Run(models.Model):
     # The secret values this run's output must never show, fixed when it starts and
     # kept encrypted (runs.team_secrets), so a secret deleted or rotated later is still masked.
     mask_ciphertext = models.BinaryField(null=True, blank=True)
+    # The values of the spec's inline secrets (env: {value, secret: true}), by variable,
+    # encrypted (runs.team_secrets): the frozen spec keeps only {"inline_secret": true}.
+    inline_secrets_ciphertext = models.BinaryField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["team", "-id"], name="run_team_newest")]
@@ -490,6 +493,39 @@ class TeamSecret(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["team", "name"], name="one_secret_name_per_team")]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"
+
+
+class Credential(models.Model):
+    """A team's login to a container registry (`image: {url, credential_name}`) or a git
+    server (`credential_name` on a git import). Only its host and username are shown;
+    the password, token or private key is stored encrypted (runs.credentials) and is
+    used only against `host`."""
+
+    class Kind(models.TextChoices):
+        REGISTRY = "registry", "Container registry (username and password or token)"
+        GIT_TOKEN = "git-token", "Git over HTTPS (a token)"
+        GIT_SSH = "git-ssh", "Git over SSH (a private key)"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="credentials")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    host = models.CharField(
+        max_length=255, help_text="the registry or git server it is for (host[:port]); it is sent nowhere else",
+    )
+    username = models.CharField(max_length=200, blank=True)
+    ciphertext = models.BinaryField()
+    known_hosts = models.TextField(
+        blank=True, help_text="git over SSH: the server's known_hosts lines; empty: its key is accepted on first use",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="one_credential_name_per_team")]
 
     def __str__(self):
         return f"{self.team}/{self.name}"

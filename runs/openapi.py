@@ -104,12 +104,12 @@ SCHEMAS = {
     "RunPage": obj({"items": {"type": "array", "items": ref("Run")}, "next_cursor": nullable(STRING)}),
     "Import": obj({
         "path": STRING, "kind": {"type": "string", "enum": ["git", "dataset", "code", "model", "run_files"]},
-        "url": STRING, "ref": STRING, "commit": STRING,
+        "url": STRING, "ref": STRING, "commit": STRING, "credential": {**STRING, "description": "git: the team credential it logs in with"},
         "name": STRING, "version": INTEGER, "content_hash": STRING, "size_bytes": COUNT, "file_count": COUNT,
         "run": INTEGER, "run_path": STRING, "partial": BOOLEAN, "volume": STRING,
-    }, optional=("url", "ref", "commit", "name", "version", "content_hash", "size_bytes", "file_count",
+    }, optional=("url", "ref", "commit", "credential", "name", "version", "content_hash", "size_bytes", "file_count",
                  "run", "run_path", "partial", "volume"),
-        description="git: url, ref, commit; dataset, model: name, version, content_hash; code: content_hash; "
+        description="git: url, ref, commit, credential; dataset, model: name, version, content_hash; code: content_hash; "
                     "run_files: run, run_path, content_hash, partial (and volume, for a volume:// import)"),
     "Event": obj({
         "from": nullable(STRING), "to": STRING, "at": TIME, "actor": STRING, "reason": STRING,
@@ -172,6 +172,15 @@ SCHEMAS = {
     "SecretList": items_of(ref("Secret")),
     "SecretSet": obj({"name": STRING, "updated_at": TIME}),
     "SecretDeleted": obj({"name": STRING, "deleted": {"type": "boolean", "const": True}}),
+    "Credential": obj({
+        "name": STRING, "kind": {"type": "string", "enum": ["registry", "git-token", "git-ssh"]},
+        "host": {**STRING, "description": "the registry or git server it is for, and the only one it is sent to"},
+        "username": nullable(STRING),
+        "known_hosts": {**nullable(BOOLEAN), "description": "git-ssh: whether the server's known_hosts were given"},
+        "created_at": TIME, "updated_at": TIME, "updated_by": nullable(STRING),
+    }, closed=True, description="A credential's name, kind, host and username; its password, token or key is never sent"),
+    "CredentialList": items_of(ref("Credential")),
+    "CredentialDeleted": obj({"name": STRING, "deleted": {"type": "boolean", "const": True}}),
     "Token": obj({
         "id": INTEGER, "name": STRING, "prefix": {**STRING, "description": "the token's first characters, to recognize it"},
         "created_at": TIME, "expires_at": MAYBE_TIME, "last_used_at": MAYBE_TIME,
@@ -341,6 +350,22 @@ PATHS = {
         "put": op("Set a secret; runs read it with env: {VAR: {secret: NAME}}", {200: json_body(ref("SecretSet"))}, [NAME, TEAM],
                   json_request(obj({"value": STRING})), errors=(413, 415)),
         "delete": op("Delete a secret", {200: json_body(ref("SecretDeleted"))}, [NAME, TEAM]),
+    },
+    "/credentials": {"get": op("Your team's registry and git credentials (never their secrets)",
+                               {200: json_body(ref("CredentialList"))}, [TEAM])},
+    "/credentials/{name}": {
+        "get": op("One credential (never its secret)", {200: json_body(ref("Credential"))}, [NAME, TEAM]),
+        "put": op(
+            "Create or replace a credential; runs use it with image: {url, credential_name} or credential_name on a git import",
+            {201: json_body(ref("Credential"), "created"), 200: json_body(ref("Credential"), "replaced")}, [NAME, TEAM],
+            json_request({"oneOf": [
+                obj({"kind": {"const": "registry"}, "host": STRING, "username": STRING, "password": STRING}, closed=True),
+                obj({"kind": {"const": "git-token"}, "host": STRING, "username": STRING, "token": STRING},
+                    optional=("username",), closed=True),
+                obj({"kind": {"const": "git-ssh"}, "host": STRING, "username": STRING, "private_key": STRING, "known_hosts": STRING},
+                    optional=("username", "known_hosts"), closed=True),
+            ]}), errors=(413, 415)),
+        "delete": op("Delete a credential", {200: json_body(ref("CredentialDeleted"))}, [NAME, TEAM]),
     },
     "/tokens": {
         "get": op("Your API tokens (never their secret)", {200: json_body(ref("TokenList"))}),

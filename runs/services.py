@@ -8,12 +8,12 @@ import yaml
 from django.db import transaction
 from django.utils import timezone
 
-from runs import clusters, imports, model_registry, ports, team_secrets
+from runs import clusters, credentials, imports, model_registry, ports, team_secrets
 from runs.credits import team_credits_used
 from runs.access import Action, NotAllowed, require, team_for_user
 from runs.lifecycle import FINAL, IllegalTransition, transition
 from runs.models import Membership, ResourcePreset, Role, Run, Status, Team
-from runs.spec import SpecError, dump_spec_yaml, org_warnings, parse_spec
+from runs.spec import SpecError, dump_spec_yaml, org_warnings, parse_spec_with_secrets
 from runs.tasks import enqueue
 
 DEFAULT_TEAM = "default"
@@ -51,6 +51,7 @@ def create_run(
     executor: str | None = None,
     reproduced_from: Run | None = None,
     changes: dict | None = None,
+    inline_secrets: dict[str, str] | None = None,
 ) -> Run:
     """Validate, resolve and freeze the spec, then queue the run. Raises SpecError.
 
@@ -58,8 +59,13 @@ def create_run(
     resolved now (git ref to commit, dataset to version). `frozen_spec` is a spec
     frozen before (reproduce): used exactly as it is, with `reproduced_from`'s
     image digest and imports; what is gone since fails the run at initializing.
+    The values of inline secrets come from `source` (or `inline_secrets`), else from
+    `reproduced_from`, and are kept encrypted with the run, never in its spec.
     """
-    spec = frozen_spec if frozen_spec is not None else parse_spec(source)
+    if frozen_spec is not None:
+        spec, given = frozen_spec, dict(inline_secrets or {})
+    else:
+        spec, given = parse_spec_with_secrets(source)
     if team is None:
         team = team_for_user(user, None, Action.CHANGE)  # the user's first team where they may launch
     require(user, Action.CHANGE, team)
@@ -72,6 +78,7 @@ def create_run(
         errors.append({"loc": "resources.preset", "msg": f"unknown preset {spec['resources']['preset']!r} (known: {known})"})
     cluster, cluster_errors = clusters.check_resources(spec, preset)
     errors += cluster_errors + ports.creation_errors(spec)
+    errors += credentials.image_errors(spec, team, cluster)
     if cluster is not None and cluster.kind == cluster.Kind.SWARM and spec.get("import"):
         errors.append({"loc": "import", "msg": f"imports are not available on Swarm cluster {cluster.name!r} yet: "
                        "run this on a single-engine cluster, or copy the data into the image"})
@@ -83,6 +90,8 @@ def create_run(
         errors += import_errors + team_secrets.missing_for_spec(spec, team)
         image_digest = ""
         warnings = org_warnings(source, team.name) if source is not None else []
+    sealed, secret_errors = team_secrets.seal_inline_values(spec, given, reproduced_from)
+    errors += secret_errors
     if errors:
         raise SpecError(errors)
     with transaction.atomic():
@@ -103,6 +112,7 @@ def create_run(
             cluster=cluster,
             executor=clusters.executor_name(cluster, executor),
             warnings=warnings,
+            inline_secrets_ciphertext=sealed,
         )
         model_registry.record_uses(run)
         enqueue("start", run.pk)
@@ -128,6 +138,7 @@ def terminate_run(run: Run, *, actor) -> Run:
 
 
 IDLE_TIMEOUT = "idle timeout"
+MAX_RUNTIME = "max runtime"
 
 
 def end_idle_runs_past_limit() -> int:
@@ -151,6 +162,29 @@ def end_idle_runs_past_limit() -> int:
     return ended
 
 
+def end_runs_past_max_runtime() -> int:
+    """Terminate every interactive run (`interactive.max_runtime`) that has run that long
+    since it started, running or idle, as a terminate does. The reconciler calls this;
+    returns how many it ended."""
+    now = timezone.now()
+    ended = 0
+    live = Run.objects.filter(status__in=[Status.RUNNING, Status.IDLE], started_at__isnull=False,
+                              spec__interactive__max_runtime_seconds__isnull=False)
+    for run in live.only("pk", "spec", "started_at"):  # interactive runs with a limit are few
+        limit = (run.spec.get("interactive") or {}).get("max_runtime_seconds")
+        if limit is None or run.started_at + timedelta(seconds=limit) > now:
+            continue
+        try:
+            with transaction.atomic():
+                transition(run.pk, Status.TERMINATED, reason=MAX_RUNTIME, only_from=[Status.RUNNING, Status.IDLE],
+                           stop_requested_at=now, stop_deadline=now + timedelta(seconds=run.termination_grace))
+                enqueue("stop", run.pk)
+        except IllegalTransition:  # it ended, or someone terminated it, first
+            continue
+        ended += 1
+    return ended
+
+
 # What a reproduction may change; everything else (image, code, data) stays pinned.
 REPRODUCE_CHANGES = ("env", "run", "resources")
 
@@ -163,14 +197,15 @@ def reproduce_run(run: Run, *, actor, overrides: dict | None = None) -> Run:
     _require_launch_rights(run, actor)
     if run.status not in FINAL:
         raise RunNotFinal(run)
-    spec, changes = run.spec, {}
+    spec, changes, given = run.spec, {}, {}
     if overrides:
-        spec = _apply_overrides(run.spec, overrides)
+        spec, given = _apply_overrides(run.spec, overrides)
         changes = {key: {"from": run.spec.get(key), "to": spec.get(key)} for key in REPRODUCE_CHANGES if spec.get(key) != run.spec.get(key)}
-    return create_run(user=actor, frozen_spec=spec, team=run.team, executor=run.executor, reproduced_from=run, changes=changes)
+    return create_run(user=actor, frozen_spec=spec, team=run.team, executor=run.executor, reproduced_from=run,
+                      changes=changes, inline_secrets=given)
 
 
-def _apply_overrides(frozen: dict, overrides: dict) -> dict:
+def _apply_overrides(frozen: dict, overrides: dict) -> tuple[dict, dict[str, str]]:
     _check_override_shapes(overrides)
     # Validate the changed parts through the same parser as a new spec, in the user's shape.
     user_shape = yaml.safe_load(dump_spec_yaml(frozen))
@@ -181,9 +216,9 @@ def _apply_overrides(frozen: dict, overrides: dict) -> dict:
         user_shape["run"] = overrides["run"]
     if "resources" in overrides:
         user_shape["resources"] = {**user_shape.get("resources", {}), **(overrides["resources"] or {})}
-    checked = parse_spec(user_shape)
+    checked, inline_secrets = parse_spec_with_secrets(user_shape)
     # Imports stay exactly as frozen (the parser would see only their user-facing form).
-    return {**checked, "import": frozen.get("import", {})}
+    return {**checked, "import": frozen.get("import", {})}, inline_secrets
 
 
 def _check_override_shapes(overrides) -> None:
@@ -197,7 +232,7 @@ def _check_override_shapes(overrides) -> None:
     if not isinstance(env, dict):
         errors.append({"loc": "env", "msg": "expected a mapping of variable names to values (null removes one)"})
     else:
-        errors += [{"loc": f"env[{json.dumps(name, ensure_ascii=False)}]", "msg": "expected a string, {\"secret\": NAME} or null"}
+        errors += [{"loc": f"env[{json.dumps(name, ensure_ascii=False)}]", "msg": "expected a string, {\"secret\": NAME}, {\"value\": ..., \"secret\": true} or null"}
                    for name, value in env.items() if not (value is None or isinstance(value, str | dict))]
     if "run" in overrides and not isinstance(overrides["run"], list):
         errors.append({"loc": "run", "msg": "expected a list of commands, e.g. [{\"command\": \"python train.py\"}]"})

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SpecError", "parse_spec", "dump_spec_yaml", "line_of", "org_warnings", "MAX_SPEC_BYTES"]
+__all__ = ["SpecError", "parse_spec", "parse_spec_with_secrets", "dump_spec_yaml", "line_of", "org_warnings", "MAX_SPEC_BYTES"]
 
 MAX_SPEC_BYTES = 256 * 1024
 # Hostile YAML: nesting deeper than this is refused before PyYAML recurses into it,
@@ -39,6 +39,8 @@ RESERVED_ENV_PREFIX = "RUNYARD_"
 _KEYED_BY_NAME = frozenset({"import", "export", "env"})
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A team credential's name (runs.credentials), as a secret's.
+CREDENTIAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 _DATASET_URI = re.compile(r"dataset://(?P<name>[A-Za-z0-9._-]+)(?:@(?P<version>.*))?", re.DOTALL)
 _CODE_URI = re.compile(r"code://(?P<hash>[0-9a-f]{64})")
 _VOLUME_URI = re.compile(r"volume://(?P<name>[A-Za-z0-9._-]+)")
@@ -428,9 +430,12 @@ def _parse_git_source(value: Any, loc: str, errors: Errors) -> dict[str, str] | 
     if not isinstance(value, dict):
         _add(errors, loc, _MSG_MAPPING)
         return None
-    parsers = {"url": _parse_non_empty_string, "ref": _parse_non_empty_string}
+    parsers = {"url": _parse_non_empty_string, "ref": _parse_non_empty_string, "credential_name": _parse_credential_name}
     fields = _parse_fields(value, loc, parsers, frozenset({"url"}), errors)
-    return {"url": fields.get("url", ""), "ref": fields.get("ref", DEFAULT_GIT_REF)}
+    git = {"url": fields.get("url", ""), "ref": fields.get("ref", DEFAULT_GIT_REF)}
+    if "credential_name" in fields:
+        git["credential"] = fields["credential_name"]
+    return git
 
 
 def _parse_dataset_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
@@ -539,6 +544,8 @@ def _parse_env_name(name: Any, loc: str, errors: Errors) -> bool:
 
 
 def _parse_env_value(value: Any, loc: str, errors: Errors) -> str | dict[str, str] | None:
+    if isinstance(value, dict) and ("value" in value or isinstance(value.get("secret"), bool)):
+        return _parse_env_value_mapping(value, loc, errors)
     if isinstance(value, dict):
         fields = _parse_fields(value, loc, {"secret": _parse_non_empty_string}, frozenset({"secret"}), errors)
         return {"secret": fields["secret"]} if "secret" in fields else None
@@ -809,11 +816,106 @@ def _parse_ports(value: Any, loc: str, errors: Errors) -> list[dict[str, Any]] |
     return ports
 
 
+# ---------------------------------------------------------------- credentials, inline secrets, interactive
+# VESSL's forms (SPEC §8): `image: {url, credential_name}`, `credential_name` on a git
+# import, `env: {X: {value, secret: true}}` and `interactive`.
+
+
+def _parse_credential_name(value: Any, loc: str, errors: Errors) -> str | None:
+    name = _parse_non_empty_string(value, loc, errors)
+    if name is not None and not CREDENTIAL_NAME.fullmatch(name):
+        _add(errors, loc, "expected a credential's name: letters, digits, _ . - (not first), at most 100")
+        return None
+    return name
+
+
+def _parse_image_field(value: Any, loc: str, errors: Errors) -> dict[str, str | None] | None:
+    """`image: NAME`, or `image: {url: NAME, credential_name: CRED}` (a team registry
+    credential that pulls it): {"url", "credential"}."""
+    if isinstance(value, dict):
+        parsers = {"url": _parse_image, "credential_name": _parse_credential_name}
+        fields = _parse_fields(value, loc, parsers, frozenset({"url"}), errors)
+        return {"url": fields["url"], "credential": fields.get("credential_name")} if "url" in fields else None
+    if not isinstance(value, str):
+        _add(errors, loc, "expected an image name, or a mapping with url and credential_name")
+        return None
+    image = _parse_image(value, loc, errors)
+    return None if image is None else {"url": image, "credential": None}
+
+
+def _parse_env_plain_value(value: Any, loc: str, errors: Errors) -> str | None:
+    if isinstance(value, dict | list):
+        _add(errors, loc, _MSG_STRING)
+        return None
+    return _parse_env_value(value, loc, errors)
+
+
+def _parse_env_value_mapping(value: dict, loc: str, errors: Errors) -> str | dict[str, Any] | None:
+    """`{value: X, secret: true}`: an inline secret, whose value never enters the spec
+    (parse_spec_with_secrets hands it over apart); `{secret: true}` alone keeps the value
+    a reproduced run stored. `{value: X}` or `{value: X, secret: false}`: plain X."""
+    parsers = {"value": _parse_env_plain_value, "secret": _parse_boolean}
+    fields = _parse_fields(value, loc, parsers, frozenset(), errors)
+    if fields.get("secret"):
+        return {"inline_secret": True, **({"value": fields["value"]} if "value" in fields else {})}
+    if "value" not in fields:
+        if "secret" in fields:  # secret: false and no value
+            _add(errors, _key_loc(loc, "value"), "required")
+        return None
+    return fields["value"]
+
+
+def _split_inline_secrets(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    env, values = {}, {}
+    for name, value in spec["env"].items():
+        if isinstance(value, dict) and value.get("inline_secret"):
+            if "value" in value:
+                values[name] = value["value"]
+            value = {"inline_secret": True}
+        env[name] = value
+    return {**spec, "env": env}, values
+
+
+def _parse_positive_duration(value: Any, loc: str, errors: Errors) -> float | None:
+    millis = _duration_millis(value)
+    if millis is None:
+        _add(errors, loc, _MSG_DURATION)
+        return None
+    if millis <= 0:
+        _add(errors, loc, "must be longer than 0 seconds")
+        return None
+    return millis / 1000
+
+
+def _parse_jupyter(value: Any, loc: str, errors: Errors) -> float | None:
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    fields = _parse_fields(value, loc, {"idle_timeout": _parse_positive_duration}, frozenset(), errors)
+    return fields.get("idle_timeout")
+
+
+def _parse_interactive(value: Any, loc: str, errors: Errors) -> dict[str, float | None] | None:
+    """`interactive: {max_runtime: 24h, jupyter: {idle_timeout: 120m}}`: the run is kept
+    alive when its command ends (as with termination_protection) and ended at max_runtime."""
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    parsers = {"max_runtime": _parse_positive_duration, "jupyter": _parse_jupyter}
+    fields = _parse_fields(value, loc, parsers, frozenset(), errors)
+    return {"max_runtime_seconds": fields.get("max_runtime"), "jupyter_idle_timeout_seconds": fields.get("jupyter")}
+
+
+def keeps_alive(spec: Mapping[str, Any]) -> bool:
+    """Whether the run stays (idle) once its command ends: termination protection, or interactive."""
+    return bool(spec.get("termination_protection")) or spec.get("interactive") is not None
+
+
 _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
     "name": _parse_name,
     "description": _parse_string,
     "tags": _parse_tags,
-    "image": _parse_image,
+    "image": _parse_image_field,
     "resources": _parse_resources,
     "import": _parse_imports,
     "export": _parse_exports,
@@ -822,6 +924,7 @@ _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
     "termination_protection": _parse_boolean,
     "termination_grace": _parse_grace_seconds,
     "ports": _parse_ports,
+    "interactive": _parse_interactive,
 }
 _TOP_LEVEL_REQUIRED = frozenset({"name", "image", "run"})
 
@@ -837,7 +940,8 @@ def _normalize_document(document: Any) -> dict[str, Any]:
         "name": fields["name"],
         "description": fields.get("description", ""),
         "tags": fields.get("tags", []),
-        "image": fields["image"],
+        "image": fields["image"]["url"],
+        "image_credential": fields["image"]["credential"],
         "resources": fields.get("resources", {"cluster": DEFAULT_CLUSTER, "preset": DEFAULT_PRESET}),
         "import": fields.get("import", {}),
         "export": fields.get("export", {}),
@@ -846,6 +950,7 @@ def _normalize_document(document: Any) -> dict[str, Any]:
         "termination_protection": fields.get("termination_protection", False),
         "termination_grace_seconds": fields.get("termination_grace", DEFAULT_GRACE_SECONDS),
         "ports": fields.get("ports", []),
+        "interactive": fields.get("interactive"),
     }
 
 
@@ -854,12 +959,20 @@ def parse_spec(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
 
     ``source`` is YAML (or JSON) text, or a dict that was already parsed, e.g.
     from a JSON request body. Raises ``SpecError`` listing all problems found.
-    The result shares no mutable objects with ``source``.
+    The result shares no mutable objects with ``source``. The values of inline
+    secrets (`env: {X: {value: ..., secret: true}}`) are not in it: see
+    parse_spec_with_secrets.
     """
+    return parse_spec_with_secrets(source)[0]
+
+
+def parse_spec_with_secrets(source: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """parse_spec, and the values of the spec's inline secrets by variable name: what
+    creating a run stores encrypted with it. The spec marks each `{"inline_secret": true}`."""
     if isinstance(source, bytearray | memoryview):
         source = bytes(source)
     document = _load_yaml(source) if isinstance(source, str | bytes) else source
-    return _normalize_document(document)
+    return _split_inline_secrets(_normalize_document(document))
 
 
 # ---------------------------------------------------------------- dumping
@@ -892,7 +1005,10 @@ def _format_duration(seconds: float) -> str:
 def _dump_import_source(source: Mapping[str, Any]) -> str | dict[str, Any]:
     if "git" in source:
         # A frozen spec pins the commit: the ref written out is that commit.
-        return {"git": {"url": source["git"]["url"], "ref": source["git"].get("commit") or source["git"]["ref"]}}
+        git = {"url": source["git"]["url"], "ref": source["git"].get("commit") or source["git"]["ref"]}
+        if source["git"].get("credential"):
+            git["credential_name"] = source["git"]["credential"]
+        return {"git": git}
     if "code" in source:
         return f"code://{source['code']['hash']}"
     if "dataset" not in source:
@@ -909,8 +1025,26 @@ def _dump_run_step(step: Mapping[str, Any]) -> dict[str, str]:
     return rendered
 
 
-def _dump_env_value(value: str | Mapping[str, str]) -> str | dict[str, str]:
-    return value if isinstance(value, str) else {"secret": value["secret"]}
+def _dump_env_value(value: str | Mapping[str, Any]) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        return value
+    # An inline secret's value is not in the spec: `{secret: true}` keeps the stored one.
+    return {"secret": True} if value.get("inline_secret") else {"secret": value["secret"]}
+
+
+def _dump_image(spec: Mapping[str, Any]) -> str | dict[str, str]:
+    if spec.get("image_credential"):
+        return {"url": spec["image"], "credential_name": spec["image_credential"]}
+    return spec["image"]
+
+
+def _dump_interactive(interactive: Mapping[str, Any]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    if interactive.get("max_runtime_seconds") is not None:
+        document["max_runtime"] = _format_duration(interactive["max_runtime_seconds"])
+    if interactive.get("jupyter_idle_timeout_seconds") is not None:
+        document["jupyter"] = {"idle_timeout": _format_duration(interactive["jupyter_idle_timeout_seconds"])}
+    return document
 
 
 def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
@@ -923,7 +1057,7 @@ def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
         document["description"] = spec["description"]
     if spec["tags"]:
         document["tags"] = list(spec["tags"])
-    document["image"] = spec["image"]
+    document["image"] = _dump_image(spec)
     document["resources"] = {"cluster": spec["resources"]["cluster"], "preset": spec["resources"]["preset"]}
     if spec["import"]:
         document["import"] = {path: _dump_import_source(source) for path, source in spec["import"].items()}
@@ -936,6 +1070,8 @@ def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
     document["termination_grace"] = _format_duration(spec["termination_grace_seconds"])
     if spec.get("ports"):  # a spec frozen before ports existed has none
         document["ports"] = [dict(port) for port in spec["ports"]]
+    if spec.get("interactive") is not None:
+        document["interactive"] = _dump_interactive(spec["interactive"])
     # A huge width keeps long commands on one line instead of folding them.
     return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=2**16)
 

@@ -29,6 +29,8 @@ urlpatterns = [
     path("code", api_inputs.code_snapshots),
     path("secrets", api_inputs.secrets),
     path("secrets/<str:name>", api_inputs.secret),
+    path("credentials", api_inputs.credentials),
+    path("credentials/<str:name>", api_inputs.credential),
     path("tokens", api_account.tokens_collection),
     path("tokens/<int:token_id>", api_account.token_detail),
     path("teams", api_account.teams_collection),

@@ -1,4 +1,4 @@
-"""The `runyard` command: runs, datasets and models through the HTTP API v1 (SPEC §3).
+"""The `runyard` command: runs, datasets, models and credentials through the HTTP API v1 (SPEC §3).
 
 Standard library only, so that it works from any Python 3.8+ without Runyard's
 server dependencies; PyYAML is used when it is importable, to put an uploaded
@@ -761,6 +761,83 @@ def cmd_model_show(args) -> int:
     return 0
 
 
+def read_secret(args, what: str) -> str:
+    """A password or token: one line from stdin with --password-stdin, else typed at a
+    prompt (never an argument: the command line is visible to every user of the machine)."""
+    if args.password_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        value = getpass.getpass(f"{what}: ")
+    else:
+        raise CliError(f"give the {what} on stdin with --password-stdin, or run this in a terminal to type it")
+    if not value:
+        raise CliError(f"no {what} given")
+    return value
+
+
+def read_text_file(path: str, what: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def cmd_credential_create(args) -> int:
+    body = {"kind": args.kind, "host": args.host}
+    if args.username:
+        body["username"] = args.username
+    if args.kind == "git-ssh":
+        if not args.ssh_key:
+            raise CliError("a git-ssh credential needs --ssh-key FILE (the private key; - for stdin)")
+        body["private_key"] = read_text_file(args.ssh_key, "--ssh-key")
+        if args.known_hosts:
+            body["known_hosts"] = read_text_file(args.known_hosts, "--known-hosts")
+    else:
+        if args.ssh_key or args.known_hosts:
+            raise CliError("--ssh-key and --known-hosts are for --kind git-ssh")
+        if args.kind == "registry" and not args.username:
+            raise CliError("a registry credential needs --username")
+        body["token" if args.kind == "git-token" else "password"] = read_secret(args, "token" if args.kind == "git-token" else "password")
+    client = client_from_config()
+    name = urllib.parse.quote(args.name, safe="")
+    query = {"team": args.team} if args.team else None
+    answer = client.call("PUT", f"/credentials/{name}", query=query, body=json.dumps(body).encode(), content_type="application/json")
+    if args.json:
+        print_json(answer)
+        return 0
+    verb = "created" if client.last_status == 201 else "replaced"
+    out(f"credential {answer.get('name')} {verb}: {answer.get('kind')} for {answer.get('host')}")
+    return 0
+
+
+def cmd_credential_list(args) -> int:
+    answer = client_from_config().get("/credentials", {"team": args.team} if args.team else None)
+    if args.json:
+        print_json(answer)
+        return 0
+    rows = [[str(c.get("name")), str(c.get("kind")), str(c.get("host")), str(c.get("username") or "-"),
+             local_time(c.get("updated_at")), str(c.get("updated_by") or "-")] for c in answer.get("items", [])]
+    if rows:
+        table(["NAME", "KIND", "HOST", "USERNAME", "UPDATED", "BY"], rows)
+    else:
+        note("no credentials")
+    return 0
+
+
+def cmd_credential_delete(args) -> int:
+    client = client_from_config()
+    name = urllib.parse.quote(args.name, safe="")
+    answer = client.call("DELETE", f"/credentials/{name}", query={"team": args.team} if args.team else None)
+    if args.json:
+        print_json(answer)
+    else:
+        out(f"credential {args.name} deleted")
+    return 0
+
+
 # --- arguments ---------------------------------------------------------------
 
 
@@ -862,6 +939,33 @@ def build_parser() -> argparse.ArgumentParser:
     model_create.add_argument("path", help="a directory, or a .tar, .tar.gz, .tgz or .zip file")
     model_create.add_argument("--team", help="in this team of yours")
     model_create.set_defaults(handler=cmd_model_create)
+
+    credential = commands.add_parser("credential", help="registry and git credentials").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+
+    credential_create = credential.add_parser(
+        "create", parents=[common], help="create or replace a credential (its secret is never shown back)",
+        description="registry: --host REGISTRY --username USER, the password typed or --password-stdin; "
+        "git-token: --host GIT_HOST [--username USER], the token typed or --password-stdin; "
+        "git-ssh: --host GIT_HOST --ssh-key FILE [--known-hosts FILE].")
+    credential_create.add_argument("name")
+    credential_create.add_argument("--kind", required=True, choices=["registry", "git-token", "git-ssh"])
+    credential_create.add_argument("--host", required=True, help="the registry or git server (host[:port]); it is used with no other")
+    credential_create.add_argument("--username", help="required for a registry; a git server that needs one")
+    credential_create.add_argument("--password-stdin", action="store_true", help="read the password or token from stdin")
+    credential_create.add_argument("--ssh-key", metavar="FILE", help="git-ssh: the private key file (- for stdin)")
+    credential_create.add_argument("--known-hosts", metavar="FILE", help="git-ssh: the server's known_hosts lines")
+    credential_create.add_argument("--team", help="in this team of yours")
+    credential_create.set_defaults(handler=cmd_credential_create)
+
+    credential_list = credential.add_parser("list", parents=[common], help="the team's credentials (never their secrets)")
+    credential_list.add_argument("--team", help="of this team of yours")
+    credential_list.set_defaults(handler=cmd_credential_list)
+
+    credential_delete = credential.add_parser("delete", parents=[common], help="delete a credential")
+    credential_delete.add_argument("name")
+    credential_delete.add_argument("--team", help="of this team of yours")
+    credential_delete.set_defaults(handler=cmd_credential_delete)
     return parser
 
 

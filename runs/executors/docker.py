@@ -36,8 +36,8 @@ from docker.types import DriverConfig, Mount
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, Sample,
-    run_script, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, ImagePull, Limits, LogFrame, Sample,
+    script_for, with_reporter,
 )
 from runs.executors.static_relay import relay_tar
 from runs.executors.terminal_processes import can_see, kill_terminal_processes
@@ -184,9 +184,12 @@ class DockerExecutor:
         except NotFound:
             return None
 
-    def prepare(self, run) -> str:
-        """The image's digest; a reproduction must find the very image its origin ran."""
+    def prepare(self, run, pull: ImagePull | None = None) -> str:
+        """The image's digest; a reproduction must find the very image its origin ran.
+        With `pull`, the registry is asked first, every time (runs.credentials)."""
         wanted = run.image_digest or run.image
+        if pull is not None:
+            self._pull(run, pull)
         try:
             image = self.client.images.get(wanted)
         except ImageNotFound:
@@ -197,12 +200,18 @@ class DockerExecutor:
             raise ExecutorError(f"docker engine error while looking up image {run.image}: {exc}") from None
         return image.id
 
-    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
+    def _pull(self, run, pull: ImagePull) -> None:
+        try:
+            self.client.images.pull(run.image, auth_config=pull.auth_config())
+        except (APIError, DockerException) as exc:
+            raise ExecutorError(pull_failure(run.image, pull, exc)) from None
+
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list, pull: ImagePull | None = None) -> str:
         container = self._container(run)
         if container is None:
             # A list, not a dict keyed by volume: two paths may import the same content (one volume).
             mounts = [f"{self._import_volume(run, item)}:{item.path.rstrip('/') or '/'}:ro" for item in imports]
-            script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
+            script = script_for(run.spec)
             memory = f"{limits.memory_mb}m"
             try:
                 container = self.client.containers.create(
@@ -576,6 +585,21 @@ class DockerPortStream:
 
     def failure(self) -> str:
         return self.said.decode("utf-8", "replace").strip().removeprefix("nc: ")
+
+
+REFUSED = ("unauthorized", "authentication required", "no basic auth credentials", "denied", "forbidden")
+
+
+def pull_failure(image: str, pull: ImagePull, exc: Exception) -> str:
+    """Why the image could not be pulled, as a run's status reason: a login refused (or
+    missing) is said so, naming the credential, never its secret."""
+    detail = " ".join(str(getattr(exc, "explanation", None) or exc).split())[:300]
+    if any(word in detail.lower() for word in REFUSED):
+        if pull.credential:
+            return f"image {image}: registry {pull.registry} refused credential {pull.credential!r} ({detail})"
+        return (f"image {image}: registry {pull.registry} needs a login: name a registry credential of your team "
+                f"with image: {{url, credential_name}} ({detail})")
+    return f"image not found: {image} could not be pulled from {pull.registry} ({detail})"
 
 
 def sample_from_stats(stats: dict) -> Sample | None:

@@ -28,7 +28,7 @@ from django.conf import settings
 
 from runs.executors.base import (
     REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, Sample,
-    run_script, with_reporter,
+    script_for, with_reporter,
 )
 from runs.executors.terminal_processes import kill_terminal_processes
 from runs.private_files import open_private_for_append, private_dir, write_private
@@ -45,11 +45,11 @@ class LocalExecutor:
     def run_dir(self, run) -> Path:
         return self.root / str(run.pk)
 
-    def prepare(self, run) -> str:
+    def prepare(self, run, pull=None) -> str:
         # No images here: the run uses this machine's own shell and tools.
         return "local"
 
-    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list, pull=None) -> str:
         if imports or run.spec.get("export"):
             # A local process has no filesystem of its own to mount /code or /data in.
             raise ExecutorError("import and export volumes need the Docker executor; this run would use local processes")
@@ -58,7 +58,7 @@ class LocalExecutor:
             return str(run_dir)
         for folder in (self.root.parent, self.root, run_dir, run_dir / "runyard"):
             private_dir(folder)
-        script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
+        script = script_for(run.spec)
         write_private(run_dir / "script.sh", script)
         base_env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
         base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")

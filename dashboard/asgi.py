@@ -9,20 +9,22 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
 from dashboard.body_limit import BodyLimitMiddleware, guard_daphne  # noqa: E402
 from dashboard.consumers import RunLogsConsumer, RunsConsumer  # noqa: E402
+from dashboard.ports import WEBSOCKET_ROUTE, PortConsumer, with_ports  # noqa: E402
 from terminal.consumers import TerminalConsumer  # noqa: E402
 
 websockets = URLRouter([
     path("ws/runs/", RunsConsumer.as_asgi()),
     path("ws/runs/<int:run_id>/logs/", RunLogsConsumer.as_asgi()),
     path("ws/runs/<int:run_id>/terminal/", TerminalConsumer.as_asgi()),
+    re_path(WEBSOCKET_ROUTE, PortConsumer.as_asgi()),  # an app's own websockets, under its address
 ])
 guard_daphne()  # request bodies over their cap are dropped as they arrive
 application = ProtocolTypeRouter({
-    "http": BodyLimitMiddleware(django_asgi_app),
+    "http": BodyLimitMiddleware(with_ports(django_asgi_app)),
     # Origin must be one of ALLOWED_HOSTS: another site cannot ride the user's session.
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(websockets)),
 })

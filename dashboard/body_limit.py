@@ -1,7 +1,8 @@
 """A cap on every request body, applied before anything reads it (issue 7).
 
-Archive uploads (dataset versions, code snapshots, the admin's dataset upload) may
-send RUNYARD_MAX_UPLOAD_BYTES; everything else (pages, run specs, secrets) sends
+Archive uploads (dataset versions, code snapshots, the admin's dataset upload) and
+requests to an app a run serves (/runs/{id}/ports/...) may send
+RUNYARD_MAX_UPLOAD_BYTES; everything else (pages, run specs, secrets) sends
 RUNYARD_MAX_REQUEST_BYTES. A body over its cap is answered 413 from its
 Content-Length, or as soon as the streamed bytes pass the cap, and is never kept:
 JSON `{detail, errors}` under /api/, a short page elsewhere.
@@ -23,11 +24,13 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 ARCHIVE_UPLOADS = re.compile(r"/api/v1/datasets/[^/]+/versions/?|/api/v1/code/?|/admin/runs/dataset/add/?")
+# An app served from a run's port (dashboard/ports.py) takes what it takes: a notebook, a file upload.
+PORT_PATHS = re.compile(r"/runs/[0-9]+/ports/.*", re.DOTALL)
 
 
 def limit_for(path: str) -> int:
     """The largest body a request to `path` may send."""
-    if ARCHIVE_UPLOADS.fullmatch(path):
+    if ARCHIVE_UPLOADS.fullmatch(path) or PORT_PATHS.fullmatch(path):
         return settings.RUNYARD_MAX_UPLOAD_BYTES
     return settings.RUNYARD_MAX_REQUEST_BYTES
 

@@ -35,7 +35,9 @@ def requested_ids(values: list[str]) -> tuple[list[int], list[str]]:
 
 def _env_text(value) -> str:
     # A secret is named, never shown: its value is not in the spec anyway.
-    return f"secret {value['secret']}" if isinstance(value, dict) else str(value)
+    if isinstance(value, dict):
+        return "secret (inline)" if value.get("inline_secret") else f"secret {value.get('secret')}"
+    return str(value)
 
 
 def _import_text(item: dict) -> str:
@@ -43,6 +45,10 @@ def _import_text(item: dict) -> str:
         return f"git {item.get('url')} {item.get('ref')} @ {str(item.get('commit', ''))[:12]}"
     if item.get("kind") == "dataset":
         return f"dataset {item.get('name')}@{item.get('version')}"
+    if item.get("kind") == "model":
+        return f"model {item.get('name')} version {item.get('version')}"
+    if item.get("kind") == "run_files":
+        return f"run {item.get('run')} files under {item.get('run_path')} ({str(item.get('content_hash', ''))[:12]})"
     return f"code {str(item.get('content_hash', ''))[:12]}"
 
 

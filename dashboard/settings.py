@@ -216,6 +216,14 @@ if RUNYARD_INSTANCE_ID and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", RUNYARD_
 RUNYARD_TERMINAL_KEEP_SECONDS = env_int("RUNYARD_TERMINAL_KEEP_SECONDS", 60, 0)
 # Terminals (shells and attaches) one user may hold open at once, in one server process.
 RUNYARD_TERMINAL_MAX_SESSIONS = env_int("RUNYARD_TERMINAL_MAX_SESSIONS", 8, 1)
+# A run's ports (runs/ports.py): a statically linked BusyBox, copied into a Docker run
+# to relay its ports from inside it (runs/executors/static_relay.py).
+RUNYARD_PORT_RELAY = env_str("RUNYARD_PORT_RELAY", "/bin/busybox")
+# `tcp` ports in a run file: `refuse` (the run is not created, the reason names the
+# port) or `accept` (created; its tcp ports are reachable only from inside the run).
+RUNYARD_TCP_PORTS = env_str("RUNYARD_TCP_PORTS", "refuse")
+if RUNYARD_TCP_PORTS not in ("refuse", "accept"):
+    raise ImproperlyConfigured(f"RUNYARD_TCP_PORTS={RUNYARD_TCP_PORTS!r}: expected refuse or accept")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

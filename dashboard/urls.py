@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from dashboard import compare_views, files_views, team_views, token_views, views
+from dashboard import compare_views, files_views, models_views, team_views, token_views, views
 from terminal import views as terminal_views
 
 urlpatterns = [
@@ -19,6 +19,8 @@ urlpatterns = [
     path("runs/<int:run_id>/files/", include(files_views.urlpatterns)),
     path("runs/<int:run_id>/terminate/", views.run_terminate, name="run-terminate"),
     path("runs/<int:run_id>/reproduce/", views.run_reproduce, name="run-reproduce"),
+    path("models/", models_views.models_list, name="models-list"),
+    path("models/<str:name>/", models_views.model_detail, name="model-detail"),
     path("teams/<slug:name>/usage/", team_views.team_usage_page, name="team-usage"),
     path("teams/<slug:name>/terminals/", terminal_views.team_terminal_sessions, name="team-terminal-sessions"),
     path("account/tokens/", token_views.tokens_page, name="account-tokens"),

@@ -169,6 +169,8 @@ def run_summary(request, run_id: int):
         "changes": [(key, json.dumps(change["from"]), json.dumps(change["to"])) for key, change in run.changes.items()],
         "spec_yaml": dump_spec_yaml(run.spec),
         "summary_items": [(name, value, not isinstance(value, str)) for name, value in sorted(run.summary.items())],
+        "made_models": list(run.model_versions_made.select_related("model").order_by("model__name")),
+        "made_datasets": list(run.dataset_versions_made.select_related("dataset").order_by("dataset__name")),
     })
 
 

@@ -1,12 +1,12 @@
 """Who may do what, in one place (SPEC §3, §5, §6).
 
-Everything a user reaches (a run, a dataset, a code snapshot, a secret, a team's
-settings) belongs to a team, and the user's role in that team decides:
+Everything a user reaches (a run, a dataset, a model, a code snapshot, a secret, a
+credential, a team's settings) belongs to a team, and the user's role in that team decides:
 
-    role        read   change (launch, terminate, upload, set)   terminal   administer
-    admin        yes    yes                                       yes        yes
-    member       yes    yes                                       yes        no
-    viewer       yes    no                                        no         no
+    role        read   change (launch, terminate, upload, set)   terminal, ports   administer
+    admin        yes    yes                                       yes               yes
+    member       yes    yes                                       yes               no
+    viewer       yes    no                                        no                no
     superuser: everything in every team. A deactivated user, or one in no team: nothing.
 
 The lookups work like healthchecks' `_get_check_for_user`: they return the object,
@@ -23,19 +23,20 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from runs.models import CodeSnapshot, Dataset, Membership, Role, Run, Team, TeamSecret
+from runs.models import CodeSnapshot, Credential, Dataset, Membership, Model, Role, Run, Team, TeamSecret
 
 
 class Action(StrEnum):
     READ = "read"
     CHANGE = "change"
     TERMINAL = "terminal"
+    PORTS = "ports"  # an app served from a run acts inside it (a Jupyter is a shell): as a terminal
     ADMINISTER = "administer"
 
 
 ALLOWED: dict[str, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
-    Role.MEMBER: frozenset({Action.READ, Action.CHANGE, Action.TERMINAL}),
+    Role.MEMBER: frozenset({Action.READ, Action.CHANGE, Action.TERMINAL, Action.PORTS}),
     Role.VIEWER: frozenset({Action.READ}),
 }
 
@@ -44,6 +45,7 @@ _REFUSED = {
     Action.READ: "see anything in team {team}",
     Action.CHANGE: "launch or change anything in team {team}",
     Action.TERMINAL: "open a terminal in a run",
+    Action.PORTS: "reach the apps a run serves on its ports (they act inside the run, as a terminal does)",
     Action.ADMINISTER: "change the settings of team {team}",
 }
 
@@ -188,6 +190,10 @@ def dataset_for_user(user, team_name: str | None, name: str, action: Action = Ac
     return _owned_by_team(Dataset, user, team_name, action, f"dataset {name!r}", name=name)
 
 
+def model_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> Model:
+    return _owned_by_team(Model, user, team_name, action, f"model {name!r}", name=name)
+
+
 def code_snapshot_for_user(user, team_name: str | None, content_hash: str, action: Action = Action.READ) -> CodeSnapshot:
     return _owned_by_team(CodeSnapshot, user, team_name, action, f"code snapshot {content_hash[:12]!r}",
                           archive__content_hash=content_hash)
@@ -195,6 +201,10 @@ def code_snapshot_for_user(user, team_name: str | None, content_hash: str, actio
 
 def secret_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> TeamSecret:
     return _owned_by_team(TeamSecret, user, team_name, action, f"secret {name!r}", name=name)
+
+
+def credential_for_user(user, team_name: str | None, name: str, action: Action = Action.READ) -> Credential:
+    return _owned_by_team(Credential, user, team_name, action, f"credential {name!r}", name=name)
 
 
 # ------------------------------------------------------------------ websockets

@@ -8,7 +8,10 @@ from runs.credits import team_credits_used, team_usage
 from runs.lifecycle import IllegalTransition
 from runs.archives import ArchiveError
 from runs.datasets import create_version
-from runs.models import ApiToken, Cluster, Dataset, DatasetVersion, Membership, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret
+from runs.credentials import CredentialError, check_credential, secret_field, set_credential
+from runs.models import (
+    ApiToken, Cluster, Credential, Dataset, DatasetVersion, Membership, Model, ModelVersion, ResourcePreset, Run, RunEvent, RunFile, Team, TeamSecret,
+)
 from runs.access import NotAllowed, administered_team_ids
 from runs.services import terminate_run
 from runs.team_secrets import SecretError, set_secret
@@ -250,6 +253,27 @@ class DatasetAdmin(TeamScoped, admin.ModelAdmin):
         return render(request, "admin/runs/dataset_upload.html", context)
 
 
+class ModelVersionInline(DatasetVersionInline):
+    model = ModelVersion
+    fields = ["version", "content_hash", "size", "files", "run", "created_by", "created_at", "removed_at"]
+    readonly_fields = fields
+
+
+@admin.register(Model)
+class ModelAdmin(TeamScoped, admin.ModelAdmin):
+    """Versions come from runs' exports and uploads (API, `runyard model create`); here
+    they are read, and the model's description is written."""
+
+    list_display = ["name", "team", "created_at"]
+    list_filter = [("team", admin.RelatedOnlyFieldListFilter)]
+    inlines = [ModelVersionInline]
+    readonly_fields = ["team", "name", "created_at", "created_by"]
+    fields = ["team", "name", "description", "created_at", "created_by"]
+
+    def has_add_permission(self, request, *args):
+        return False
+
+
 class TeamSecretForm(forms.ModelForm):
     value = forms.CharField(widget=forms.PasswordInput(render_value=False), help_text="stored encrypted; never shown again")
 
@@ -271,6 +295,63 @@ class TeamSecretAdmin(TeamScoped, admin.ModelAdmin):
         except SecretError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
+        obj.pk = stored.pk
+
+
+class CredentialForm(forms.ModelForm):
+    """The secret part is typed in (never shown back): a password or token in one field,
+    an SSH private key in the other, as the kind needs. Changing a credential means
+    typing its secret again."""
+
+    password = forms.CharField(
+        label="Password or token", required=False, strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="registry: the password or access token; git over HTTPS: the token. Stored encrypted; never shown again",
+    )
+    private_key = forms.CharField(
+        label="SSH private key", required=False, widget=forms.Textarea(attrs={"rows": 6, "autocomplete": "off"}),
+        help_text="git over SSH: the private key (-----BEGIN OPENSSH PRIVATE KEY----- ...). Stored encrypted; never shown again",
+    )
+
+    class Meta:
+        model = Credential
+        fields = ["team", "name", "kind", "host", "username", "known_hosts"]
+
+    def clean(self):
+        data = super().clean()
+        kind = data.get("kind")
+        if not kind or self.errors:
+            return data
+        field = "private_key" if kind == Credential.Kind.GIT_SSH else "password"
+        try:
+            data["host"], data["username"] = check_credential(
+                data.get("name", ""), kind=kind, host=data.get("host", ""), username=data.get("username", ""),
+                secret=data.get(field, ""), known_hosts=data.get("known_hosts", ""),
+            )
+        except CredentialError as exc:
+            where = {"token": "password", secret_field(kind): field}.get(exc.field, exc.field)
+            self.add_error(where if where in self.fields else None, str(exc))
+        data["secret"] = data.get(field, "")
+        return data
+
+
+@admin.register(Credential)
+class CredentialAdmin(TeamScoped, admin.ModelAdmin):
+    """Team registry and git credentials, for the team's admins (and staff)."""
+
+    form = CredentialForm
+    list_display = ["name", "team", "kind", "host", "username", "updated_at", "updated_by"]
+    list_filter = ["kind", ("team", admin.RelatedOnlyFieldListFilter)]
+    team_admin_may_delete = True
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        stored, _ = set_credential(
+            data["team"], data["name"], kind=data["kind"], host=data["host"], username=data["username"],
+            secret=data["secret"], known_hosts=data.get("known_hosts", ""), user=request.user,
+        )
+        if change and obj.pk and obj.pk != stored.pk:  # renamed (or moved): the old name goes
+            Credential.objects.filter(pk=obj.pk).delete()
         obj.pk = stored.pk
 
 

@@ -198,6 +198,7 @@ def serialize_run(run: Run) -> dict:
         "log_lines": run.log_lines,
         "imports": run.imports,
         "changes": run.changes,
+        "warnings": run.warnings,
         "exports_state": run.exports_state or None,
         "queue_position": queue_position(run),  # 1-based in the team's queue while pending (runs.slots)
         "url": f"/runs/{run.pk}/",

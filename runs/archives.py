@@ -64,13 +64,54 @@ def store_tree(tree: Path) -> Archive:
     manifest = _manifest(tree)
     if not manifest:
         raise ArchiveError("the archive holds no files")
-    content_hash = hashlib.sha256(json.dumps(manifest, separators=(",", ":")).encode()).hexdigest()
+    return _store(manifest, lambda relative: open(tree / relative, "rb"), lambda relative: os.access(tree / relative, os.X_OK))
+
+
+# Files already in storage, by their path in the tree: (size, sha256, storage name).
+# A run's exported files are these: their sha256 was taken as they were copied out.
+StoredFiles = dict[str, tuple[int, str, str]]
+
+
+def store_stored_files(files: StoredFiles) -> Archive:
+    """An archive of files already in storage (a model or dataset version made by a
+    run's exports): the same files give the same content hash as an upload of them."""
+    manifest = _stored_manifest(files)
+    if not manifest:
+        raise ArchiveError("there are no files")
+    return _store(manifest, lambda relative: default_storage.open(files[relative][2], "rb"), lambda relative: False)
+
+
+def tar_of_stored_files(files: StoredFiles):
+    """The files as a tar stream, written as a stored archive is (an import of an
+    earlier run's exports is filled from it)."""
+    manifest = _stored_manifest(files)
+    out = tempfile.TemporaryFile()
+    _pack(manifest, lambda relative: default_storage.open(files[relative][2], "rb"), lambda relative: False, out)
+    out.seek(0)
+    return out
+
+
+def manifest_hash(manifest: list[list]) -> str:
+    """The content hash of a tree: the sha256 of its manifest, [[path, size, sha256], ...] by path."""
+    return hashlib.sha256(json.dumps(manifest, separators=(",", ":")).encode()).hexdigest()
+
+
+def stored_files_hash(files: StoredFiles) -> str:
+    return manifest_hash(_stored_manifest(files))
+
+
+def _stored_manifest(files: StoredFiles) -> list[list]:
+    return sorted([relative, size, sha256] for relative, (size, sha256, _) in files.items())
+
+
+def _store(manifest: list[list], open_file, is_executable) -> Archive:
+    content_hash = manifest_hash(manifest)
     existing = Archive.objects.filter(content_hash=content_hash).first()
     if existing and default_storage.exists(existing.storage_name):
         return existing
     storage_name = f"archives/{content_hash}.tar"
     with tempfile.TemporaryFile() as packed:
-        _pack(tree, manifest, packed)
+        _pack(manifest, open_file, is_executable, packed)
         packed.seek(0)
         if default_storage.exists(storage_name):
             default_storage.delete(storage_name)
@@ -93,6 +134,18 @@ def store_tree(tree: Path) -> Archive:
 def open_archive(archive: Archive):
     """The stored tar, for reading (an import volume is filled from it)."""
     return default_storage.open(archive.storage_name, "rb")
+
+
+def read_member(archive: Archive, path: str):
+    """The bytes of one file of a stored archive, in chunks (a download). The tar is
+    read entry by entry up to it: it was written by _pack, sorted, one entry a file."""
+    with open_archive(archive) as stored, tarfile.open(fileobj=stored, mode="r|") as tar:
+        for member in tar:
+            if member.name == path and member.isfile():
+                source = tar.extractfile(member)
+                while block := source.read(CHUNK):
+                    yield block
+                return
 
 
 def _size(n: int) -> str:
@@ -330,7 +383,8 @@ def _manifest(tree: Path) -> list[list]:
     return entries
 
 
-def _pack(tree: Path, manifest: list[list], out) -> None:
+def _pack(manifest: list[list], open_file, is_executable, out) -> None:
+    """The files of `manifest` as a deterministic tar: sorted, no owners, no times."""
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         made_dirs = set()
         for relative, size, _ in manifest:
@@ -342,10 +396,9 @@ def _pack(tree: Path, manifest: list[list], out) -> None:
                 info = tarfile.TarInfo(str(directory))
                 info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
                 tar.addfile(info)
-            source = tree / relative
             info = tarfile.TarInfo(relative)
             info.size = size
-            info.mode = 0o755 if os.access(source, os.X_OK) else 0o644
+            info.mode = 0o755 if is_executable(relative) else 0o644
             info.mtime = 0
-            with open(source, "rb") as f:
+            with open_file(relative) as f:
                 tar.addfile(info, f)

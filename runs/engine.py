@@ -14,7 +14,7 @@ from django.db.models import F, IntegerField, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from runs import exports, imports, slots, team_secrets
+from runs import credentials, exports, imports, slots, team_secrets
 from runs.executors import EXECUTOR_NAMES, executor_for, get_executor, swarm_executors
 from runs.executors.base import ExecutorError, ExitInfo, Limits, Placement
 from runs.leases import LeaseHeartbeat, LeaseLost, release_lease, renew_lease, take_lease
@@ -22,6 +22,7 @@ from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
 from runs.live import announce_waiting
 from runs.logstore import LogWriter
 from runs.models import Run, Status
+from runs.spec import keeps_alive
 from runs.system_metrics import SystemSampler
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,13 @@ def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
     executor = executor_for(run)
     try:
         env = _resolve_env(run)
-        digest = executor.prepare(run)
+        pull = credentials.image_pull_for(run)
+        digest = executor.prepare(run, pull)
         if digest != run.image_digest:
             run.image_digest = digest
             Run.objects.filter(pk=run_id).update(image_digest=digest)
         limits = Limits(cpus=float(run.preset.cpus), memory_mb=run.preset.memory_mb, gpus=run.preset.gpus)
-        handle = executor.start(run, env, limits, imports.volumes_for(run))
+        handle = executor.start(run, env, limits, imports.volumes_for(run), pull)
     except ExecutorError as exc:
         if heartbeat.lost:
             # Another worker owns the start now: whether the run failed is its call.
@@ -153,7 +155,7 @@ def collect_run(run_id: int) -> None:
         if run.status == Status.IDLE and executor.exists(run):
             return  # nothing to collect until someone terminates it
         writer = LogWriter(run, owner, mask=team_secrets.values_to_mask(run))
-        watch_main_exit = run.status == Status.RUNNING and run.spec.get("termination_protection", False)
+        watch_main_exit = run.status == Status.RUNNING and keeps_alive(run.spec)
         sampler = SystemSampler(executor, run)  # its CPU and memory, stored with the lines
         renewed = checked = time.monotonic()
         vanished = ""
@@ -178,7 +180,7 @@ def collect_run(run_id: int) -> None:
                     code = executor.main_exit_code(run)
                     if code is not None:
                         writer.flush()
-                        _go_idle(run_id, code)
+                        _go_idle(run_id, code, "interactive" if run.spec.get("interactive") is not None else "termination protection")
                         return
         except ExecutorError as exc:
             if exc.retry:
@@ -252,10 +254,10 @@ def _remaining_grace(run: Run) -> float:
     return max(0.0, (run.stop_deadline - timezone.now()).total_seconds())
 
 
-def _go_idle(run_id: int, exit_code: int) -> None:
+def _go_idle(run_id: int, exit_code: int, why: str = "termination protection") -> None:
     try:
         transition(
-            run_id, Status.IDLE, reason=f"command ended with exit code {exit_code}; kept alive (termination protection)",
+            run_id, Status.IDLE, reason=f"command ended with exit code {exit_code}; kept alive ({why})",
             only_from=[Status.RUNNING], exit_code=exit_code,
         )
     except IllegalTransition:
@@ -289,6 +291,10 @@ def _finalize(run_id: int, executor, vanished: str, heartbeat: LeaseHeartbeat) -
             except exports.ExportError as exc:
                 target, reason = Status.FAILED, str(exc)
                 Run.objects.filter(pk=run_id).update(exports_state="failed")
+            else:
+                if target == Status.COMPLETED:
+                    # Before it completes: whoever sees it completed finds the versions it made.
+                    target, reason = _publish_versions(run, reason, heartbeat)
         heartbeat.check()
         try:
             transition(run_id, target, reason=reason, only_from=[Status.STOPPING], exit_code=info.exit_code)
@@ -301,6 +307,9 @@ def _finalize(run_id: int, executor, vanished: str, heartbeat: LeaseHeartbeat) -
         except exports.ExportError as exc:
             log.warning("run %s: %s", run_id, exc)
             Run.objects.filter(pk=run_id).update(exports_state="failed")
+        else:
+            if run.idle_at is not None and run.exit_code == 0:  # its command had completed: its outputs are whole
+                _publish_versions(run, "", heartbeat)
     elif run.status == Status.IDLE:
         # The container ended on its own while idle (killed from outside, out of memory).
         try:
@@ -314,6 +323,17 @@ def _finalize(run_id: int, executor, vanished: str, heartbeat: LeaseHeartbeat) -
         container_removed_at=timezone.now(), log_complete=True,
         exit_code=Coalesce(F("exit_code"), Value(info.exit_code, output_field=IntegerField())),
     )
+
+
+def _publish_versions(run: Run, reason: str, heartbeat: LeaseHeartbeat) -> tuple[str, str]:
+    """The model and dataset versions the run's exports make (runs.exports); the
+    status it ends in and its reason, which says what was made."""
+    try:
+        made = exports.publish_versions(run, guard=heartbeat.check)
+    except exports.ExportError as exc:
+        log.warning("run %s: %s", run.pk, exc)
+        return Status.FAILED, str(exc)
+    return Status.COMPLETED, "; ".join([part for part in [reason, *made] if part])
 
 
 def stop_run(run_id: int) -> None:
@@ -335,7 +355,7 @@ def reconcile_runs() -> dict[str, int]:
     Hands runs whose worker died (lease expired) to new tasks, and removes
     containers that belong to no live run.
     """
-    from runs.services import end_idle_runs_past_limit
+    from runs.services import end_idle_runs_past_limit, end_runs_past_max_runtime
     from runs.tasks import enqueue
 
     now = timezone.now()
@@ -343,6 +363,8 @@ def reconcile_runs() -> dict[str, int]:
     counts = {"start": 0, "collect": 0, "stop": 0, "orphans": 0}
     # Idle runs bill until someone ends them: past their team's idle limit, the reconciler does.
     counts["idle_timeout"] = end_idle_runs_past_limit()
+    # Interactive runs end when their max_runtime is up.
+    counts["max_runtime"] = end_runs_past_max_runtime()
     # Pending runs that fit now (their start was lost, or a slot freed unnoticed);
     # one just created has its own start on the way.
     counts["start"] += slots.dispatch(min_age_seconds=10)

@@ -208,6 +208,8 @@ class Run(models.Model):
     imports = models.JSONField(default=list, blank=True)
     # A reproduction made with changes: {field: {"from": ..., "to": ...}}.
     changes = models.JSONField(default=dict, blank=True)
+    # What was said about its file when it was created, without refusing it: [{"loc", "msg"}].
+    warnings = models.JSONField(default=list, blank=True)
     exports_state = models.CharField(
         max_length=16, blank=True, help_text="'' none yet, 'complete', 'partial' (stopped mid-way) or 'failed'"
     )
@@ -225,6 +227,9 @@ class Run(models.Model):
     # The secret values this run's output must never show, fixed when it starts and
     # kept encrypted (runs.team_secrets), so a secret deleted or rotated later is still masked.
     mask_ciphertext = models.BinaryField(null=True, blank=True)
+    # The values of the spec's inline secrets (env: {value, secret: true}), by variable,
+    # encrypted (runs.team_secrets): the frozen spec keeps only {"inline_secret": true}.
+    inline_secrets_ciphertext = models.BinaryField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["team", "-id"], name="run_team_newest")]
@@ -403,13 +408,65 @@ class DatasetVersion(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     # A removed version stays listed (runs name it) but can no longer be mounted.
     removed_at = models.DateTimeField(null=True, blank=True)
+    # Made from a run's exports (`export: {/out/: vessl-dataset://ORG/NAME}`), rather than uploaded.
+    run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="dataset_versions_made")
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["dataset", "version"], name="one_row_per_dataset_version")]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "version"], name="one_row_per_dataset_version"),
+            # A run makes at most one version of a dataset, however often its exports are finalized.
+            models.UniqueConstraint(fields=["dataset", "run"], condition=models.Q(run__isnull=False), name="one_dataset_version_per_run"),
+        ]
         ordering = ["dataset", "version"]
 
     def __str__(self):
         return f"{self.dataset.name}@{self.version}"
+
+
+class Model(models.Model):
+    """A team's named, versioned set of files, such as trained weights (SPEC §8): made
+    by a run's export (`vessl-model://ORG/REPO`) or an upload, imported by later runs
+    (`vessl-model://ORG/REPO/N`). Its versions are immutable, as a dataset's."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="one_model_name_per_team")]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"
+
+
+class ModelVersion(models.Model):
+    """One immutable version of a model: its files are an Archive (path, size and
+    sha256 of each in its manifest). Its lineage: the run that made it (or the user
+    who uploaded it), and the runs that imported it."""
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    archive = models.ForeignKey(Archive, on_delete=models.PROTECT, related_name="model_versions")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions_made",
+                            help_text="the run whose exports made it; empty: uploaded")
+    used_by = models.ManyToManyField("Run", blank=True, related_name="model_versions_used",
+                                     help_text="the runs that import it")
+    # As a dataset version's: still listed with its lineage, never mounted again.
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "version"], name="one_row_per_model_version"),
+            models.UniqueConstraint(fields=["model", "run"], condition=models.Q(run__isnull=False), name="one_model_version_per_run"),
+        ]
+        ordering = ["model", "version"]
+
+    def __str__(self):
+        return f"{self.model.name}/{self.version}"
 
 
 class CodeSnapshot(models.Model):
@@ -436,6 +493,39 @@ class TeamSecret(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["team", "name"], name="one_secret_name_per_team")]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"
+
+
+class Credential(models.Model):
+    """A team's login to a container registry (`image: {url, credential_name}`) or a git
+    server (`credential_name` on a git import). Only its host and username are shown;
+    the password, token or private key is stored encrypted (runs.credentials) and is
+    used only against `host`."""
+
+    class Kind(models.TextChoices):
+        REGISTRY = "registry", "Container registry (username and password or token)"
+        GIT_TOKEN = "git-token", "Git over HTTPS (a token)"
+        GIT_SSH = "git-ssh", "Git over SSH (a private key)"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="credentials")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    host = models.CharField(
+        max_length=255, help_text="the registry or git server it is for (host[:port]); it is sent nowhere else",
+    )
+    username = models.CharField(max_length=200, blank=True)
+    ciphertext = models.BinaryField()
+    known_hosts = models.TextField(
+        blank=True, help_text="git over SSH: the server's known_hosts lines; empty: its key is accepted on first use",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="one_credential_name_per_team")]
 
     def __str__(self):
         return f"{self.team}/{self.name}"

@@ -88,6 +88,8 @@ RUN_FIELDS: dict[str, dict] = {
     "imports": {"type": "array", "items": ref("Import")},
     "changes": {"type": "object", "description": "a reproduction's changes: {field: {from, to}}",
                 "additionalProperties": obj({"from": {}, "to": {}})},
+    "warnings": {"type": "array", "items": obj({"loc": STRING, "msg": STRING}),
+                 "description": "what was said about its file at creation without refusing it, e.g. a VESSL organization that is not the team"},
     "exports_state": {"type": ["string", "null"], "enum": ["complete", "partial", "failed", None]},
     "queue_position": {**nullable(INTEGER), "minimum": 1, "description": "1-based place in the team's queue while pending"},
     "url": {**STRING, "description": "the run's page"},
@@ -101,11 +103,14 @@ SCHEMAS = {
     "Run": obj(RUN_FIELDS, closed=True),
     "RunPage": obj({"items": {"type": "array", "items": ref("Run")}, "next_cursor": nullable(STRING)}),
     "Import": obj({
-        "path": STRING, "kind": {"type": "string", "enum": ["git", "dataset", "code", "hf"]},
-        "url": STRING, "ref": STRING, "commit": STRING,
+        "path": STRING, "kind": {"type": "string", "enum": ["git", "dataset", "code", "model", "run_files", "hf"]},
+        "url": STRING, "ref": STRING, "commit": STRING, "credential": {**STRING, "description": "git: the team credential it logs in with"},
         "name": STRING, "version": INTEGER, "content_hash": STRING, "size_bytes": COUNT, "file_count": COUNT,
-    }, optional=("url", "ref", "commit", "name", "version", "content_hash", "size_bytes", "file_count"),
-        description="git and hf: url, ref, commit; dataset: name, version, content_hash; code: content_hash"),
+        "run": INTEGER, "run_path": STRING, "partial": BOOLEAN, "volume": STRING,
+    }, optional=("url", "ref", "commit", "credential", "name", "version", "content_hash", "size_bytes", "file_count",
+                 "run", "run_path", "partial", "volume"),
+        description="git: url, ref, commit, credential; hf: url, ref, commit; dataset, model: name, version, content_hash; code: content_hash; "
+                    "run_files: run, run_path, content_hash, partial (and volume, for a volume:// import)"),
     "Problem": obj({"loc": STRING, "msg": STRING,
                     "line": {**nullable(INTEGER), "description": "the line of the YAML it is on; null for JSON, or where unknown"}}),
     "DryRun": obj({
@@ -141,17 +146,50 @@ SCHEMAS = {
     "DatasetVersion": obj({
         "name": STRING, "version": {"type": "integer", "minimum": 1}, "content_hash": STRING,
         "size_bytes": COUNT, "file_count": COUNT, "created_at": TIME, "removed": BOOLEAN,
+        "made_by_run": {**nullable(INTEGER), "description": "the run whose export made it; null: uploaded"},
     }),
     "Dataset": obj({"name": STRING, "latest_version": nullable(INTEGER),
                     "versions": {"type": "array", "items": ref("DatasetVersion")}}),
     "DatasetList": items_of(ref("Dataset")),
     "DatasetVersions": obj({"name": STRING, "versions": {"type": "array", "items": ref("DatasetVersion")}}),
+    "RunRef": obj({"id": INTEGER, "name": STRING, "status": {"type": "string", "enum": list(Status.values)},
+                   "url": {**STRING, "description": "the run's page"}}),
+    "ModelVersion": obj({
+        "name": STRING, "version": {"type": "integer", "minimum": 1},
+        "content_hash": {**STRING, "description": "sha256 of its manifest: the same files, the same hash"},
+        "size_bytes": COUNT, "file_count": COUNT, "created_at": TIME,
+        "created_by": {**nullable(STRING), "description": "who uploaded it, or launched the run that made it"},
+        "made_by_run": {"anyOf": [ref("RunRef"), {"type": "null"}], "description": "the run whose export made it; null: uploaded"},
+        "removed": BOOLEAN,
+        "used_by_runs": {"type": "array", "items": ref("RunRef"), "description": "the runs that imported it, newest first"},
+    }, optional=("used_by_runs",)),
+    "ModelVersionFiles": {"allOf": [ref("ModelVersion"), obj({
+        "files": {"type": "array", "items": obj({"path": STRING, "size": COUNT, "sha256": STRING})}})]},
+    "ModelSummary": obj({
+        "name": STRING, "description": STRING, "created_at": TIME,
+        "latest_version": nullable(INTEGER), "version_count": COUNT,
+        "latest": {"anyOf": [ref("ModelVersion"), {"type": "null"}], "description": "its newest version not removed"},
+    }),
+    "ModelList": items_of(ref("ModelSummary")),
+    "Model": obj({
+        "name": STRING, "description": STRING, "created_at": TIME, "latest_version": nullable(INTEGER),
+        "versions": {"type": "array", "items": ref("ModelVersion"), "description": "newest first, with their lineage"},
+    }),
     "CodeSnapshot": obj({"hash": STRING, "size_bytes": COUNT, "file_count": COUNT}),
     "Secret": obj({"name": STRING, "updated_at": TIME, "updated_by": nullable(STRING)},
                   description="A secret's name and history; its value is never sent"),
     "SecretList": items_of(ref("Secret")),
     "SecretSet": obj({"name": STRING, "updated_at": TIME}),
     "SecretDeleted": obj({"name": STRING, "deleted": {"type": "boolean", "const": True}}),
+    "Credential": obj({
+        "name": STRING, "kind": {"type": "string", "enum": ["registry", "git-token", "git-ssh"]},
+        "host": {**STRING, "description": "the registry or git server it is for, and the only one it is sent to"},
+        "username": nullable(STRING),
+        "known_hosts": {**nullable(BOOLEAN), "description": "git-ssh: whether the server's known_hosts were given"},
+        "created_at": TIME, "updated_at": TIME, "updated_by": nullable(STRING),
+    }, closed=True, description="A credential's name, kind, host and username; its password, token or key is never sent"),
+    "CredentialList": items_of(ref("Credential")),
+    "CredentialDeleted": obj({"name": STRING, "deleted": {"type": "boolean", "const": True}}),
     "Token": obj({
         "id": INTEGER, "name": STRING, "prefix": {**STRING, "description": "the token's first characters, to recognize it"},
         "created_at": TIME, "expires_at": MAYBE_TIME, "last_used_at": MAYBE_TIME,
@@ -301,6 +339,24 @@ PATHS = {
     "/datasets/{name}/versions/{version}": {"delete": op(
         "Remove a version: still listed, never mounted again", {200: json_body(ref("DatasetVersion"))},
         [NAME, param("version", "path", INTEGER), TEAM])},
+    "/models": {"get": op("Models of your team, each with its newest version", {200: json_body(ref("ModelList"))}, [TEAM])},
+    "/models/{name}": {"get": op(
+        "A model's versions, newest first, each with the run that made it and the runs that imported it",
+        {200: json_body(ref("Model"))}, [NAME, TEAM])},
+    "/models/{name}/versions": {"post": op(
+        "Upload a new version (tar, tar.gz or zip); the model is created with its first version. "
+        "The same content as the newest version answers 200 with it. A run makes one with `export: {/out/: vessl-model://ORG/NAME}`",
+        {201: json_body(ref("ModelVersion"), "created"), 200: json_body(ref("ModelVersion"), "unchanged")},
+        [NAME, TEAM],
+        {"required": True, "content": {t: ARCHIVE for t in ("application/gzip", "application/x-tar", "application/zip")}},
+        errors=(413, 415),
+    )},
+    "/models/{name}/versions/{version}": {"get": op(
+        "One version with its lineage and its files (path, size, sha256)", {200: json_body(ref("ModelVersionFiles"))},
+        [NAME, param("version", "path", INTEGER), TEAM])},
+    "/models/{name}/versions/{version}/files/raw": {"get": op("One file's bytes", {
+        200: {"description": "the file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+        [NAME, param("version", "path", INTEGER), param("path", required=True, description="as in files[].path"), TEAM])},
     "/code": {"post": op(
         "Upload a code snapshot (what `runyard run create --code DIR` sends); import it as code://HASH",
         {201: json_body(ref("CodeSnapshot"), "created"), 200: json_body(ref("CodeSnapshot"), "already stored")}, [TEAM],
@@ -311,6 +367,22 @@ PATHS = {
         "put": op("Set a secret; runs read it with env: {VAR: {secret: NAME}}", {200: json_body(ref("SecretSet"))}, [NAME, TEAM],
                   json_request(obj({"value": STRING})), errors=(413, 415)),
         "delete": op("Delete a secret", {200: json_body(ref("SecretDeleted"))}, [NAME, TEAM]),
+    },
+    "/credentials": {"get": op("Your team's registry and git credentials (never their secrets)",
+                               {200: json_body(ref("CredentialList"))}, [TEAM])},
+    "/credentials/{name}": {
+        "get": op("One credential (never its secret)", {200: json_body(ref("Credential"))}, [NAME, TEAM]),
+        "put": op(
+            "Create or replace a credential; runs use it with image: {url, credential_name} or credential_name on a git import",
+            {201: json_body(ref("Credential"), "created"), 200: json_body(ref("Credential"), "replaced")}, [NAME, TEAM],
+            json_request({"oneOf": [
+                obj({"kind": {"const": "registry"}, "host": STRING, "username": STRING, "password": STRING}, closed=True),
+                obj({"kind": {"const": "git-token"}, "host": STRING, "username": STRING, "token": STRING},
+                    optional=("username",), closed=True),
+                obj({"kind": {"const": "git-ssh"}, "host": STRING, "username": STRING, "private_key": STRING, "known_hosts": STRING},
+                    optional=("username", "known_hosts"), closed=True),
+            ]}), errors=(413, 415)),
+        "delete": op("Delete a credential", {200: json_body(ref("CredentialDeleted"))}, [NAME, TEAM]),
     },
     "/tokens": {
         "get": op("Your API tokens (never their secret)", {200: json_body(ref("TokenList"))}),

@@ -9,12 +9,12 @@ import yaml
 from django.db import transaction
 from django.utils import timezone
 
-from runs import clusters, imports, team_secrets
+from runs import clusters, credentials, imports, model_registry, ports, team_secrets
 from runs.credits import team_credits_used
 from runs.access import Action, NotAllowed, require, team_for_user
 from runs.lifecycle import FINAL, IllegalTransition, transition
 from runs.models import Membership, ResourcePreset, Role, Run, Status, Team
-from runs.spec import SpecError, dump_spec_yaml, parse_spec, parse_spec_with_warnings, split_warnings
+from runs.spec import SpecError, dump_spec_yaml, org_warnings, parse_spec_in_full, parse_spec_with_secrets, split_warnings
 from runs.tasks import enqueue
 
 DEFAULT_TEAM = "default"
@@ -58,6 +58,7 @@ class RunPlan:
     image_digest: str = ""
     executor: str = ""
     warnings: list = field(default_factory=list)
+    sealed_secrets: bytes | str | None = None  # the inline secrets' values, encrypted (team_secrets)
 
 
 def plan_run(
@@ -68,6 +69,7 @@ def plan_run(
     team: Team | None = None,
     executor: str | None = None,
     reproduced_from: Run | None = None,
+    inline_secrets: dict[str, str] | None = None,
 ) -> RunPlan:
     """Validate and resolve a run file as creating it would, writing nothing.
 
@@ -75,45 +77,50 @@ def plan_run(
     resolved now (git ref to commit, dataset to version). `frozen_spec` is a spec
     frozen before (reproduce): used exactly as it is, with `reproduced_from`'s
     image digest and imports; what is gone since fails the run at initializing.
-    Raises SpecError with every problem found (`.warnings` too, and `.spec`, the
-    normalized file, when the file itself was readable); NotAllowed or
+    The values of inline secrets come from `source` (or `inline_secrets`), else from
+    `reproduced_from`. Raises SpecError with every problem found (`.warnings` too,
+    and `.spec`, the file as read when it could be read); NotAllowed or
     Team.DoesNotExist when the user may not launch in `team`.
     """
     if team is None:
         team = team_for_user(user, None, Action.CHANGE)  # the user's first team where they may launch
     require(user, Action.CHANGE, team)
     credits_used = team_credits_used(team.pk) if team.credit_limit is not None else None
-    over_limit = credits_used is not None and credits_used >= team.credit_limit
+    over_limit = credits_used if credits_used is not None and credits_used >= team.credit_limit else None
     if frozen_spec is not None:
-        spec, warnings = frozen_spec, []
+        spec, given, warnings = frozen_spec, dict(inline_secrets or {}), []
     else:
         try:
-            spec, warnings = parse_spec_with_warnings(source)
+            spec, given, warnings = parse_spec_in_full(source)
         except SpecError as exc:
-            raise _refusal(team, credits_used if over_limit else None, exc.errors, exc.warnings, None) from None
+            raise _refusal(team, over_limit, exc.errors, exc.warnings, None) from None
     errors = []
     preset = ResourcePreset.objects.filter(name=spec["resources"]["preset"]).first()
     if preset is None:
         known = ", ".join(ResourcePreset.objects.order_by("name").values_list("name", flat=True))
         errors.append({"loc": "resources.preset", "msg": f"unknown preset {spec['resources']['preset']!r} (known: {known})"})
     cluster, cluster_errors = clusters.check_resources(spec, preset)
-    errors += cluster_errors
+    errors += cluster_errors + ports.creation_errors(spec)
+    errors += credentials.image_errors(spec, team, cluster)
     if cluster is not None and cluster.kind == cluster.Kind.SWARM and spec.get("import"):
         errors.append({"loc": "import", "msg": f"imports are not available on Swarm cluster {cluster.name!r} yet: "
                        "run this on a single-engine cluster, or copy the data into the image"})
     parsed = spec
     if reproduced_from is not None:
         read, image_digest = reproduced_from.imports, reproduced_from.image_digest
+        warnings = reproduced_from.warnings
     else:
         spec, read, import_problems = imports.resolve(spec, team)
         import_errors, import_warnings = split_warnings(import_problems)
         errors += import_errors + team_secrets.missing_for_spec(spec, team)
-        warnings += import_warnings
         image_digest = ""
-    if errors or over_limit:
-        raise _refusal(team, credits_used if over_limit else None, errors, warnings, parsed)
+        warnings = warnings + (org_warnings(source, team.name) if source is not None else []) + import_warnings
+    sealed, secret_errors = team_secrets.seal_inline_values(spec, given, reproduced_from)
+    errors += secret_errors
+    if errors or over_limit is not None:
+        raise _refusal(team, over_limit, errors, warnings, parsed)
     return RunPlan(spec=spec, team=team, preset=preset, cluster=cluster, imports=read, image_digest=image_digest,
-                   executor=clusters.executor_name(cluster, executor), warnings=warnings)
+                   executor=clusters.executor_name(cluster, executor), warnings=warnings, sealed_secrets=sealed)
 
 
 def _refusal(team: Team, credits_used, errors: list, warnings: list, spec: dict | None) -> SpecError:
@@ -131,9 +138,12 @@ def create_run(
     executor: str | None = None,
     reproduced_from: Run | None = None,
     changes: dict | None = None,
+    inline_secrets: dict[str, str] | None = None,
 ) -> Run:
-    """Validate, resolve and freeze the spec (plan_run), then queue the run. Raises SpecError."""
-    plan = plan_run(user=user, source=source, frozen_spec=frozen_spec, team=team, executor=executor, reproduced_from=reproduced_from)
+    """Validate, resolve and freeze the spec (plan_run), then queue the run. Raises
+    SpecError. The inline secrets' values are kept encrypted with the run, never in its spec."""
+    plan = plan_run(user=user, source=source, frozen_spec=frozen_spec, team=team, executor=executor,
+                    reproduced_from=reproduced_from, inline_secrets=inline_secrets)
     spec = plan.spec
     with transaction.atomic():
         run = Run.objects.create(
@@ -152,7 +162,10 @@ def create_run(
             image_digest=plan.image_digest,
             cluster=plan.cluster,
             executor=plan.executor,
+            warnings=plan.warnings,
+            inline_secrets_ciphertext=plan.sealed_secrets,
         )
+        model_registry.record_uses(run)
         enqueue("start", run.pk)
     return run
 
@@ -191,6 +204,7 @@ def terminate_run(run: Run, *, actor) -> Run:
 
 
 IDLE_TIMEOUT = "idle timeout"
+MAX_RUNTIME = "max runtime"
 
 
 def end_idle_runs_past_limit() -> int:
@@ -214,6 +228,29 @@ def end_idle_runs_past_limit() -> int:
     return ended
 
 
+def end_runs_past_max_runtime() -> int:
+    """Terminate every interactive run (`interactive.max_runtime`) that has run that long
+    since it started, running or idle, as a terminate does. The reconciler calls this;
+    returns how many it ended."""
+    now = timezone.now()
+    ended = 0
+    live = Run.objects.filter(status__in=[Status.RUNNING, Status.IDLE], started_at__isnull=False,
+                              spec__interactive__max_runtime_seconds__isnull=False)
+    for run in live.only("pk", "spec", "started_at"):  # interactive runs with a limit are few
+        limit = (run.spec.get("interactive") or {}).get("max_runtime_seconds")
+        if limit is None or run.started_at + timedelta(seconds=limit) > now:
+            continue
+        try:
+            with transaction.atomic():
+                transition(run.pk, Status.TERMINATED, reason=MAX_RUNTIME, only_from=[Status.RUNNING, Status.IDLE],
+                           stop_requested_at=now, stop_deadline=now + timedelta(seconds=run.termination_grace))
+                enqueue("stop", run.pk)
+        except IllegalTransition:  # it ended, or someone terminated it, first
+            continue
+        ended += 1
+    return ended
+
+
 # What a reproduction may change; everything else (image, code, data) stays pinned.
 REPRODUCE_CHANGES = ("env", "run", "resources")
 
@@ -226,14 +263,15 @@ def reproduce_run(run: Run, *, actor, overrides: dict | None = None) -> Run:
     _require_launch_rights(run, actor)
     if run.status not in FINAL:
         raise RunNotFinal(run)
-    spec, changes = run.spec, {}
+    spec, changes, given = run.spec, {}, {}
     if overrides:
-        spec = _apply_overrides(run.spec, overrides)
+        spec, given = _apply_overrides(run.spec, overrides)
         changes = {key: {"from": run.spec.get(key), "to": spec.get(key)} for key in REPRODUCE_CHANGES if spec.get(key) != run.spec.get(key)}
-    return create_run(user=actor, frozen_spec=spec, team=run.team, executor=run.executor, reproduced_from=run, changes=changes)
+    return create_run(user=actor, frozen_spec=spec, team=run.team, executor=run.executor, reproduced_from=run,
+                      changes=changes, inline_secrets=given)
 
 
-def _apply_overrides(frozen: dict, overrides: dict) -> dict:
+def _apply_overrides(frozen: dict, overrides: dict) -> tuple[dict, dict[str, str]]:
     _check_override_shapes(overrides)
     # Validate the changed parts through the same parser as a new spec, in the user's shape.
     user_shape = yaml.safe_load(dump_spec_yaml(frozen))
@@ -244,9 +282,9 @@ def _apply_overrides(frozen: dict, overrides: dict) -> dict:
         user_shape["run"] = overrides["run"]
     if "resources" in overrides:
         user_shape["resources"] = {**user_shape.get("resources", {}), **(overrides["resources"] or {})}
-    checked = parse_spec(user_shape)
+    checked, inline_secrets = parse_spec_with_secrets(user_shape)
     # Imports stay exactly as frozen (the parser would see only their user-facing form).
-    return {**checked, "import": frozen.get("import", {})}
+    return {**checked, "import": frozen.get("import", {})}, inline_secrets
 
 
 def _check_override_shapes(overrides) -> None:
@@ -260,7 +298,7 @@ def _check_override_shapes(overrides) -> None:
     if not isinstance(env, dict):
         errors.append({"loc": "env", "msg": "expected a mapping of variable names to values (null removes one)"})
     else:
-        errors += [{"loc": f"env[{json.dumps(name, ensure_ascii=False)}]", "msg": "expected a string, {\"secret\": NAME} or null"}
+        errors += [{"loc": f"env[{json.dumps(name, ensure_ascii=False)}]", "msg": "expected a string, {\"secret\": NAME}, {\"value\": ..., \"secret\": true} or null"}
                    for name, value in env.items() if not (value is None or isinstance(value, str | dict))]
     if "run" in overrides and not isinstance(overrides["run"], list):
         errors.append({"loc": "run", "msg": "expected a list of commands, e.g. [{\"command\": \"python train.py\"}]"})

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "SpecError", "parse_spec", "parse_spec_with_warnings", "dump_spec_yaml", "line_of", "warning", "split_warnings",
-    "format_duration", "MAX_SPEC_BYTES",
+    "SpecError", "parse_spec", "parse_spec_with_secrets", "parse_spec_with_warnings", "parse_spec_in_full",
+    "dump_spec_yaml", "line_of", "org_warnings", "warning", "split_warnings", "format_duration", "MAX_SPEC_BYTES",
 ]
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -43,6 +43,8 @@ MAX_WAIT_SECONDS = 30 * 86400
 _KEYED_BY_NAME = frozenset({"import", "export", "env"})
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A team credential's name (runs.credentials), as a secret's.
+CREDENTIAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 _DATASET_URI = re.compile(r"dataset://(?P<name>[A-Za-z0-9._-]+)(?:@(?P<version>.*))?", re.DOTALL)
 _CODE_URI = re.compile(r"code://(?P<hash>[0-9a-f]{64})")
 _VOLUME_URI = re.compile(r"volume://(?P<name>[A-Za-z0-9._-]+)")
@@ -462,9 +464,12 @@ def _parse_git_source(value: Any, loc: str, errors: Errors) -> dict[str, str] | 
     if not isinstance(value, dict):
         _add(errors, loc, _MSG_MAPPING)
         return None
-    parsers = {"url": _parse_non_empty_string, "ref": _parse_non_empty_string}
+    parsers = {"url": _parse_non_empty_string, "ref": _parse_non_empty_string, "credential_name": _parse_credential_name}
     fields = _parse_fields(value, loc, parsers, frozenset({"url"}), errors)
-    return {"url": fields.get("url", ""), "ref": fields.get("ref", DEFAULT_GIT_REF)}
+    git = {"url": fields.get("url", ""), "ref": fields.get("ref", DEFAULT_GIT_REF)}
+    if "credential_name" in fields:
+        git["credential"] = fields["credential_name"]
+    return git
 
 
 def _parse_dataset_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
@@ -525,21 +530,6 @@ def _parse_bucket_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | 
     return {"remote": {"url": value}}
 
 
-# Import sources written as one string: each scheme, how it is written, and its parser.
-_IMPORT_URIS: dict[str, tuple[str, Callable[[str, str, Errors], dict[str, Any] | None]]] = {
-    "git://": ("git://HOST/ORG/REPO[@REF]", _parse_git_uri),
-    "dataset://": ("dataset://NAME[@VERSION]", _parse_dataset_uri),
-    "code://": ("code://HASH", _parse_code_uri),
-    "hf://": ("hf://huggingface.co/ORG/REPO", _parse_hf_uri),
-    "s3://": ("s3://BUCKET/PATH", _parse_bucket_uri),
-    "gs://": ("gs://BUCKET/PATH", _parse_bucket_uri),
-}
-
-
-def _import_forms() -> str:
-    return ", ".join(form for form, _ in _IMPORT_URIS.values()) + " or {git: {url, ref}}"
-
-
 def _parse_import_source(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
     if isinstance(value, str):
         scheme = value.partition("://")[0] + "://"
@@ -580,11 +570,10 @@ def _parse_exports(value: Any, loc: str, errors: Errors) -> dict[str, Any] | Non
         uri = _parse_string(target, target_loc, errors)
         if uri is None:
             continue
-        match = _VOLUME_URI.fullmatch(uri)
-        if match is None:
-            _add(errors, target_loc, "expected volume://NAME")
-        elif path_ok:
-            exports[path] = {"volume": match["name"]}
+        parsed_target = _parse_export_target(uri, target_loc, errors)
+        if parsed_target is not None and path_ok:
+            exports[path] = parsed_target
+    _check_one_export_per_file_set(exports, loc, errors)
     return exports
 
 
@@ -651,6 +640,8 @@ def _parse_env_name(name: Any, loc: str, errors: Errors) -> bool:
 
 
 def _parse_env_value(value: Any, loc: str, errors: Errors) -> str | dict[str, str] | None:
+    if isinstance(value, dict) and ("value" in value or isinstance(value.get("secret"), bool)):
+        return _parse_env_value_mapping(value, loc, errors)
     if isinstance(value, dict):
         fields = _parse_fields(value, loc, {"secret": _parse_non_empty_string}, frozenset({"secret"}), errors)
         return {"secret": fields["secret"]} if "secret" in fields else None
@@ -669,6 +660,368 @@ def _parse_env(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
         if name_ok and parsed_value is not None:
             env[name] = parsed_value
     return env
+
+
+# ---------------------------------------------------------------- models, run files, VESSL URIs (SPEC §8)
+#
+# Imports, normalized (a version or volume left open is pinned when the run is created):
+#   vessl-model://ORG/REPO[/N], model://REPO[@N]    {"model": {"name": REPO, "version": N or None}}
+#   vessl-dataset://ORG/NAME[/N]                    {"dataset": {"name": NAME, "version": N or None}}
+#   run://ID[/PATH]                                 {"run_files": {"run": ID, "path": "/PATH"}}
+#   volume://NAME                                   {"volume": {"name": NAME}}, then run_files
+# Exports:
+#   vessl-artifact://[NAME]                         {"artifact": NAME or ""}
+#   vessl-model://ORG/REPO, model://REPO            {"model": {"name": REPO}}
+#   vessl-dataset://ORG/NAME, dataset://NAME        {"dataset": {"name": NAME}}
+# VESSL's ORG is the run's own team, whatever it says (org_warnings tells when it differs).
+
+_SET_NAME = r"[A-Za-z0-9._-]{1,100}"
+_ORG = r"[A-Za-z0-9._-]{1,100}"
+_VESSL_MODEL_URI = re.compile(rf"vessl-model://(?P<org>{_ORG})/(?P<name>{_SET_NAME})(?:/(?P<version>[^/]*))?/?")
+_VESSL_DATASET_URI = re.compile(rf"vessl-dataset://(?P<org>{_ORG})/(?P<name>{_SET_NAME})(?:/(?P<version>[^/]*))?/?")
+_MODEL_URI = re.compile(rf"model://(?P<name>{_SET_NAME})(?:@(?P<version>.*))?", re.DOTALL)
+_RUN_FILES_URI = re.compile(r"run://(?P<run>[^/]*)(?P<path>/.*)?", re.DOTALL)
+_ARTIFACT_URI = re.compile(rf"vessl-artifact://(?P<name>{_SET_NAME})?/?")
+_EXPORT_DATASET_URI = re.compile(rf"dataset://(?P<name>{_SET_NAME})")
+_EXPORT_TARGETS = "volume://NAME, vessl-artifact://[NAME], vessl-model://ORG/REPO or vessl-dataset://ORG/NAME"
+
+
+def _parse_version(text: str | None, what: str, loc: str, errors: Errors) -> int | None | bool:
+    """None for no version (the newest, pinned at creation), the number, or False after an error."""
+    if text is None or text == "":
+        return None
+    if not re.fullmatch(r"[0-9]{1,10}", text) or int(text) < 1:
+        _add(errors, loc, f"{what} version must be a positive integer")
+        return False
+    return int(text)
+
+
+def _parse_model_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    if value.startswith("model://"):
+        match, expected = _MODEL_URI.fullmatch(value), "expected model://NAME or model://NAME@VERSION"
+    else:
+        match, expected = _VESSL_MODEL_URI.fullmatch(value), "expected vessl-model://ORG/REPO or vessl-model://ORG/REPO/NUMBER"
+    if match is None:
+        _add(errors, loc, expected)
+        return None
+    version = _parse_version(match["version"], "model", loc, errors)
+    return None if version is False else {"model": {"name": match["name"], "version": version}}
+
+
+def _parse_vessl_dataset_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    match = _VESSL_DATASET_URI.fullmatch(value)
+    if match is None:
+        _add(errors, loc, "expected vessl-dataset://ORG/NAME or vessl-dataset://ORG/NAME/VERSION")
+        return None
+    version = _parse_version(match["version"], "dataset", loc, errors)
+    return None if version is False else {"dataset": {"name": match["name"], "version": version}}
+
+
+def _parse_run_files_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    match = _RUN_FILES_URI.fullmatch(value)
+    if match is None:
+        _add(errors, loc, "expected run://RUN_ID/PATH, a path that run exported (e.g. run://12/output)")
+        return None
+    if not re.fullmatch(r"[0-9]{1,18}", match["run"]) or int(match["run"]) < 1:
+        _add(errors, loc, "expected run://RUN_ID/PATH: the run id must be a positive integer")
+        return None
+    path = match["path"] or "/"
+    if not _check_container_path(path, loc, errors, allow_root=True):
+        return None
+    # One spelling per folder: "/output/", "/output" and "//output" name the same files.
+    return {"run_files": {"run": int(match["run"]), "path": "/" + "/".join(part for part in path.split("/") if part)}}
+
+
+def _parse_volume_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    match = _VOLUME_URI.fullmatch(value)
+    if match is None:
+        _add(errors, loc, "expected volume://NAME")
+        return None
+    return {"volume": {"name": match["name"]}}
+
+
+def _parse_reference_import(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    """An import of what the team already has: a model version, a dataset version,
+    an earlier run's exported files, or the files last exported to a volume."""
+    if value.startswith(("vessl-model://", "model://")):
+        return _parse_model_import(value, loc, errors)
+    if value.startswith("vessl-dataset://"):
+        return _parse_vessl_dataset_import(value, loc, errors)
+    if value.startswith("run://"):
+        return _parse_run_files_import(value, loc, errors)
+    return _parse_volume_import(value, loc, errors)
+
+
+# Import sources written as one string: each scheme, how it is written, and its parser.
+_IMPORT_URIS: dict[str, tuple[str, Callable[[str, str, Errors], dict[str, Any] | None]]] = {
+    "git://": ("git://HOST/ORG/REPO[@REF]", _parse_git_uri),
+    "dataset://": ("dataset://NAME[@VERSION]", _parse_dataset_uri),
+    "code://": ("code://HASH", _parse_code_uri),
+    "hf://": ("hf://huggingface.co/ORG/REPO", _parse_hf_uri),
+    "s3://": ("s3://BUCKET/PATH", _parse_bucket_uri),
+    "gs://": ("gs://BUCKET/PATH", _parse_bucket_uri),
+    "vessl-dataset://": ("vessl-dataset://ORG/NAME[/VERSION]", _parse_reference_import),
+    "vessl-model://": ("vessl-model://ORG/REPO[/NUMBER]", _parse_reference_import),
+    "model://": ("model://NAME[@VERSION]", _parse_reference_import),
+    "run://": ("run://RUN_ID/PATH", _parse_reference_import),
+    "volume://": ("volume://NAME", _parse_reference_import),
+}
+
+
+def _import_forms() -> str:
+    return ", ".join(form for form, _ in _IMPORT_URIS.values()) + " or {git: {url, ref}}"
+
+
+def _parse_export_target(uri: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    for scheme, pattern, expected in (
+        ("volume://", _VOLUME_URI, "expected volume://NAME"),
+        ("vessl-artifact://", _ARTIFACT_URI, "expected vessl-artifact:// or vessl-artifact://NAME"),
+        ("vessl-model://", _VESSL_MODEL_URI, "expected vessl-model://ORG/REPO"),
+        ("model://", _MODEL_URI, "expected model://NAME"),
+        ("vessl-dataset://", _VESSL_DATASET_URI, "expected vessl-dataset://ORG/NAME"),
+        ("dataset://", _EXPORT_DATASET_URI, "expected dataset://NAME"),
+    ):
+        if not uri.startswith(scheme):
+            continue
+        match = pattern.fullmatch(uri)
+        if match is None:
+            _add(errors, loc, expected)
+            return None
+        if match.groupdict().get("version"):
+            _add(errors, loc, f"an export makes a new version, numbered when the run ends: write {expected[len('expected '):]}, without a version")
+            return None
+        if scheme == "volume://":
+            return {"volume": match["name"]}
+        if scheme == "vessl-artifact://":
+            return {"artifact": match["name"] or ""}
+        return {"model" if "model" in scheme else "dataset": {"name": match["name"]}}
+    _add(errors, loc, f"expected {_EXPORT_TARGETS}")
+    return None
+
+
+def _check_one_export_per_file_set(exports: dict[str, Any], loc: str, errors: Errors) -> None:
+    """A run makes one new version of a model or dataset: two paths exported to one are refused."""
+    first_path: dict[tuple[str, str], str] = {}
+    for path, target in exports.items():
+        for kind in ("model", "dataset"):
+            if kind in target:
+                key = (kind, target[kind]["name"])
+                if key in first_path:
+                    _add(errors, _name_loc(loc, path), f"{kind} {key[1]} is already exported from {_name_loc(loc, first_path[key])}: "
+                         f"a run makes one version of a {kind}, from one path")
+                first_path.setdefault(key, path)
+
+
+def org_warnings(source: str | bytes | Mapping[str, Any], team_name: str) -> Errors:
+    """VESSL URIs name an organization; here the run's own team is always meant. For
+    each vessl-model:// or vessl-dataset:// import or export whose ORG is not
+    `team_name`: a warning, {"loc", "msg"}, not an error. `source` is what parse_spec took."""
+    try:
+        document = _load_yaml(source) if isinstance(source, str | bytes) else source
+    except SpecError:
+        return []
+    warnings: Errors = []
+    if not isinstance(document, Mapping):
+        return warnings
+    for section in ("import", "export"):
+        entries = document.get(section)
+        if not isinstance(entries, Mapping):
+            continue
+        for path, uri in entries.items():
+            if not isinstance(uri, str):
+                continue
+            match = _VESSL_MODEL_URI.fullmatch(uri) or _VESSL_DATASET_URI.fullmatch(uri)
+            if match is not None and match["org"] != team_name:
+                _add(warnings, _name_loc(section, path),
+                     f"organization {match['org']!r} is not this run's team: team {team_name}'s "
+                     f"{'model' if uri.startswith('vessl-model') else 'dataset'} {match['name']} is used")
+    return warnings
+
+
+def _dump_reference_import(source: Mapping[str, Any]) -> str:
+    if "model" in source:
+        version = source["model"]["version"]
+        return f"model://{source['model']['name']}" + ("" if version is None else f"@{version}")
+    if "run_files" in source:
+        return f"run://{source['run_files']['run']}{source['run_files']['path'].rstrip('/')}"
+    return f"volume://{source['volume']['name']}"
+
+
+def _dump_export_target(target: Mapping[str, Any]) -> str:
+    if "artifact" in target:
+        return f"vessl-artifact://{target['artifact']}"
+    if "model" in target:
+        return f"model://{target['model']['name']}"
+    if "dataset" in target:
+        return f"dataset://{target['dataset']['name']}"
+    return f"volume://{target['volume']}"
+
+
+PORT_TYPES = ("http", "tcp")
+# A port's name is the last part of its address (/runs/ID/ports/NAME/): URL-safe as it is.
+_PORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _parse_port_number(value: Any, loc: str, errors: Errors) -> int | None:
+    # bool is an int subclass: "port: yes" is not port 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        _add(errors, loc, "expected a port number from 1 to 65535")
+        return None
+    return value
+
+
+def _parse_port_name(value: Any, loc: str, errors: Errors) -> str | None:
+    name = _parse_string(value, loc, errors)
+    if name is not None and not _PORT_NAME.fullmatch(name):
+        _add(errors, loc, "use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return None
+    return name
+
+
+def _parse_port_type(value: Any, loc: str, errors: Errors) -> str | None:
+    kind = _parse_string(value, loc, errors)
+    if kind is not None and kind not in PORT_TYPES:
+        _add(errors, loc, "expected http or tcp")
+        return None
+    return kind
+
+
+def _parse_ports(value: Any, loc: str, errors: Errors) -> list[dict[str, Any]] | None:
+    """VESSL's `ports`: `{name, type: http|tcp, port}` items or bare numbers, to
+    `{"name", "type", "port"}` each (a bare N is `{"name": "N", "type": "http", "port": N}`;
+    a missing name is the number, a missing type http). Names and numbers are unique:
+    a port is reached by either (runs.ports)."""
+    if not isinstance(value, list):
+        _add(errors, loc, "expected a list of ports, e.g. [{name: web, type: http, port: 8000}] or [8000]")
+        return None
+    parsers = {"name": _parse_port_name, "type": _parse_port_type, "port": _parse_port_number}
+    ports: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+    numbers: dict[int, str] = {}
+    for index, item in enumerate(value):
+        item_loc = _index_loc(loc, index)
+        if isinstance(item, dict):
+            before = len(errors)
+            fields = _parse_fields(item, item_loc, parsers, frozenset({"port"}), errors)
+            if len(errors) > before:
+                continue
+            number = fields["port"]
+            port = {"name": fields.get("name", str(number)), "type": fields.get("type", "http"), "port": number}
+            name_loc = _key_loc(item_loc, "name")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if _parse_port_number(item, item_loc, errors) is None:
+                continue
+            port, name_loc = {"name": str(item), "type": "http", "port": item}, item_loc
+        else:
+            _add(errors, item_loc, "expected a port number or a mapping with name, type and port")
+            continue
+        if port["name"].isdigit() and int(port["name"]) != port["port"]:
+            # /ports/8080/ must not mean one port by name and another by number.
+            _add(errors, name_loc, f"a name made of digits must be the port's own number ({port['port']})")
+        elif port["name"] in names:
+            _add(errors, name_loc, f"duplicate port name {port['name']!r} (also {names[port['name']]})")
+        elif port["port"] in numbers:
+            _add(errors, _key_loc(item_loc, "port") if isinstance(item, dict) else item_loc,
+                 f"port {port['port']} is declared twice (also {numbers[port['port']]})")
+        else:
+            names[port["name"]], numbers[port["port"]] = item_loc, item_loc
+            ports.append(port)
+    return ports
+
+
+# ---------------------------------------------------------------- credentials, inline secrets, interactive
+# VESSL's forms (SPEC §8): `image: {url, credential_name}`, `credential_name` on a git
+# import, `env: {X: {value, secret: true}}` and `interactive`.
+
+
+def _parse_credential_name(value: Any, loc: str, errors: Errors) -> str | None:
+    name = _parse_non_empty_string(value, loc, errors)
+    if name is not None and not CREDENTIAL_NAME.fullmatch(name):
+        _add(errors, loc, "expected a credential's name: letters, digits, _ . - (not first), at most 100")
+        return None
+    return name
+
+
+def _parse_image_field(value: Any, loc: str, errors: Errors) -> dict[str, str | None] | None:
+    """`image: NAME`, or `image: {url: NAME, credential_name: CRED}` (a team registry
+    credential that pulls it): {"url", "credential"}."""
+    if isinstance(value, dict):
+        parsers = {"url": _parse_image, "credential_name": _parse_credential_name}
+        fields = _parse_fields(value, loc, parsers, frozenset({"url"}), errors)
+        return {"url": fields["url"], "credential": fields.get("credential_name")} if "url" in fields else None
+    if not isinstance(value, str):
+        _add(errors, loc, "expected an image name, or a mapping with url and credential_name")
+        return None
+    image = _parse_image(value, loc, errors)
+    return None if image is None else {"url": image, "credential": None}
+
+
+def _parse_env_plain_value(value: Any, loc: str, errors: Errors) -> str | None:
+    if isinstance(value, dict | list):
+        _add(errors, loc, _MSG_STRING)
+        return None
+    return _parse_env_value(value, loc, errors)
+
+
+def _parse_env_value_mapping(value: dict, loc: str, errors: Errors) -> str | dict[str, Any] | None:
+    """`{value: X, secret: true}`: an inline secret, whose value never enters the spec
+    (parse_spec_with_secrets hands it over apart); `{secret: true}` alone keeps the value
+    a reproduced run stored. `{value: X}` or `{value: X, secret: false}`: plain X."""
+    parsers = {"value": _parse_env_plain_value, "secret": _parse_boolean}
+    fields = _parse_fields(value, loc, parsers, frozenset(), errors)
+    if fields.get("secret"):
+        return {"inline_secret": True, **({"value": fields["value"]} if "value" in fields else {})}
+    if "value" not in fields:
+        if "secret" in fields:  # secret: false and no value
+            _add(errors, _key_loc(loc, "value"), "required")
+        return None
+    return fields["value"]
+
+
+def _split_inline_secrets(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    env, values = {}, {}
+    for name, value in spec["env"].items():
+        if isinstance(value, dict) and value.get("inline_secret"):
+            if "value" in value:
+                values[name] = value["value"]
+            value = {"inline_secret": True}
+        env[name] = value
+    return {**spec, "env": env}, values
+
+
+def _parse_positive_duration(value: Any, loc: str, errors: Errors) -> float | None:
+    millis = _duration_millis(value)
+    if millis is None:
+        _add(errors, loc, _MSG_DURATION)
+        return None
+    if millis <= 0:
+        _add(errors, loc, "must be longer than 0 seconds")
+        return None
+    return millis / 1000
+
+
+def _parse_jupyter(value: Any, loc: str, errors: Errors) -> float | None:
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    fields = _parse_fields(value, loc, {"idle_timeout": _parse_positive_duration}, frozenset(), errors)
+    return fields.get("idle_timeout")
+
+
+def _parse_interactive(value: Any, loc: str, errors: Errors) -> dict[str, float | None] | None:
+    """`interactive: {max_runtime: 24h, jupyter: {idle_timeout: 120m}}`: the run is kept
+    alive when its command ends (as with termination_protection) and ended at max_runtime."""
+    if not isinstance(value, dict):
+        _add(errors, loc, _MSG_MAPPING)
+        return None
+    parsers = {"max_runtime": _parse_positive_duration, "jupyter": _parse_jupyter}
+    fields = _parse_fields(value, loc, parsers, frozenset(), errors)
+    return {"max_runtime_seconds": fields.get("max_runtime"), "jupyter_idle_timeout_seconds": fields.get("jupyter")}
+
+
+def keeps_alive(spec: Mapping[str, Any]) -> bool:
+    """Whether the run stays (idle) once its command ends: termination protection, or interactive."""
+    return bool(spec.get("termination_protection")) or spec.get("interactive") is not None
 
 
 # ---------------------------------------------------------------- VESSL forms
@@ -841,7 +1194,7 @@ _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
     "name": _parse_name,
     "description": _parse_string,
     "tags": _parse_tags,
-    "image": _parse_image,
+    "image": _parse_image_field,
     "resources": _parse_resources,
     "import": _parse_imports,
     "export": _parse_exports,
@@ -849,6 +1202,8 @@ _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
     "env": _parse_env,
     "termination_protection": _parse_boolean,
     "termination_grace": _parse_grace_seconds,
+    "ports": _parse_ports,
+    "interactive": _parse_interactive,
     **_LEGACY_TOP_LEVEL,
 }
 _TOP_LEVEL_REQUIRED = frozenset({"name", "image", "run"})
@@ -861,7 +1216,9 @@ def _normalize_document(document: Any, warnings: Errors) -> dict[str, Any]:
     if (service := _service_file_error(document)) is not None:
         raise SpecError([service])
     problems: Errors = []
-    fields = _parse_fields(document, "", _TOP_LEVEL_PARSERS, _TOP_LEVEL_REQUIRED, problems)
+    # VESSL: "run could be empty if it's an interactive run" (a workspace kept alive for its terminal).
+    required = _TOP_LEVEL_REQUIRED - {"run"} if document.get("interactive") is not None else _TOP_LEVEL_REQUIRED
+    fields = _parse_fields(document, "", _TOP_LEVEL_PARSERS, required, problems)
     errors, found_warnings = split_warnings(problems)
     warnings += found_warnings
     if errors:
@@ -870,14 +1227,17 @@ def _normalize_document(document: Any, warnings: Errors) -> dict[str, Any]:
         "name": fields["name"],
         "description": fields.get("description", ""),
         "tags": fields.get("tags", []),
-        "image": fields["image"],
+        "image": fields["image"]["url"],
+        "image_credential": fields["image"]["credential"],
         "resources": fields.get("resources", {"cluster": DEFAULT_CLUSTER, "preset": DEFAULT_PRESET}),
         "import": fields.get("import", {}),
         "export": fields.get("export", {}),
-        "run": fields["run"],
+        "run": fields.get("run", []),
         "env": fields.get("env", {}),
         "termination_protection": fields.get("termination_protection", False),
         "termination_grace_seconds": fields.get("termination_grace", DEFAULT_GRACE_SECONDS),
+        "ports": fields.get("ports", []),
+        "interactive": fields.get("interactive"),
     }
 
 
@@ -886,14 +1246,30 @@ def parse_spec(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
 
     ``source`` is YAML (or JSON) text, or a dict that was already parsed, e.g.
     from a JSON request body. Raises ``SpecError`` listing all problems found.
-    The result shares no mutable objects with ``source``.
+    The result shares no mutable objects with ``source``. The values of inline
+    secrets (`env: {X: {value: ..., secret: true}}`) are not in it: see
+    parse_spec_with_secrets.
     """
-    return parse_spec_with_warnings(source)[0]
+    return parse_spec_in_full(source)[0]
+
+
+def parse_spec_with_secrets(source: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """parse_spec, and the values of the spec's inline secrets by variable name: what
+    creating a run stores encrypted with it. The spec marks each `{"inline_secret": true}`."""
+    spec, secrets, _ = parse_spec_in_full(source)
+    return spec, secrets
 
 
 def parse_spec_with_warnings(source: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any], Errors]:
     """parse_spec, and the notes about what was accepted but changes nothing here
     (each {"loc", "msg"}). A SpecError carries the warnings found too (``.warnings``)."""
+    spec, _, warnings = parse_spec_in_full(source)
+    return spec, warnings
+
+
+def parse_spec_in_full(source: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str], Errors]:
+    """The normalized spec, its inline secrets' values (parse_spec_with_secrets) and its
+    warnings (parse_spec_with_warnings): what creating a run needs of the file."""
     if isinstance(source, bytearray | memoryview):
         source = bytes(source)
     if isinstance(source, str | bytes):
@@ -903,7 +1279,8 @@ def parse_spec_with_warnings(source: str | bytes | Mapping[str, Any]) -> tuple[d
             raise SpecError(templates)
         document = source
     warnings: Errors = []
-    return _normalize_document(document, warnings), warnings
+    spec, secrets = _split_inline_secrets(_normalize_document(document, warnings))
+    return spec, secrets, warnings
 
 
 # ---------------------------------------------------------------- dumping
@@ -937,11 +1314,16 @@ def format_duration(seconds: float) -> str:
 def _dump_import_source(source: Mapping[str, Any]) -> str | dict[str, Any]:
     if "git" in source:
         # A frozen spec pins the commit: the ref written out is that commit.
-        return {"git": {"url": source["git"]["url"], "ref": source["git"].get("commit") or source["git"]["ref"]}}
+        git = {"url": source["git"]["url"], "ref": source["git"].get("commit") or source["git"]["ref"]}
+        if source["git"].get("credential"):
+            git["credential_name"] = source["git"]["credential"]
+        return {"git": git}
     if "code" in source:
         return f"code://{source['code']['hash']}"
     if "remote" in source:
         return source["remote"]["url"]
+    if "dataset" not in source:
+        return _dump_reference_import(source)
     dataset = source["dataset"]
     version = dataset["version"]
     return f"dataset://{dataset['name']}" + ("" if version is None else f"@{version}")
@@ -956,8 +1338,26 @@ def _dump_run_step(step: Mapping[str, Any]) -> dict[str, str]:
     return rendered
 
 
-def _dump_env_value(value: str | Mapping[str, str]) -> str | dict[str, str]:
-    return value if isinstance(value, str) else {"secret": value["secret"]}
+def _dump_env_value(value: str | Mapping[str, Any]) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        return value
+    # An inline secret's value is not in the spec: `{secret: true}` keeps the stored one.
+    return {"secret": True} if value.get("inline_secret") else {"secret": value["secret"]}
+
+
+def _dump_image(spec: Mapping[str, Any]) -> str | dict[str, str]:
+    if spec.get("image_credential"):
+        return {"url": spec["image"], "credential_name": spec["image_credential"]}
+    return spec["image"]
+
+
+def _dump_interactive(interactive: Mapping[str, Any]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    if interactive.get("max_runtime_seconds") is not None:
+        document["max_runtime"] = format_duration(interactive["max_runtime_seconds"])
+    if interactive.get("jupyter_idle_timeout_seconds") is not None:
+        document["jupyter"] = {"idle_timeout": format_duration(interactive["jupyter_idle_timeout_seconds"])}
+    return document
 
 
 def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
@@ -970,17 +1370,22 @@ def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
         document["description"] = spec["description"]
     if spec["tags"]:
         document["tags"] = list(spec["tags"])
-    document["image"] = spec["image"]
+    document["image"] = _dump_image(spec)
     document["resources"] = {"cluster": spec["resources"]["cluster"], "preset": spec["resources"]["preset"]}
     if spec["import"]:
         document["import"] = {path: _dump_import_source(source) for path, source in spec["import"].items()}
     if spec["export"]:
-        document["export"] = {path: f"volume://{target['volume']}" for path, target in spec["export"].items()}
-    document["run"] = [_dump_run_step(step) for step in spec["run"]]
+        document["export"] = {path: _dump_export_target(target) for path, target in spec["export"].items()}
+    if spec["run"]:  # an interactive run may have none
+        document["run"] = [_dump_run_step(step) for step in spec["run"]]
     if spec["env"]:
         document["env"] = {name: _dump_env_value(value) for name, value in spec["env"].items()}
     document["termination_protection"] = spec["termination_protection"]
     document["termination_grace"] = format_duration(spec["termination_grace_seconds"])
+    if spec.get("ports"):  # a spec frozen before ports existed has none
+        document["ports"] = [dict(port) for port in spec["ports"]]
+    if spec.get("interactive") is not None:
+        document["interactive"] = _dump_interactive(spec["interactive"])
     # A huge width keeps long commands on one line instead of folding them.
     return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=2**16)
 

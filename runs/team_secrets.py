@@ -30,7 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs.executors.base import ExecutorError
-from runs.models import Run, TeamSecret
+from runs.models import Credential, Run, TeamSecret
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _decrypt(secret: TeamSecret) -> str:
 
 def referenced_names(spec: dict) -> dict[str, str]:
     """{env var: secret name} for every `{secret: NAME}` in the spec."""
-    return {var: value["secret"] for var, value in spec.get("env", {}).items() if isinstance(value, dict)}
+    return {var: value["secret"] for var, value in spec.get("env", {}).items() if isinstance(value, dict) and "secret" in value}
 
 
 def missing_for_spec(spec: dict, team) -> list[dict]:
@@ -125,7 +125,8 @@ def missing_for_spec(spec: dict, team) -> list[dict]:
 
 
 def resolve_env(run) -> dict[str, str]:
-    """The run's secret env vars with their values, for its start."""
+    """The run's secret env vars with their values, for its start: team secrets and
+    the run's own inline secrets."""
     wanted = referenced_names(run.spec)
     secrets = {s.name: s for s in TeamSecret.objects.filter(team=run.team, name__in=set(wanted.values()))}
     env = {}
@@ -133,6 +134,13 @@ def resolve_env(run) -> dict[str, str]:
         if name not in secrets:
             raise ExecutorError(f"team secret {name!r} (env {var}) no longer exists")
         env[var] = _decrypt(secrets[name])
+    inline = inline_names(run.spec)
+    if inline:
+        stored = open_inline_values(run)
+        for var in inline:
+            if var not in stored:
+                raise ExecutorError(f"the value of inline secret {var} was not stored with the run")
+            env[var] = stored[var]
     return env
 
 
@@ -175,13 +183,63 @@ def values_to_mask(run) -> list[str]:
     stored = _stored_mask(run)
     if stored is not None:
         return sorted(set(stored), key=len, reverse=True)
-    if not referenced_names(run.spec):
+    if not referenced_names(run.spec) and not inline_names(run.spec):
         return []
     try:
         values = resolve_env(run).values()
     except ExecutorError:
         return []
     return sorted({v for v in values if len(v) >= MIN_MASKED_LENGTH}, key=len, reverse=True)
+
+
+# ------------------------------------------------------------------ inline secrets
+# `env: {X: {value: ..., secret: true}}`: a value of the run's own, not the team's. The
+# frozen spec says {"inline_secret": true}; the values are kept encrypted with the run
+# (Run.inline_secrets_ciphertext), so a reproduction starts with them again.
+
+
+def inline_names(spec: dict) -> list[str]:
+    return [var for var, value in spec.get("env", {}).items() if isinstance(value, dict) and value.get("inline_secret")]
+
+
+def open_inline_values(run) -> dict[str, str]:
+    """{var: value} of the run's inline secrets; ExecutorError if no key opens them."""
+    if run.inline_secrets_ciphertext is None:
+        return {}
+    try:
+        return json.loads(decrypt(run.inline_secrets_ciphertext))
+    except (InvalidToken, ValueError):
+        raise ExecutorError("the run's inline secrets cannot be decrypted: was SECRET_KEY or RUNYARD_SECRETS_KEY changed?") from None
+
+
+def seal_inline_values(spec: dict, given: dict[str, str], origin=None) -> tuple[bytes | None, list[dict]]:
+    """The ciphertext to keep with a new run: the value of each inline secret of `spec`,
+    from `given` (the run file) or else from `origin` (the run it reproduces); and the
+    errors (loc, msg) of those without a usable value."""
+    wanted = inline_names(spec)
+    if not wanted:
+        return None, []
+    try:
+        kept = open_inline_values(origin) if origin is not None else {}
+    except ExecutorError as exc:
+        kept, errors = {}, [{"loc": "env", "msg": str(exc)}]
+    else:
+        errors = []
+    values = {}
+    for var in wanted:
+        loc = f'env["{var}"].value'
+        value = given.get(var, kept.get(var))
+        if value is None:
+            errors.append({"loc": loc, "msg": "required: an inline secret needs its value ({value: ..., secret: true})"})
+        elif value == "":
+            errors.append({"loc": loc, "msg": "must not be empty"})
+        elif len(value.encode()) > MAX_VALUE_BYTES:
+            errors.append({"loc": loc, "msg": "larger than 64 KiB"})
+        else:
+            values[var] = value
+    if errors:
+        return None, errors
+    return encrypt(json.dumps(values).encode()), []
 
 
 def mask(text: str, values: list[str]) -> str:
@@ -207,7 +265,8 @@ def without_partial_value_at_end(text: str, values: list[str]) -> str:
 
 
 def rotate_all() -> tuple[int, list[str]]:
-    """Re-encrypt every team secret and stored run mask with the newest key.
+    """Re-encrypt every team secret, credential, stored run mask and run's inline
+    secrets with the newest key.
 
     Returns how many were re-encrypted and what could not be decrypted with any
     configured key (left as it is). A value changed meanwhile is left to its
@@ -223,12 +282,21 @@ def rotate_all() -> tuple[int, list[str]]:
             unreadable.append(f"secret {secret.team.name}/{secret.name}")
             continue
         rotated += TeamSecret.objects.filter(pk=secret.pk, ciphertext=old).update(ciphertext=new)
-    for run_id, ciphertext in Run.objects.exclude(mask_ciphertext=None).values_list("pk", "mask_ciphertext").iterator():
-        old = bytes(ciphertext)
+    for field, what in (("mask_ciphertext", "mask"), ("inline_secrets_ciphertext", "inline secrets")):
+        for run_id, ciphertext in Run.objects.exclude(**{field: None}).values_list("pk", field).iterator():
+            old = bytes(ciphertext)
+            try:
+                new = fernet.rotate(old)
+            except InvalidToken:
+                unreadable.append(f"{what} of run {run_id}")
+                continue
+            rotated += Run.objects.filter(pk=run_id, **{field: old}).update(**{field: new})
+    for credential in Credential.objects.select_related("team").only("pk", "name", "ciphertext", "team__name").iterator():
+        old = bytes(credential.ciphertext)
         try:
             new = fernet.rotate(old)
         except InvalidToken:
-            unreadable.append(f"mask of run {run_id}")
+            unreadable.append(f"credential {credential.team.name}/{credential.name}")
             continue
-        rotated += Run.objects.filter(pk=run_id, mask_ciphertext=old).update(mask_ciphertext=new)
+        rotated += Credential.objects.filter(pk=credential.pk, ciphertext=old).update(ciphertext=new)
     return rotated, unreadable

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from runs import api, api_account, api_inputs, openapi
+from runs import api, api_account, api_inputs, api_models, openapi
 
 urlpatterns = [
     path("health", api.health),
@@ -21,9 +21,16 @@ urlpatterns = [
     path("datasets", api_inputs.datasets),
     path("datasets/<str:name>/versions", api_inputs.dataset_versions),
     path("datasets/<str:name>/versions/<int:version>", api_inputs.dataset_version),
+    path("models", api_models.models),
+    path("models/<str:name>", api_models.model_detail),
+    path("models/<str:name>/versions", api_models.model_versions),
+    path("models/<str:name>/versions/<int:version>", api_models.model_version),
+    path("models/<str:name>/versions/<int:version>/files/raw", api_models.model_file_raw),
     path("code", api_inputs.code_snapshots),
     path("secrets", api_inputs.secrets),
     path("secrets/<str:name>", api_inputs.secret),
+    path("credentials", api_inputs.credentials),
+    path("credentials/<str:name>", api_inputs.credential),
     path("tokens", api_account.tokens_collection),
     path("tokens/<int:token_id>", api_account.token_detail),
     path("teams", api_account.teams_collection),

@@ -1,4 +1,4 @@
-"""The `runyard` command: runs and datasets through the HTTP API v1 (SPEC §3).
+"""The `runyard` command: runs, datasets, models and credentials through the HTTP API v1 (SPEC §3).
 
 Standard library only, so that it works from any Python 3.8+ without Runyard's
 server dependencies; PyYAML is used when it is importable, to put an uploaded
@@ -305,7 +305,7 @@ def pack_directory(root: str, into) -> int:
     return count
 
 
-def upload(client: Client, what: str, api_path: str, source: str, content_type: str | None = None):
+def upload(client: Client, what: str, api_path: str, source: str, content_type: str | None = None, query=None):
     """POST a directory (packed here) or an archive file (sent as is) with a progress bar."""
     with tempfile.TemporaryFile(prefix="runyard-upload-") as packed:
         if content_type is None:
@@ -321,7 +321,7 @@ def upload(client: Client, what: str, api_path: str, source: str, content_type: 
             body.seek(0)
             progress = Progress(f"uploading {what}", length)
             try:
-                answer = client.post(api_path, Upload(body, length, progress), content_type, timeout=UPLOAD_TIMEOUT)
+                answer = client.post(api_path, Upload(body, length, progress), content_type, query=query, timeout=UPLOAD_TIMEOUT)
             finally:
                 progress.close()
         finally:
@@ -571,6 +571,10 @@ def describe_source(source: dict) -> str:
         return f"dataset {source['dataset'].get('name')} version {source['dataset'].get('version')}"
     if "code" in source:
         return f"code snapshot {source['code'].get('hash', '')[:12]}"
+    if "model" in source:
+        return f"model {source['model'].get('name')} version {source['model'].get('version')}"
+    if "run_files" in source:
+        return f"the files run {source['run_files'].get('run')} exported under {source['run_files'].get('path')}"
     return json.dumps(source, sort_keys=True)
 
 
@@ -703,9 +707,8 @@ def cmd_run_reproduce(args) -> int:
     return report_new_run(client, run, args, f"created (reproduces run {args.id})")
 
 
-def cmd_dataset_create(args) -> int:
-    client = client_from_config()
-    path = args.path
+def upload_version(client: Client, kind: str, name: str, path: str, query=None) -> dict:
+    """A new version of dataset or model `name` from a directory or an archive file."""
     if os.path.isdir(path):
         content_type = None
     elif os.path.isfile(path):
@@ -714,17 +717,26 @@ def cmd_dataset_create(args) -> int:
             raise CliError(f"{path}: give a directory, or a .tar, .tar.gz, .tgz or .zip file")
     else:
         raise CliError(f"{path}: no such file or directory")
-    name = urllib.parse.quote(args.name, safe="")
-    version = upload(client, f"dataset {args.name}", f"/datasets/{name}/versions", path, content_type)
-    if args.json:
+    quoted = urllib.parse.quote(name, safe="")
+    return upload(client, f"{kind} {name}", f"/{kind}s/{quoted}/versions", path, content_type, query)
+
+
+def report_version(client: Client, kind: str, name: str, version: dict, as_json: bool) -> int:
+    if as_json:
         print_json(version)
         return 0
     what = "unchanged: the same files as" if client.last_status == 200 else "new"
     out(
-        f"dataset {version.get('name', args.name)}: {what} version {version.get('version')} "
+        f"{kind} {version.get('name', name)}: {what} version {version.get('version')} "
         f"({files(version.get('file_count'))}, {human_size(version.get('size_bytes'))})"
     )
     return 0
+
+
+def cmd_dataset_create(args) -> int:
+    client = client_from_config()
+    version = upload_version(client, "dataset", args.name, args.path)
+    return report_version(client, "dataset", args.name, version, args.json)
 
 
 def cmd_dataset_list(args) -> int:
@@ -748,6 +760,156 @@ def cmd_dataset_list(args) -> int:
         table(["NAME", "LATEST", "VERSIONS", "FILES", "SIZE", "CREATED"], rows)
     else:
         note("no datasets")
+    return 0
+
+
+def team_query(args):
+    return {"team": args.team} if getattr(args, "team", None) else None
+
+
+def cmd_model_create(args) -> int:
+    client = client_from_config()
+    version = upload_version(client, "model", args.name, args.path, team_query(args))
+    return report_version(client, "model", args.name, version, args.json)
+
+
+def made_by(version: dict) -> str:
+    run = version.get("made_by_run")
+    if isinstance(run, dict):
+        return f"run {run.get('id')} ({run.get('status')})"
+    return f"upload by {version.get('created_by') or '?'}"
+
+
+def cmd_model_list(args) -> int:
+    answer = client_from_config().get("/models", team_query(args))
+    if args.json:
+        print_json(answer)
+        return 0
+    rows = []
+    for model in answer.get("items", []):
+        latest = model.get("latest") or {}
+        rows.append([
+            str(model.get("name")),
+            str(model.get("latest_version") if model.get("latest_version") is not None else "-"),
+            str(model.get("version_count")),
+            str(latest.get("file_count", "-")),
+            human_size(latest.get("size_bytes")) if latest else "-",
+            made_by(latest) if latest else "-",
+            local_time(latest.get("created_at")) if latest else "-",
+        ])
+    if rows:
+        table(["NAME", "LATEST", "VERSIONS", "FILES", "SIZE", "MADE BY", "CREATED"], rows)
+    else:
+        note("no models")
+    return 0
+
+
+def cmd_model_show(args) -> int:
+    client = client_from_config()
+    name = urllib.parse.quote(args.name, safe="")
+    if args.version is not None:
+        version = client.get(f"/models/{name}/versions/{args.version}", team_query(args))
+        if args.json:
+            print_json(version)
+            return 0
+        out(f"model {version.get('name')} version {version.get('version')}: {files(version.get('file_count'))}, "
+            f"{human_size(version.get('size_bytes'))}, made by {made_by(version)}")
+        used = ", ".join(str(run.get("id")) for run in version.get("used_by_runs") or []) or "no run yet"
+        out(f"used by runs: {used}")
+        table(["PATH", "SIZE", "SHA256"], [[str(f.get("path")), human_size(f.get("size")), str(f.get("sha256"))]
+                                          for f in version.get("files") or []])
+        return 0
+    model = client.get(f"/models/{name}", team_query(args))
+    if args.json:
+        print_json(model)
+        return 0
+    out(f"model {model.get('name')}: latest version {model.get('latest_version') if model.get('latest_version') is not None else '-'}")
+    rows = [[
+        str(v.get("version")) + (" (removed)" if v.get("removed") else ""),
+        made_by(v),
+        ", ".join(str(run.get("id")) for run in v.get("used_by_runs") or []) or "-",
+        str(v.get("file_count")),
+        human_size(v.get("size_bytes")),
+        local_time(v.get("created_at")),
+    ] for v in model.get("versions") or []]
+    table(["VERSION", "MADE BY", "USED BY RUNS", "FILES", "SIZE", "CREATED"], rows)
+    return 0
+
+
+def read_secret(args, what: str) -> str:
+    """A password or token: one line from stdin with --password-stdin, else typed at a
+    prompt (never an argument: the command line is visible to every user of the machine)."""
+    if args.password_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        value = getpass.getpass(f"{what}: ")
+    else:
+        raise CliError(f"give the {what} on stdin with --password-stdin, or run this in a terminal to type it")
+    if not value:
+        raise CliError(f"no {what} given")
+    return value
+
+
+def read_text_file(path: str, what: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def cmd_credential_create(args) -> int:
+    body = {"kind": args.kind, "host": args.host}
+    if args.username:
+        body["username"] = args.username
+    if args.kind == "git-ssh":
+        if not args.ssh_key:
+            raise CliError("a git-ssh credential needs --ssh-key FILE (the private key; - for stdin)")
+        body["private_key"] = read_text_file(args.ssh_key, "--ssh-key")
+        if args.known_hosts:
+            body["known_hosts"] = read_text_file(args.known_hosts, "--known-hosts")
+    else:
+        if args.ssh_key or args.known_hosts:
+            raise CliError("--ssh-key and --known-hosts are for --kind git-ssh")
+        if args.kind == "registry" and not args.username:
+            raise CliError("a registry credential needs --username")
+        body["token" if args.kind == "git-token" else "password"] = read_secret(args, "token" if args.kind == "git-token" else "password")
+    client = client_from_config()
+    name = urllib.parse.quote(args.name, safe="")
+    query = {"team": args.team} if args.team else None
+    answer = client.call("PUT", f"/credentials/{name}", query=query, body=json.dumps(body).encode(), content_type="application/json")
+    if args.json:
+        print_json(answer)
+        return 0
+    verb = "created" if client.last_status == 201 else "replaced"
+    out(f"credential {answer.get('name')} {verb}: {answer.get('kind')} for {answer.get('host')}")
+    return 0
+
+
+def cmd_credential_list(args) -> int:
+    answer = client_from_config().get("/credentials", {"team": args.team} if args.team else None)
+    if args.json:
+        print_json(answer)
+        return 0
+    rows = [[str(c.get("name")), str(c.get("kind")), str(c.get("host")), str(c.get("username") or "-"),
+             local_time(c.get("updated_at")), str(c.get("updated_by") or "-")] for c in answer.get("items", [])]
+    if rows:
+        table(["NAME", "KIND", "HOST", "USERNAME", "UPDATED", "BY"], rows)
+    else:
+        note("no credentials")
+    return 0
+
+
+def cmd_credential_delete(args) -> int:
+    client = client_from_config()
+    name = urllib.parse.quote(args.name, safe="")
+    answer = client.call("DELETE", f"/credentials/{name}", query={"team": args.team} if args.team else None)
+    if args.json:
+        print_json(answer)
+    else:
+        out(f"credential {args.name} deleted")
     return 0
 
 
@@ -838,6 +1000,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     dataset_list = dataset.add_parser("list", parents=[common], help="the team's datasets")
     dataset_list.set_defaults(handler=cmd_dataset_list)
+
+    model = commands.add_parser("model", help="models: versioned files runs make and import").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+
+    model_list = model.add_parser("list", parents=[common], help="the team's models")
+    model_list.add_argument("--team", help="the models of this team of yours")
+    model_list.set_defaults(handler=cmd_model_list)
+
+    model_show = model.add_parser("show", parents=[common], help="a model's versions and their lineage, or one version's files")
+    model_show.add_argument("name")
+    model_show.add_argument("--version", type=int, metavar="N", help="list version N's files")
+    model_show.add_argument("--team", help="a model of this team of yours")
+    model_show.set_defaults(handler=cmd_model_show)
+
+    model_create = model.add_parser("create", parents=[common], help="upload a new version of a model (made if new)")
+    model_create.add_argument("name")
+    model_create.add_argument("path", help="a directory, or a .tar, .tar.gz, .tgz or .zip file")
+    model_create.add_argument("--team", help="in this team of yours")
+    model_create.set_defaults(handler=cmd_model_create)
+
+    credential = commands.add_parser("credential", help="registry and git credentials").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+
+    credential_create = credential.add_parser(
+        "create", parents=[common], help="create or replace a credential (its secret is never shown back)",
+        description="registry: --host REGISTRY --username USER, the password typed or --password-stdin; "
+        "git-token: --host GIT_HOST [--username USER], the token typed or --password-stdin; "
+        "git-ssh: --host GIT_HOST --ssh-key FILE [--known-hosts FILE].")
+    credential_create.add_argument("name")
+    credential_create.add_argument("--kind", required=True, choices=["registry", "git-token", "git-ssh"])
+    credential_create.add_argument("--host", required=True, help="the registry or git server (host[:port]); it is used with no other")
+    credential_create.add_argument("--username", help="required for a registry; a git server that needs one")
+    credential_create.add_argument("--password-stdin", action="store_true", help="read the password or token from stdin")
+    credential_create.add_argument("--ssh-key", metavar="FILE", help="git-ssh: the private key file (- for stdin)")
+    credential_create.add_argument("--known-hosts", metavar="FILE", help="git-ssh: the server's known_hosts lines")
+    credential_create.add_argument("--team", help="in this team of yours")
+    credential_create.set_defaults(handler=cmd_credential_create)
+
+    credential_list = credential.add_parser("list", parents=[common], help="the team's credentials (never their secrets)")
+    credential_list.add_argument("--team", help="of this team of yours")
+    credential_list.set_defaults(handler=cmd_credential_list)
+
+    credential_delete = credential.add_parser("delete", parents=[common], help="delete a credential")
+    credential_delete.add_argument("name")
+    credential_delete.add_argument("--team", help="of this team of yours")
+    credential_delete.set_defaults(handler=cmd_credential_delete)
     return parser
 
 

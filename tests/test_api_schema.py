@@ -79,7 +79,7 @@ def _dataset_archive() -> bytes:
 
 @pytest.fixture
 def live_api(engine, console_url, alice):
-    """alice's console with something in it: a finished run with metrics, a dataset, a secret."""
+    """alice's console with something in it: a finished run with metrics, a dataset, a model, a secret."""
     token, secret = ApiToken.issue(alice)
     headers = {"Authorization": f"Bearer {secret}"}
     base = console_url + "/api/v1"
@@ -93,6 +93,9 @@ def live_api(engine, console_url, alice):
     upload = requests.post(base + "/datasets/mnist/versions", headers={**headers, "Content-Type": "application/gzip"},
                            data=_dataset_archive(), timeout=30)
     assert upload.status_code == 201, upload.text
+    model = requests.post(base + "/models/resnet/versions", headers={**headers, "Content-Type": "application/gzip"},
+                          data=_dataset_archive(), timeout=30)
+    assert model.status_code == 201, model.text
     secret_set = requests.put(base + "/secrets/HF_TOKEN", headers=headers, json={"value": "s3cret"}, timeout=30)
     assert secret_set.status_code == 200, secret_set.text
     return {"headers": headers, "token_id": token.pk, "run_ids": [finished.json()["id"], live.json()["id"]]}
@@ -112,6 +115,12 @@ def _aim(case, live_api) -> None:
         params["id"] = _pick(params["id"], live_api["run_ids"])
     if path.startswith("/datasets/{name}") and "name" in params:
         params["name"] = _pick(params["name"], ["mnist"])
+    if path.startswith("/models/{name}") and "name" in params:
+        params["name"] = _pick(params["name"], ["resnet"])
+    if path.startswith("/models/{name}/versions/{version}") and "version" in params:
+        params["version"] = _pick(params["version"], [1])
+    if path == "/models/{name}/versions/{version}/files/raw" and case.query is not None and "path" in case.query:
+        case.query["path"] = _pick(case.query["path"], ["train.csv"])
     if path == "/runs/{id}/metrics/{key}" and "key" in params:
         params["key"] = _pick(params["key"], ["loss"])
     if path.startswith("/secrets/{name}") and "name" in params:

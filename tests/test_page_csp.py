@@ -2,7 +2,11 @@
 own files only, and an injected inline handler does not run. In Chromium, on a live
 console with real runs."""
 
+import io
+
+from runs import model_registry
 from tests.conftest import wait_for
+from tests.test_models import tar_gz
 from tests.test_engine import launch
 
 FINAL = {"completed", "failed", "terminated"}
@@ -12,12 +16,13 @@ def test_every_page_works_under_the_policy_and_injected_script_does_not_run(brow
     run = launch(alice, "docker", "echo '#runyard step=1 loss=0.5'; echo '#runyard step=2 loss=0.25'; echo done")
     other = launch(alice, "docker", "echo '#runyard step=1 loss=0.7'; echo other")
     run, other = wait_for(run.pk, FINAL, removed=True), wait_for(other.pk, FINAL, removed=True)
+    model_registry.create_version(alice.teams.get(), "weights", io.BytesIO(tar_gz({"w.bin": b"1"})), "application/gzip", alice)
     page = browser.page
     violations = []
     page.on("console", lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
     pages = ["/", "/runs/new/", f"/runs/{run.pk}/", f"/runs/{run.pk}/logs/", f"/runs/{run.pk}/plots/",
              f"/runs/{run.pk}/files/", f"/runs/{run.pk}/terminal/", f"/compare/?runs={run.pk},{other.pk}",
-             "/account/tokens/", "/api/v1/docs"]
+             "/account/tokens/", "/api/v1/docs", "/models/", "/models/weights/"]
     for path in pages:
         response = browser.goto(path)
         assert response.status == 200, path

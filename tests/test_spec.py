@@ -58,6 +58,7 @@ def test_it_parses_the_full_example_into_a_normalized_spec():
         "description": "optional text",
         "tags": ["baseline", "mnist"],
         "image": "runyard/python:3.11",
+        "image_credential": None,
         "resources": {"cluster": "default", "preset": "cpu-small"},
         "import": {
             "/code/": {"git": {"url": "https://host/org/repo.git", "ref": "main"}},
@@ -71,6 +72,8 @@ def test_it_parses_the_full_example_into_a_normalized_spec():
         "env": {"EPOCHS": "3", "HF_TOKEN": {"secret": "HF_TOKEN"}},
         "termination_protection": False,
         "termination_grace_seconds": 10.0,
+        "ports": [],
+        "interactive": None,
     }
     assert json.loads(json.dumps(spec)) == spec
 
@@ -85,6 +88,7 @@ def test_it_fills_every_default_for_a_minimal_dict_and_does_not_share_input_obje
         "description": "",
         "tags": ["a", "b"],
         "image": "img",
+        "image_credential": None,
         "resources": {"cluster": "default", "preset": "cpu-small"},
         "import": {"/code": {"git": {"url": "u", "ref": "HEAD"}}},
         "export": {},
@@ -92,6 +96,8 @@ def test_it_fills_every_default_for_a_minimal_dict_and_does_not_share_input_obje
         "env": {},
         "termination_protection": False,
         "termination_grace_seconds": 10.0,
+        "ports": [],
+        "interactive": None,
     }
     spec["run"][0]["command"] = "changed"
     assert source["run"][0]["command"] == "true"

@@ -1,8 +1,7 @@
 """VESSL run files as their users write them (issue 10, SPEC §8).
 
 The table holds every form of SPEC §8, each accepted and normalized as expected or
-refused naming its field and why. Rows for keys other branches own (models, ports,
-creds) are marked xfail until they are merged. Then whole run files in the shape of
+refused naming its field and why (models, ports and credentials included). Then whole run files in the shape of
 VESSL's published examples go through POST /runs?dry_run=true, `runyard run validate`
 and the New run page; and real runs use the list-of-strings and wait forms."""
 
@@ -17,7 +16,7 @@ from django.test import Client, override_settings
 
 from runs import logstore
 from runs.datasets import create_version
-from runs.models import Dataset, DatasetVersion, Run, RunEvent, Team, TeamSecret
+from runs.models import Dataset, DatasetVersion, Model, ModelVersion, Run, RunEvent, Team, TeamSecret
 from runs.services import create_run
 from runs.spec import SpecError, dump_spec_yaml, parse_spec, parse_spec_with_warnings
 from runs.team_secrets import set_secret
@@ -27,25 +26,25 @@ from tests.test_reproducible import git, tar_gz
 BASE = "name: forms\nimage: runyard/busybox:latest\n"
 
 
-def needs(branch: str):
-    return pytest.mark.xfail(reason=f"needs {branch}", strict=False)
-
-
 def document(snippet: str) -> str:
-    """A whole run file: the snippet, with a name, an image and a command where it has none."""
+    """A whole run file: the snippet as it is if it starts with its name, else with a
+    name, an image and a command where it has none."""
+    if snippet.startswith("name:"):
+        return snippet
+
     def has(key: str) -> bool:
         return snippet.startswith(key + ":") or f"\n{key}:" in snippet
 
-    text = ("" if has("name") else "name: forms\n") + ("" if has("image") else "image: runyard/busybox:latest\n") + snippet
+    text = "name: forms\n" + ("" if has("image") else "image: runyard/busybox:latest\n") + snippet
     return text if has("run") or has("service") else text + "run: echo hi\n"
 
 
-def accepted(id_, snippet, key, expected, marks=()):
-    return pytest.param(snippet, key, expected, id=id_, marks=marks)
+def accepted(id_, snippet, key, expected):
+    return pytest.param(snippet, key, expected, id=id_)
 
 
-def refused(id_, snippet, loc, says, marks=()):
-    return pytest.param(snippet, loc, says, id=id_, marks=marks)
+def refused(id_, snippet, loc, says):
+    return pytest.param(snippet, loc, says, id=id_)
 
 
 # ---------------------------------------------------------------- every form of SPEC §8: accepted
@@ -54,7 +53,7 @@ ACCEPTED = [
     # image
     accepted("image-string", "image: runyard/python:3.11\n", "image", "runyard/python:3.11"),
     accepted("image-url-credential", "image:\n  url: registry.example.org/team/train:1\n  credential_name: team-registry\n",
-             ("image", "image_credential"), ("registry.example.org/team/train:1", "team-registry"), marks=needs("creds")),
+             ("image", "image_credential"), ("registry.example.org/team/train:1", "team-registry")),
     # run
     accepted("run-single-string", "run: python train.py\n", "run", [{"command": "python train.py", "workdir": None}]),
     accepted("run-list-of-strings", "run:\n  - pip install -r requirements.txt\n  - python train.py\n", "run",
@@ -79,17 +78,17 @@ ACCEPTED = [
              {"/code/": {"git": {"url": "https://github.com/org/repo.git", "ref": "main"}}}),
     accepted("import-git-credential", "import:\n  /code/:\n    git:\n      url: https://github.com/org/private.git\n"
              "      ref: main\n      credential_name: team-git\n", "import",
-             {"/code/": {"git": {"url": "https://github.com/org/private.git", "ref": "main", "credential": "team-git"}}}, marks=needs("creds")),
+             {"/code/": {"git": {"url": "https://github.com/org/private.git", "ref": "main", "credential": "team-git"}}}),
     accepted("import-dataset", "import:\n  /data/: dataset://mnist@3\n", "import", {"/data/": {"dataset": {"name": "mnist", "version": 3}}}),
     accepted("import-vessl-dataset", "import:\n  /data/: vessl-dataset://vision/mnist\n", "import",
-             {"/data/": {"dataset": {"name": "mnist", "version": None}}}, marks=needs("models")),
+             {"/data/": {"dataset": {"name": "mnist", "version": None}}}),
     accepted("import-vessl-dataset-version", "import:\n  /data/: vessl-dataset://vision/mnist/2\n", "import",
-             {"/data/": {"dataset": {"name": "mnist", "version": 2}}}, marks=needs("models")),
+             {"/data/": {"dataset": {"name": "mnist", "version": 2}}}),
     accepted("import-vessl-model", "import:\n  /model/: vessl-model://vision/resnet/4\n", "import",
-             {"/model/": {"model": {"name": "resnet", "version": 4}}}, marks=needs("models")),
+             {"/model/": {"model": {"name": "resnet", "version": 4}}}),
     accepted("import-run-files", "import:\n  /prev/: run://12/output/ckpt\n", "import",
-             {"/prev/": {"run_files": {"run": 12, "path": "/output/ckpt"}}}, marks=needs("models")),
-    accepted("import-volume", "import:\n  /prev/: volume://outputs\n", "import", None, marks=needs("models")),
+             {"/prev/": {"run_files": {"run": 12, "path": "/output/ckpt"}}}),
+    accepted("import-volume", "import:\n  /prev/: volume://outputs\n", "import", {"/prev/": {"volume": {"name": "outputs"}}}),
     accepted("import-hf", "import:\n  /model/: hf://huggingface.co/openai-community/gpt2\n", "import",
              {"/model/": {"remote": {"url": "hf://huggingface.co/openai-community/gpt2"}}}),
     accepted("import-hf-dataset-revision", "import:\n  /data/: hf://huggingface.co/datasets/org/corpus@v2\n", "import",
@@ -99,12 +98,12 @@ ACCEPTED = [
     # export
     accepted("export-volume", "export:\n  /output/: volume://outputs\n", "export", {"/output/": {"volume": "outputs"}}),
     accepted("export-artifact-named", "export:\n  /output/: vessl-artifact://checkpoints\n", "export",
-             {"/output/": {"artifact": "checkpoints"}}, marks=needs("models")),
-    accepted("export-artifact-unnamed", "export:\n  /output/: vessl-artifact://\n", "export", {"/output/": {"artifact": ""}}, marks=needs("models")),
+             {"/output/": {"artifact": "checkpoints"}}),
+    accepted("export-artifact-unnamed", "export:\n  /output/: vessl-artifact://\n", "export", {"/output/": {"artifact": ""}}),
     accepted("export-vessl-model", "export:\n  /model/: vessl-model://vision/resnet\n", "export",
-             {"/model/": {"model": {"name": "resnet"}}}, marks=needs("models")),
+             {"/model/": {"model": {"name": "resnet"}}}),
     accepted("export-vessl-dataset", "export:\n  /data/: vessl-dataset://vision/cleaned\n", "export",
-             {"/data/": {"dataset": {"name": "cleaned"}}}, marks=needs("models")),
+             {"/data/": {"dataset": {"name": "cleaned"}}}),
     # env
     accepted("env-int", "env:\n  EPOCHS: 3\n", "env", {"EPOCHS": "3"}),
     accepted("env-float", "env:\n  LR: 0.5\n", "env", {"LR": "0.5"}),
@@ -113,14 +112,16 @@ ACCEPTED = [
              {"LR": "0.10", "SEED": "010", "VERBOSE": "yes", "BIG": "1_000", "DAY": "2024-05-01"}),
     accepted("env-string", "env:\n  MODEL: gpt2\n", "env", {"MODEL": "gpt2"}),
     accepted("env-secret-name", "env:\n  HF_TOKEN: {secret: HF_TOKEN}\n", "env", {"HF_TOKEN": {"secret": "HF_TOKEN"}}),
-    accepted("env-inline-secret", "env:\n  WANDB_KEY: {value: abc123-inline, secret: true}\n", "env", None, marks=needs("creds")),
+    accepted("env-inline-secret", "env:\n  WANDB_KEY: {value: abc123-inline, secret: true}\n", "env", {"WANDB_KEY": {"inline_secret": True}}),
+    accepted("env-inline-plain-number", "env:\n  SEED: {value: 010}\n", "env", {"SEED": "010"}),
     # ports
     accepted("ports-mapping", "ports:\n  - {name: tensorboard, type: http, port: 6006}\n  - {name: ssh, type: tcp, port: 22}\n", "ports",
-             [{"name": "tensorboard", "type": "http", "port": 6006}, {"name": "ssh", "type": "tcp", "port": 22}], marks=needs("ports")),
-    accepted("ports-bare-number", "ports:\n  - 8888\n", "ports", [{"name": "8888", "type": "http", "port": 8888}], marks=needs("ports")),
+             [{"name": "tensorboard", "type": "http", "port": 6006}, {"name": "ssh", "type": "tcp", "port": 22}]),
+    accepted("ports-bare-number", "ports:\n  - 8888\n", "ports", [{"name": "8888", "type": "http", "port": 8888}]),
     # interactive
     accepted("interactive", "interactive:\n  max_runtime: 24h\n  jupyter:\n    idle_timeout: 120m\n", "interactive",
-             {"max_runtime_seconds": 86400.0, "jupyter_idle_timeout_seconds": 7200.0}, marks=needs("creds")),
+             {"max_runtime_seconds": 86400.0, "jupyter_idle_timeout_seconds": 7200.0}),
+    accepted("interactive-without-run", "name: ws\nimage: runyard/python:3.11\ninteractive:\n  max_runtime: 8h\n", "run", []),
     # resources
     accepted("resources", "resources:\n  cluster: default\n  preset: cpu-small\n", "resources", {"cluster": "default", "preset": "cpu-small"}),
 ]
@@ -176,7 +177,7 @@ REFUSED = [
     refused("unknown-scheme", "import:\n  /d/: ftp://host/file\n", 'import["/d/"]', "unknown source 'ftp://host/file': expected "),
     refused("env-null", "env:\n  EMPTY:\n", 'env["EMPTY"]', 'has no value: write "" for an empty one'),
     refused("env-list", "env:\n  LIST: [1, 2]\n", 'env["LIST"]', "expected a value (text, a number or true/false)"),
-    refused("ports-bad-type", "ports:\n  - {name: x, type: udp, port: 53}\n", "ports[0].type", "http", marks=needs("ports")),
+    refused("ports-bad-type", "ports:\n  - {name: x, type: udp, port: 53}\n", "ports[0].type", "http"),
 ]
 
 
@@ -233,7 +234,7 @@ def head(repo) -> str:
 
 
 def counts() -> dict:
-    return {model.__name__: model.objects.count() for model in (Run, RunEvent, Dataset, DatasetVersion, TeamSecret)}
+    return {model.__name__: model.objects.count() for model in (Run, RunEvent, Dataset, DatasetVersion, Model, ModelVersion, TeamSecret)}
 
 
 def test_dry_run_resolves_like_creation_and_writes_nothing(api, alice, repo):
@@ -500,7 +501,6 @@ def test_the_same_fine_tune_is_valid_where_its_sources_answer(api, alice, tmp_pa
     assert answer["spec"]["import"]["/model/"]["remote"]["git"]["commit"] == head(tmp_path / "hf" / "openai-community" / "gpt2")
 
 
-@needs("models")
 def test_an_mnist_training_with_an_artifact_export_is_refused_only_for_the_network(api, alice, offline):
     create_version(alice.teams.get(), "mnist", tar_gz({"train.csv": b"1\n"}), "application/gzip", alice)
     answer = dry_run(api, MNIST_TRAINING)
@@ -510,7 +510,6 @@ def test_an_mnist_training_with_an_artifact_export_is_refused_only_for_the_netwo
     assert answer["spec"]["env"] == {"EPOCHS": "5", "LEARNING_RATE": "0.01", "USE_CUDA": "false"}
 
 
-@needs("creds and ports")
 def test_a_jupyter_interactive_run_is_refused_only_for_the_network(api, offline):
     answer = dry_run(api, JUPYTER_INTERACTIVE)
 

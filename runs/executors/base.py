@@ -1,10 +1,13 @@
 """What every executor does, so the lifecycle code never knows which one it drives."""
 
+import json
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from runs.spec import keeps_alive
 
 STDOUT, STDERR = 0, 1
 
@@ -67,6 +70,26 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class ImagePull:
+    """Pull the run's image from its registry before it starts, even when the engine has
+    it already: with the team's registry credential (`image: {url, credential_name}`), or
+    anonymously from a registry some team keeps a credential for. So an image one team
+    pulled with its login is never run by another team without one."""
+
+    registry: str
+    credential: str = ""  # the credential's name, for messages; "" pulls anonymously
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def auth_config(self) -> dict[str, str]:
+        """docker's auth_config. Empty, not None, for an anonymous pull: None would make
+        docker-py use a login saved on this host (~/.docker/config.json)."""
+        if not self.credential:
+            return {}
+        return {"username": self.username, "password": self.password, "serveraddress": self.registry}
+
+
+@dataclass(frozen=True)
 class Limits:
     cpus: float
     memory_mb: int
@@ -76,12 +99,13 @@ class Limits:
 class Executor(Protocol):
     name: str
 
-    def prepare(self, run) -> str:
-        """Check the image is present; return its digest."""
+    def prepare(self, run, pull: ImagePull | None = None) -> str:
+        """Check the image is present (pulling it first as `pull` says); return its digest."""
 
-    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list, pull: ImagePull | None = None) -> str:
         """Start the run's main process (or find it already started), with the
-        import volumes (runs.imports.ImportVolume) mounted read-only; return its handle."""
+        import volumes (runs.imports.ImportVolume) mounted read-only; return its handle.
+        `pull`: the registry login for whatever pulls the image later (a Swarm's nodes)."""
 
     def read_export(self, run, path: str):
         """A tar stream (a binary file object) of what is at `path` in the run, or None if nothing is."""
@@ -116,6 +140,11 @@ class Executor(Protocol):
         its stdin (AttachedInput), Ctrl-C a SIGINT to it. Closing an attach leaves
         the main process and its stdin open."""
 
+    def open_port(self, run, port: int) -> "PortStream":
+        """A connection to `port` on the live run's own loopback (127.0.0.1 inside it),
+        as one of its own processes would make it: the run gets no route out for it.
+        ExecutorError if the run is not running or the connection cannot be made."""
+
     # True where the cluster places runs itself (a Swarm): `start` then only hands the
     # run over, and the run waits `pending` until `placement(run) -> Placement` says it
     # runs (runs.engine._await_placement); only such an executor has `placement`.
@@ -145,6 +174,27 @@ class Terminal(Protocol):
 
 
 TERMINAL_MODES = ("shell", "attach")
+
+
+class PortStream(Protocol):
+    """A byte stream to a port inside a run (executor.open_port): a TCP connection
+    made from inside the run. `read` and `write` block (a thread of their own uses them)."""
+
+    def read(self) -> bytes:
+        """The next bytes the run's side sent; b"" once it closed the connection."""
+
+    def write(self, data: bytes) -> None:
+        """Send all of `data`; OSError once the connection is gone."""
+
+    def close_write(self) -> None:
+        """No more bytes from this side (the run's side reads its end); reading goes on."""
+
+    def close(self) -> None:
+        """End the connection; a `read` blocked in another thread returns b"". """
+
+    def failure(self) -> str:
+        """Once `read` returned b"": why the connection ended, if it was refused or broke
+        ("" when it simply closed)."""
 
 
 class AttachedInput:
@@ -221,7 +271,37 @@ def wait_step(seconds: float) -> str:
     ])
 
 
-def run_script(commands: list[dict], *, protect: bool) -> str:
+def script_for(spec: dict) -> str:
+    """The run's main script, as its frozen spec says (old specs lack `interactive`)."""
+    interactive = spec.get("interactive") or {}
+    return run_script(spec["run"], protect=keeps_alive(spec), jupyter_idle_timeout=interactive.get("jupyter_idle_timeout_seconds"))
+
+
+def jupyter_setup(idle_timeout: float) -> list[str]:
+    """Script lines for `interactive.jupyter.idle_timeout`: where the image has Jupyter, a
+    configuration on JUPYTER_CONFIG_PATH that culls kernels idle that long and shuts the
+    server down after that long without activity (Jupyter Server, and the classic
+    notebook); else a warning in the run's log. `command -v` is POSIX: busybox sh has it."""
+    seconds = max(1, round(idle_timeout))
+    kernels = {"cull_idle_timeout": seconds, "cull_interval": min(60, seconds), "cull_connected": False}
+    configs = {
+        "jupyter_server_config.json": {"ServerApp": {"shutdown_no_activity_timeout": seconds}, "MappingKernelManager": kernels},
+        "jupyter_notebook_config.json": {"NotebookApp": {"shutdown_no_activity_timeout": seconds}, "MappingKernelManager": kernels},
+    }
+    lines = ["if command -v jupyter >/dev/null 2>&1; then", '  mkdir -p "$RUNYARD_DIR/jupyter"']
+    for name, config in configs.items():
+        lines.append(f'  printf \'%s\\n\' {shlex.quote(json.dumps(config))} > "$RUNYARD_DIR/jupyter/{name}"')
+    lines.append('  export JUPYTER_CONFIG_PATH="$RUNYARD_DIR/jupyter${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"')
+    lines.append("else")
+    lines.append(f"  echo {shlex.quote(JUPYTER_MISSING)} >&2")
+    lines.append("fi")
+    return lines
+
+
+JUPYTER_MISSING = "runyard: Jupyter was not found in the image; jupyter.idle_timeout is ignored"
+
+
+def run_script(commands: list[dict], *, protect: bool, jupyter_idle_timeout: float | None = None) -> str:
     """The POSIX shell script every run executes as its main process.
 
     Commands run in order in one shell and the first failure ends the run; a wait
@@ -237,9 +317,14 @@ def run_script(commands: list[dict], *, protect: bool) -> str:
     ignored and its stdin from /dev/null, deaf to an attach.
     """
     lines = ['mkdir -p "$RUNYARD_DIR" 2>/dev/null', 'home_dir=$(pwd)']
+    if jupyter_idle_timeout is not None:
+        lines += jupyter_setup(jupyter_idle_timeout)
     # Survive the signal to record the exit code. (A handler, not '': an ignored
     # signal would stay ignored in the commands too.)
-    lines.append("trap : TERM INT")
+    # A stop (SIGTERM) while the commands run is remembered: the run then ends with
+    # them, never waits idle for a second SIGTERM that will not come.
+    lines.append("trap 'runyard_stopped=1' TERM")
+    lines.append("trap : INT")
     lines.append("(")
     # The signal ends the commands' shell, but only once the command it waits for has
     # ended: a program that cleans up on SIGINT or SIGTERM gets to finish doing so.
@@ -260,7 +345,9 @@ def run_script(commands: list[dict], *, protect: bool) -> str:
         # Wait with no program but the shell (an image may have only /bin/sh): `sleep`
         # where there is one, else a shell that stops itself. A SIGTERM ends the wait
         # either way (the trap above), and the script with it.
-        lines.append("if command -v sleep >/dev/null 2>&1; then sleep 2147483647 & else sh -c 'kill -STOP $$' & fi")
-        lines.append("wait $!")
+        lines.append('if [ -z "$runyard_stopped" ]; then')
+        lines.append("  if command -v sleep >/dev/null 2>&1; then sleep 2147483647 & else sh -c 'kill -STOP $$' & fi")
+        lines.append("  wait $!")
+        lines.append("fi")
     lines.append("exit $code")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,19 @@
 """Runs as Docker containers: one container per run, named and labelled by run id.
 
 The only module that imports `docker`.
+
+A run's ports (open_port) are reached without giving the run any network: a run's
+container has loopback only (network mode `none`), so nothing outside it, the console
+included, can connect to it, and it can connect to nothing outside. Each connection
+is instead a `docker exec` in the run of a relay that connects to 127.0.0.1:PORT there
+and pipes the bytes over the exec's own stream (the engine's API, which the console
+already uses for terminals, so this works the same for a remote engine or a Swarm
+node). The relay is BusyBox's `nc`, from a statically linked BusyBox on the console's
+host (RUNYARD_PORT_RELAY), copied into the run at its first use: it needs nothing
+from the run's image, not even a C library. The alternatives were worse: a network
+shared with the console is a route out of the run; a sidecar container in the run's
+network namespace needs an image of ours on every engine; and nsenter needs the
+console on the engine's host, as root.
 """
 
 import calendar
@@ -23,15 +36,19 @@ from docker.types import DriverConfig, Mount
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, Sample,
-    run_script, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, ImagePull, Limits, LogFrame, Sample,
+    script_for, with_reporter,
 )
+from runs.executors.static_relay import relay_tar
 from runs.executors.terminal_processes import can_see, kill_terminal_processes
 
 log = logging.getLogger(__name__)
 
 RUNYARD_DIR = "/run/runyard"
 REPORTER_DIR = "/opt/runyard/python"
+RELAY_PATH = "/opt/runyard/bin/busybox"  # BusyBox picks the applet from argv[1] when its name starts so
+# Containers (by id) known to hold the relay, in this process: checked once each.
+_relay_ready: set[str] = set()
 # docker-init (tini) sends the signals it gets to the main process's whole group: the
 # user's commands get SIGTERM and Ctrl-C's SIGINT themselves (base.run_script).
 SIGNAL_THE_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
@@ -167,9 +184,12 @@ class DockerExecutor:
         except NotFound:
             return None
 
-    def prepare(self, run) -> str:
-        """The image's digest; a reproduction must find the very image its origin ran."""
+    def prepare(self, run, pull: ImagePull | None = None) -> str:
+        """The image's digest; a reproduction must find the very image its origin ran.
+        With `pull`, the registry is asked first, every time (runs.credentials)."""
         wanted = run.image_digest or run.image
+        if pull is not None:
+            self._pull(run, pull)
         try:
             image = self.client.images.get(wanted)
         except ImageNotFound:
@@ -180,11 +200,18 @@ class DockerExecutor:
             raise ExecutorError(f"docker engine error while looking up image {run.image}: {exc}") from None
         return image.id
 
-    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
+    def _pull(self, run, pull: ImagePull) -> None:
+        try:
+            self.client.images.pull(run.image, auth_config=pull.auth_config())
+        except (APIError, DockerException) as exc:
+            raise ExecutorError(pull_failure(run.image, pull, exc)) from None
+
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list, pull: ImagePull | None = None) -> str:
         container = self._container(run)
         if container is None:
-            mounts = {self._import_volume(run, item): {"bind": item.path.rstrip("/") or "/", "mode": "ro"} for item in imports}
-            script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
+            # A list, not a dict keyed by volume: two paths may import the same content (one volume).
+            mounts = [f"{self._import_volume(run, item)}:{item.path.rstrip('/') or '/'}:ro" for item in imports]
+            script = script_for(run.spec)
             memory = f"{limits.memory_mb}m"
             try:
                 container = self.client.containers.create(
@@ -451,6 +478,128 @@ class DockerExecutor:
         except (APIError, DockerException) as exc:
             client.close()
             raise ExecutorError(f"could not open a terminal: {getattr(exc, 'explanation', None) or exc}") from None
+
+    def open_port(self, run, port: int) -> "DockerPortStream":
+        container = self._container(run)
+        if container is None or container.status != "running":
+            raise ExecutorError("the run's container is not running")
+        client = self.new_client()  # a connection of its own, held while the connection lasts
+        try:
+            _ensure_relay(client, container.id)
+            exec_id = client.api.exec_create(
+                container.id, [RELAY_PATH, "nc", "127.0.0.1", str(port)], stdin=True, stdout=True, stderr=True,
+            )["Id"]
+            return DockerPortStream(client, client.api.exec_start(exec_id, socket=True))
+        except (APIError, DockerException) as exc:
+            client.close()
+            raise ExecutorError(f"could not reach port {port} in the run: {getattr(exc, 'explanation', None) or exc}") from None
+        except ExecutorError:
+            client.close()
+            raise
+
+
+def _relay_runs(client, container_id: str) -> tuple[bool, str]:
+    """Whether the relay starts in the container, and what it said if not."""
+    exec_id = client.api.exec_create(container_id, [RELAY_PATH, "true"], stdout=True, stderr=True)["Id"]
+    output = client.api.exec_start(exec_id)
+    return client.api.exec_inspect(exec_id).get("ExitCode") == 0, output.decode("utf-8", "replace").strip()
+
+
+def _ensure_relay(client, container_id: str) -> None:
+    """Put the relay into the run's container unless it is there. Checked before copying:
+    a copy over a relay that runs (another console process's) would fail, text file busy."""
+    if container_id in _relay_ready:
+        return
+    ready, _ = _relay_runs(client, container_id)
+    if not ready:
+        try:
+            client.api.put_archive(container_id, "/", relay_tar(RELAY_PATH))
+        except APIError as exc:
+            log.info("copying the port relay into %s failed (%s): checking whether another process did", container_id[:12], exc)
+        ready, said = _relay_runs(client, container_id)
+        if not ready:
+            raise ExecutorError(f"the port relay does not start in this run's container ({said[:300]})")
+    if len(_relay_ready) > 10_000:
+        _relay_ready.clear()
+    _relay_ready.add(container_id)
+
+
+class DockerPortStream:
+    """The relay's exec stream. Without a TTY the engine frames what it sends (stdout,
+    stderr); stdout is the port's bytes, stderr says why `nc` could not connect.
+
+    Closing ends the relay's input: `nc` then closes its side of the connection for
+    writing, and exits once the app closes the connection, as an app does."""
+
+    def __init__(self, client, sock):
+        self.client = client
+        self.sock = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
+        self.sock.settimeout(None)
+        self.left = 0  # bytes of the current stdout frame not read yet
+        self.said = bytearray()  # the relay's stderr, the first KiB
+
+    def read(self) -> bytes:
+        try:
+            while True:
+                if self.left:
+                    data = self.sock.recv(min(self.left, 65536))
+                    self.left -= len(data)
+                    return data
+                header = self._exactly(8)
+                if len(header) < 8:
+                    return b""
+                kind, length = struct.unpack(">BxxxL", header)
+                if kind == 2:
+                    text = self._exactly(length)
+                    self.said += text[:max(0, 1024 - len(self.said))]
+                else:
+                    self.left = length
+        except OSError:
+            return b""
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.client.close()
+
+    def failure(self) -> str:
+        return self.said.decode("utf-8", "replace").strip().removeprefix("nc: ")
+
+
+REFUSED = ("unauthorized", "authentication required", "no basic auth credentials", "denied", "forbidden")
+
+
+def pull_failure(image: str, pull: ImagePull, exc: Exception) -> str:
+    """Why the image could not be pulled, as a run's status reason: a login refused (or
+    missing) is said so, naming the credential, never its secret."""
+    detail = " ".join(str(getattr(exc, "explanation", None) or exc).split())[:300]
+    if any(word in detail.lower() for word in REFUSED):
+        if pull.credential:
+            return f"image {image}: registry {pull.registry} refused credential {pull.credential!r} ({detail})"
+        return (f"image {image}: registry {pull.registry} needs a login: name a registry credential of your team "
+                f"with image: {{url, credential_name}} ({detail})")
+    return f"image not found: {image} could not be pulled from {pull.registry} ({detail})"
 
 
 def sample_from_stats(stats: dict) -> Sample | None:

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from django.conf import settings
 
 from runs.executors.base import (
     REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, Limits, LogFrame, Sample,
-    run_script, with_reporter,
+    script_for, with_reporter,
 )
 from runs.executors.terminal_processes import kill_terminal_processes
 from runs.private_files import open_private_for_append, private_dir, write_private
@@ -44,11 +45,11 @@ class LocalExecutor:
     def run_dir(self, run) -> Path:
         return self.root / str(run.pk)
 
-    def prepare(self, run) -> str:
+    def prepare(self, run, pull=None) -> str:
         # No images here: the run uses this machine's own shell and tools.
         return "local"
 
-    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list, pull=None) -> str:
         if imports or run.spec.get("export"):
             # A local process has no filesystem of its own to mount /code or /data in.
             raise ExecutorError("import and export volumes need the Docker executor; this run would use local processes")
@@ -57,7 +58,7 @@ class LocalExecutor:
             return str(run_dir)
         for folder in (self.root.parent, self.root, run_dir, run_dir / "runyard"):
             private_dir(folder)
-        script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
+        script = script_for(run.spec)
         write_private(run_dir / "script.sh", script)
         base_env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
         base_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -216,6 +217,50 @@ class LocalExecutor:
         home.mkdir(parents=True, exist_ok=True)
         return LocalTerminal([*SHELL_COMMAND], cwd=home, env={**env, "TERM": "xterm-256color"}, cols=cols, rows=rows,
                              records=run_dir / "terminals")
+
+
+    def open_port(self, run, port: int) -> "LocalPortStream":
+        """A plain TCP connection to the port on this machine: a local run shares its network."""
+        if not self._supervisor_alive(run) or (self.run_dir(run) / "ended").exists():
+            raise ExecutorError("the run's process is not running")
+        try:
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError as exc:
+            raise ExecutorError(f"nothing answers on port {port} in the run ({exc.strerror or exc})") from None
+        connection.settimeout(None)
+        return LocalPortStream(connection)
+
+
+class LocalPortStream:
+    def __init__(self, connection: socket.socket):
+        self.connection = connection
+        self.broke = ""
+
+    def read(self) -> bytes:
+        try:
+            return self.connection.recv(65536)
+        except OSError as exc:
+            self.broke = exc.strerror or str(exc)
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self.connection.sendall(data)
+
+    def close_write(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.connection.close()
+
+    def failure(self) -> str:
+        return self.broke
 
 
 def session_sample(sid: int) -> Sample | None:

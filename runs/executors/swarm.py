@@ -29,9 +29,9 @@ from docker.types import (
 )
 
 from runs.clusters import image_reference
-from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, Limits, Placement, run_script, with_reporter
+from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, ImagePull, Limits, Placement, script_for, with_reporter
 from runs.executors.docker import (
-    REPORTER_DIR, RUNYARD_DIR, SIGNAL_THE_GROUP, DockerExecutor, StreamBroke, log_config, runyard_dir_mount,
+    REPORTER_DIR, RUNYARD_DIR, SIGNAL_THE_GROUP, DockerExecutor, StreamBroke, log_config, pull_failure, runyard_dir_mount,
 )
 
 log = logging.getLogger(__name__)
@@ -231,28 +231,34 @@ class SwarmExecutor:
 
     # -- the Executor protocol ------------------------------------------------------
 
-    def prepare(self, run) -> str:
-        """The image pinned by digest, as the cluster's registry holds it (nothing is pulled here)."""
-        if run.image_digest and "@" in run.image_digest:
-            return run.image_digest  # a reproduction takes exactly its origin's image
+    def prepare(self, run, pull: ImagePull | None = None) -> str:
+        """The image pinned by digest, as the cluster's registry holds it (nothing is pulled
+        here). With `pull`, the registry is asked with its login (or none) even for a
+        reproduction: whoever runs a private image must be let in by its registry."""
         reference = image_reference(self.cluster, run.image)
+        if run.image_digest and "@" in run.image_digest and pull is None:
+            return run.image_digest  # a reproduction takes exactly its origin's image
         try:
             with self._asking_manager():
-                found = self.manager.images.get_registry_data(reference)
+                found = self.manager.images.get_registry_data(reference, auth_config=pull.auth_config() if pull else None)
         except APIError as exc:
+            if pull is not None:
+                raise ExecutorError(pull_failure(reference, pull, exc)) from None
             where = f"registry {self.cluster.registry}" if self.cluster.registry and reference != run.image else "its registry"
             detail = getattr(exc, "explanation", None) or exc
             raise ExecutorError(f"image not found: {reference} is not in {where} ({detail})") from None
+        if run.image_digest and "@" in run.image_digest:
+            return run.image_digest
         return pinned(reference, found.id)
 
-    def start(self, run, env: dict[str, str], limits: Limits, imports: list) -> str:
+    def start(self, run, env: dict[str, str], limits: Limits, imports: list, pull: ImagePull | None = None) -> str:
         """Create the run's service (or find it created); Swarm places it when a node has room."""
         if imports:
             raise ExecutorError("imports are not available on a Swarm cluster yet")
         existing = self._service(run)
         if existing is not None:
             return existing.id
-        script = run_script(run.spec["run"], protect=run.spec.get("termination_protection", False))
+        script = script_for(run.spec)
         reporter = self._reporter_config()
         container = ContainerSpec(
             image=run.image_digest or image_reference(self.cluster, run.image),
@@ -279,8 +285,8 @@ class SwarmExecutor:
             log_driver=DriverConfig(logs["Type"], logs["Config"]),
         )
         try:
-            with self._asking_manager():
-                created = self.manager.api.create_service(
+            with self._asking_manager(), self._manager_for(pull, container["Image"]) as manager:
+                created = manager.api.create_service(
                     template, name=self.service_name(run), labels=self.labels(run), mode=ServiceMode("replicated", replicas=1),
                 )
         except APIError as exc:
@@ -288,6 +294,26 @@ class SwarmExecutor:
                 return self._service(run).id
             raise ExecutorError(f"service create error: {exc.explanation or exc}") from None
         return created["ID"]
+
+    @contextmanager
+    def _manager_for(self, pull: ImagePull | None, image: str):
+        """The manager, to create a service whose nodes pull its image with `pull`'s login
+        (`docker service create --with-registry-auth`): docker-py sends the login it holds
+        for the image's registry with the service, so a client of its own logs in, used
+        once and closed (the executor's shared one never holds a team's login). Untested
+        on a real Swarm's private registry: the lab's registry has no login."""
+        if pull is None or not pull.credential:
+            yield self.manager
+            return
+        client = docker.DockerClient(base_url=self.cluster.manager, tls=self.tls or False, timeout=60)
+        try:
+            try:
+                client.login(pull.username, pull.password, registry=pull.registry, reauth=True)
+            except APIError as exc:
+                raise ExecutorError(pull_failure(image, pull, exc)) from None
+            yield client
+        finally:
+            client.close()
 
     def _service(self, run):
         try:
@@ -436,5 +462,12 @@ class SwarmExecutor:
     def open_terminal(self, run, mode: str, cols: int, rows: int):
         try:
             return self.node_engine(run).open_terminal(run, mode, cols, rows)
+        except NodeUnreachable as exc:
+            raise ExecutorError(str(exc)) from None
+
+    def open_port(self, run, port: int):
+        """Through the node's engine, as on one engine (runs.executors.docker)."""
+        try:
+            return self.node_engine(run).open_port(run, port)
         except NodeUnreachable as exc:
             raise ExecutorError(str(exc)) from None

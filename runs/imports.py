@@ -67,11 +67,11 @@ def resolve(spec: dict, team: Team) -> tuple[dict, list[dict], list[dict]]:
         loc = f'import["{path}"]'
         if "git" in source:
             git = dict(source["git"])
-            if not git.get("commit") and (refusal := remote_sources.git_refusal(git["url"])):
-                errors.append({"loc": f"{loc}.git.url", "msg": refusal})
-                continue
             try:
                 credential = credentials.git_credential(team.pk, git["credential"], git["url"]) if git.get("credential") else None
+                # Its host is probed first: no route out is said at once, not after git's timeout.
+                if not git.get("commit") and (refusal := remote_sources.git_refusal(git["url"])):
+                    raise GitError("url", refusal)
                 git["commit"] = git.get("commit") or resolve_git_ref(git["url"], git["ref"], credential)
             except (GitError, credentials.CredentialError) as exc:
                 errors.append({"loc": f"{loc}.git.{exc.field}", "msg": str(exc)})

@@ -17,7 +17,7 @@ from django.test import Client, override_settings
 from runs import logstore
 from runs.datasets import create_version
 from runs.models import Dataset, DatasetVersion, Model, ModelVersion, Run, RunEvent, Team, TeamSecret
-from runs.services import create_run
+from runs.services import create_run, terminate_run
 from runs.spec import SpecError, dump_spec_yaml, parse_spec, parse_spec_with_warnings
 from runs.team_secrets import set_secret
 from tests.conftest import BUSYBOX, ROOT, Api, wait_for
@@ -604,6 +604,16 @@ def test_a_wait_step_works_in_an_image_with_nothing_but_sh(alice, engine, docker
     assert [line["text"] for line in lines if line["stream"] == "stdout"] == ["before", "after"]
     assert [line["text"] for line in lines if line["stream"] == "stderr"] == [
         "runyard: this image has no sleep command: waiting 1s on the clock, which keeps a CPU busy"]
+
+
+def test_an_interactive_run_without_steps_waits_idle_for_its_terminal(alice, engine, docker_engine):
+    run = create_run(user=alice, source=f"name: workspace\nimage: {BUSYBOX}\ninteractive:\n  max_runtime: 1h\n", executor="docker")
+
+    run = wait_for(run.pk, "idle", timeout=60)
+
+    assert run.exit_code == 0
+    terminate_run(run, actor=alice)
+    assert wait_for(run.pk, "terminated", timeout=60, removed=True).status == "terminated"
 
 
 # ---------------------------------------------------------------- the New run page

@@ -50,12 +50,14 @@ function plural(count, word) {
 }
 
 function pinnedLines(spec) {
-  // What the check resolved: a git ref to its commit, a dataset to its version.
+  // What the check resolved: a git ref to its commit, a dataset or model to its version.
   const lines = [];
   for (const [path, source] of Object.entries(spec.import || {})) {
     const git = source.git || (source.remote && source.remote.git);
     if (git && git.commit) lines.push(`${path} ← ${(source.remote && source.remote.url) || git.url} ${git.ref} = ${git.commit.slice(0, 12)}`);
     else if (source.dataset) lines.push(`${path} ← dataset ${source.dataset.name} version ${source.dataset.version}`);
+    else if (source.model) lines.push(`${path} ← model ${source.model.name} version ${source.model.version}`);
+    else if (source.run_files) lines.push(`${path} ← run ${source.run_files.run}'s files under ${source.run_files.path}`);
   }
   return lines;
 }

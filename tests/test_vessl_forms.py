@@ -283,6 +283,16 @@ def test_dry_run_reports_what_the_installation_lacks_with_the_file_as_read(api, 
     assert Run.objects.count() == 0
 
 
+def test_dry_run_warns_when_a_vessl_organization_is_not_the_team(api, alice):
+    create_version(alice.teams.get(), "mnist", tar_gz({"train.csv": b"1\n"}), "application/gzip", alice)
+
+    answer = dry_run(api, document("import:\n  /data/: vessl-dataset://acme/mnist\n"))
+
+    assert answer["valid"] is True and answer["spec"]["import"] == {"/data/": {"dataset": {"name": "mnist", "version": 1}}}
+    assert [(w["loc"], w["line"]) for w in answer["warnings"]] == [('import["/data/"]', 4)]
+    assert "'acme' is not this run's team" in answer["warnings"][0]["msg"]
+
+
 def test_dry_run_says_when_the_team_is_out_of_credits(api, alice):
     Team.objects.filter(name="vision").update(credit_limit=0)
 

@@ -39,6 +39,7 @@ class Watched:
         self.sockets.clear()
         browser.goto(path)
         self.page.wait_for_function("() => document.body.dataset.live === 'open'")
+        self.page.wait_for_load_state("networkidle")  # what the page read again on run:live has come
         self.page.evaluate("window.__sameDocument = true")
 
     def assert_one_socket_and_no_violation(self):
@@ -170,9 +171,11 @@ def test_a_pending_run_moves_up_the_queue_on_the_list_when_the_run_ahead_leaves_
     watched = Watched(page)
     watched.goto(browser, "/")
     expect(page.locator(f"#run-{behind.pk} .waiting")).to_contain_text("#2 in the team's queue")
+    page.check(f"#pick-{behind.pk}")  # picked for Compare
     assert Api(alice).post(f"/runs/{ahead.pk}/terminate").status_code == 202
     expect(page.locator(f"#run-{ahead.pk} .badge")).to_have_text("Terminated")
     expect(page.locator(f"#run-{behind.pk} .waiting")).to_contain_text("#1 in the team's queue")
+    expect(page.locator(f"#pick-{behind.pk}")).to_be_checked()  # its row was read again, the pick stays
     assert watched.heard("queue", ahead.pk)
     browser.screenshot("live-list-queue")
     watched.assert_one_socket_and_no_violation()

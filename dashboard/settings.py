@@ -186,7 +186,11 @@ CELERY_BEAT_SCHEDULE = {
 RUNYARD_NODE_LOST_SECONDS = env_int("RUNYARD_NODE_LOST_SECONDS", RUNYARD_RECONCILE_SECONDS, 1)
 
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    # A consumer waits for its next message in a blocking read of 5 s (channels-redis);
+    # redis-py 8 gives up on any read after 5 s unless told otherwise, which ended every
+    # websocket that had been quiet for about 6 s.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                  "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]}}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

@@ -19,7 +19,6 @@ from runs.executors import EXECUTOR_NAMES, executor_for, get_executor, swarm_exe
 from runs.executors.base import ExecutorError, ExitInfo, Limits, Placement
 from runs.leases import LeaseHeartbeat, LeaseLost, release_lease, renew_lease, take_lease
 from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
-from runs.live import announce_waiting
 from runs.logstore import LogWriter
 from runs.models import Run, Status
 from runs.system_metrics import SystemSampler
@@ -87,7 +86,7 @@ def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
             return NOTHING
         if run.status == Status.PENDING and exc.retry:
             # Its cluster's manager is away: the run waits, and the reconciler tries again.
-            _say_why_waiting(run, f"waiting: {exc}")
+            slots.say_why_waiting({run_id: f"waiting: {exc}"})
             return NOTHING
         if run.status == Status.PENDING:
             # A submitted run fails at initializing, as on one engine (SPEC §1).
@@ -214,7 +213,7 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
                 raise
             placement = Placement("waiting", reason=f"waiting: {exc}")  # the manager is away: ask again
         if placement.state == "waiting":
-            _say_why_waiting(run, placement.reason)
+            slots.say_why_waiting({run_id: placement.reason})
         elif placement.state in ("initializing", "running") or (placement.state == "ended" and placement.ran):
             try:
                 if run.status == Status.PENDING:
@@ -237,12 +236,6 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
             renew_lease(run_id, owner)
             renewed = time.monotonic()
         time.sleep(PLACEMENT_CHECK_SECONDS)
-
-
-def _say_why_waiting(run: Run, reason: str) -> None:
-    if run.status == Status.PENDING and run.status_reason != reason:
-        if Run.objects.filter(pk=run.pk, status=Status.PENDING).update(status_reason=reason[:1000]):
-            announce_waiting(run.pk, run.team_id, reason)
 
 
 def _remaining_grace(run: Run) -> float:

@@ -216,6 +216,9 @@ if RUNYARD_INSTANCE_ID and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", RUNYARD_
 RUNYARD_TERMINAL_KEEP_SECONDS = env_int("RUNYARD_TERMINAL_KEEP_SECONDS", 60, 0)
 # Terminals (shells and attaches) one user may hold open at once, in one server process.
 RUNYARD_TERMINAL_MAX_SESSIONS = env_int("RUNYARD_TERMINAL_MAX_SESSIONS", 8, 1)
+# A console process not heard from this long (killed, its machine lost) is gone: the
+# reconciler ends its terminal sessions on record, "console lost" (terminal.consoles).
+RUNYARD_CONSOLE_LOST_SECONDS = env_int("RUNYARD_CONSOLE_LOST_SECONDS", 60, 4)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -325,11 +325,13 @@ def stop_run(run_id: int) -> None:
 def reconcile_runs() -> dict[str, int]:
     """Repair what a crash left behind; run every few seconds by celery beat.
 
-    Hands runs whose worker died (lease expired) to new tasks, and removes
-    containers that belong to no live run.
+    Hands runs whose worker died (lease expired) to new tasks, removes
+    containers that belong to no live run, and ends on record the terminal
+    sessions of a console process that was killed (terminal.consoles).
     """
     from runs.services import end_idle_runs_past_limit
     from runs.tasks import enqueue
+    from terminal.consoles import end_sessions_of_lost_consoles
 
     now = timezone.now()
     lease_free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
@@ -363,6 +365,8 @@ def reconcile_runs() -> dict[str, int]:
         if gone:
             enqueue("collect", run.pk, on_commit=False)
     counts["orphans"] = _remove_orphans()
+    # Terminal sessions of a console that was killed are ended on record, not left open.
+    counts["terminals_lost"] = end_sessions_of_lost_consoles()
     return counts
 
 

@@ -219,11 +219,18 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
                 if run.status == Status.PENDING:
                     transition(run_id, Status.INITIALIZING, reason=f"placed on node {placement.node}",
                                only_from=[Status.PENDING], node=placement.node)
+                if placement.state == "running":
+                    executor.begin(run)  # what its commands wait for (the export folders)
                 if placement.state != "initializing":
                     transition(run_id, Status.RUNNING, reason=f"main process started on node {placement.node}",
                                only_from=[Status.INITIALIZING], node=placement.node)
             except IllegalTransition:
                 continue  # terminated meanwhile: read it again
+            except ExecutorError as exc:
+                if not exc.retry:
+                    _fail_initializing(run, executor, str(exc))
+                    return None
+                log.info("run %s: %s; trying again", run_id, exc)  # its node answers again, or the Swarm gives up on it
         else:  # it ended without running (the image could not be pulled), or its service is gone
             if run.status == Status.PENDING:
                 try:

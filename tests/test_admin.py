@@ -206,6 +206,15 @@ def test_a_team_admin_uses_admin_in_the_browser(chromium, console_url, transacti
         assert page.page.get_by_text("tinas-run").is_visible()
         assert "speech-run" not in page.page.content()
         page.screenshot("admin-team-admin-runs")
+        # Their team's limits, set on its page.
+        page.goto("/admin/runs/team/")
+        page.page.get_by_role("link", name="vision").click()
+        page.page.get_by_label("Credit limit").fill("250")
+        page.page.get_by_role("button", name="Save", exact=True).click()
+        page.page.wait_for_url("**/admin/runs/team/")
+        assert Team.objects.get(name="vision").credit_limit == 250
+        page.goto(f"/admin/runs/team/{Team.objects.get(name='vision').pk}/change/")
+        page.screenshot("admin-team-admin-limits")
     finally:
         page.page.context.close()
 

@@ -228,6 +228,9 @@ RUNYARD_PORT_RELAY = env_str("RUNYARD_PORT_RELAY", "/bin/busybox")
 RUNYARD_TCP_PORTS = env_str("RUNYARD_TCP_PORTS", "refuse")
 if RUNYARD_TCP_PORTS not in ("refuse", "accept"):
     raise ImproperlyConfigured(f"RUNYARD_TCP_PORTS={RUNYARD_TCP_PORTS!r}: expected refuse or accept")
+# A console process not heard from this long (killed, its machine lost) is gone: the
+# reconciler ends its terminal sessions on record, "console lost" (terminal.consoles).
+RUNYARD_CONSOLE_LOST_SECONDS = env_int("RUNYARD_CONSOLE_LOST_SECONDS", 60, 4)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

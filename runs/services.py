@@ -69,8 +69,7 @@ def create_run(
     if team is None:
         team = team_for_user(user, None, Action.CHANGE)  # the user's first team where they may launch
     require(user, Action.CHANGE, team)
-    if team.credit_limit is not None and (used := team_credits_used(team.pk)) >= team.credit_limit:
-        raise CreditLimitReached(team, used)
+    _check_credit_limit(team)  # early, so a team at its limit clones and resolves nothing
     errors = []
     preset = ResourcePreset.objects.filter(name=spec["resources"]["preset"]).first()
     if preset is None:
@@ -95,6 +94,11 @@ def create_run(
     if errors:
         raise SpecError(errors)
     with transaction.atomic():
+        # Checked again under the team's row lock, until the run is stored: resolving
+        # the imports may have taken a while, and a limit lowered meanwhile (its PATCH
+        # or admin save holds the same row) is honoured; creations of one team queue here.
+        team = Team.objects.select_for_update().get(pk=team.pk)
+        _check_credit_limit(team)
         run = Run.objects.create(
             name=spec["name"],
             description=spec["description"],
@@ -117,6 +121,11 @@ def create_run(
         model_registry.record_uses(run)
         enqueue("start", run.pk)
     return run
+
+
+def _check_credit_limit(team: Team) -> None:
+    if team.credit_limit is not None and (used := team_credits_used(team.pk)) >= team.credit_limit:
+        raise CreditLimitReached(team, used)
 
 
 def terminate_run(run: Run, *, actor) -> Run:

@@ -1,7 +1,8 @@
 """A Content-Security-Policy on every page: scripts only from this site's own files
 (no inline script, no eval), so an injected <script> or event handler does not run.
 
-Styles may be inline: Plotly, xterm.js and htmx insert their own <style> elements.
+Styles may be inline: Plotly and xterm.js insert their own <style> elements (htmx is
+told not to, and to evaluate nothing: the htmx-config meta tag in base.html).
 A response that sets its own policy keeps it.
 """
 

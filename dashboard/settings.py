@@ -186,7 +186,11 @@ CELERY_BEAT_SCHEDULE = {
 RUNYARD_NODE_LOST_SECONDS = env_int("RUNYARD_NODE_LOST_SECONDS", RUNYARD_RECONCILE_SECONDS, 1)
 
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    # A consumer waits for its next message in a blocking read of 5 s (channels-redis);
+    # redis-py 8 gives up on any read after 5 s unless told otherwise, which ended every
+    # websocket that had been quiet for about 6 s.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                  "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]}}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -224,6 +228,9 @@ RUNYARD_PORT_RELAY = env_str("RUNYARD_PORT_RELAY", "/bin/busybox")
 RUNYARD_TCP_PORTS = env_str("RUNYARD_TCP_PORTS", "refuse")
 if RUNYARD_TCP_PORTS not in ("refuse", "accept"):
     raise ImproperlyConfigured(f"RUNYARD_TCP_PORTS={RUNYARD_TCP_PORTS!r}: expected refuse or accept")
+# A console process not heard from this long (killed, its machine lost) is gone: the
+# reconciler ends its terminal sessions on record, "console lost" (terminal.consoles).
+RUNYARD_CONSOLE_LOST_SECONDS = env_int("RUNYARD_CONSOLE_LOST_SECONDS", 60, 4)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

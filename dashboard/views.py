@@ -4,12 +4,14 @@ runs.access, and every action goes through runs.services."""
 import json
 import re
 from pathlib import Path
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dashboard import run_columns
@@ -69,19 +71,29 @@ def runs_list(request):
         "all_statuses": Status.choices,
         "older_query": older.urlencode() if more else "",
         "filtered": any(filters.values()) or before is not None or bool(start),
+        "first_page": before is None and not start,
+        "row_query": _row_query(columns),
         "any_runs": bool(page) or visible_runs(request.user).exists(),
     }
+    # htmx (the filters, the live table) asks for the table alone, at the page's own URL.
     template = "dashboard/_runs_table.html" if request.headers.get("HX-Request") else "dashboard/runs_list.html"
-    return render(request, template, context)
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request"])  # a cache must not answer the page with the table
+    return response
 
 
 @login_required
 @require_GET
 def run_row(request, run_id: int):
-    """One row of the runs list: what the live list swaps in on a status change."""
+    """One row of the runs list: what the live list swaps in when its run changes."""
     columns, _ = run_columns.parse_columns(request.GET.get("columns", ""))
     run = _with_column_values(attach_queue_positions([_run_or_404(request, run_id)]), columns)[0]
-    return render(request, "dashboard/_run_row.html", {"run": run, "columns": columns})
+    return render(request, "dashboard/_run_row.html", {"run": run, "columns": columns, "row_query": _row_query(columns)})
+
+
+def _row_query(columns) -> str:
+    """The query a live row reads itself again with: the list's chosen columns."""
+    return urlencode({"columns": ",".join(column.name for column in columns)}) if columns else ""
 
 
 def _column_heads(request, columns, sort, descending) -> list[tuple]:
@@ -156,13 +168,11 @@ def _run_context(request, run: Run, tab: str) -> dict:
     return {"run": run, "tab": tab, "can_launch": may(request.user, Action.CHANGE, run.team)}
 
 
-@login_required
-@require_GET
-def run_summary(request, run_id: int):
+def _summary_context(request, run_id: int) -> dict:
     run = attach_queue_positions([_run_or_404(request, run_id)])[0]
     events = list(RunEvent.objects.filter(run=run).order_by("at", "pk"))
     reproductions = list(run.reproductions.order_by("pk").values_list("pk", "name", "status"))
-    return render(request, "dashboard/run_summary.html", {
+    return {
         **_run_context(request, run, "summary"),
         "phases": _phases(run, events),
         "reproductions": reproductions,
@@ -171,13 +181,37 @@ def run_summary(request, run_id: int):
         "summary_items": [(name, value, not isinstance(value, str)) for name, value in sorted(run.summary.items())],
         "made_models": list(run.model_versions_made.select_related("model").order_by("model__name")),
         "made_datasets": list(run.dataset_versions_made.select_related("dataset").order_by("dataset__name")),
-    })
+    }
+
+
+@login_required
+@require_GET
+def run_summary(request, run_id: int):
+    return render(request, "dashboard/run_summary.html", _summary_context(request, run_id))
+
+
+# The pieces of the run pages that read themselves again when live_runs.js says the
+# run changed (hx-trigger in their templates).
+
+@login_required
+@require_GET
+def run_summary_body(request, run_id: int):
+    """The Summary tab under the header: facts, lineage, summary values, timeline."""
+    return render(request, "dashboard/_summary_body.html", _summary_context(request, run_id))
+
+
+@login_required
+@require_GET
+def run_progress(request, run_id: int):
+    """The Summary tab's Progress fact, read again on its own as progress is reported,
+    so a reader's selection elsewhere on the tab stays."""
+    return render(request, "dashboard/_progress_fact.html", {"run": _run_or_404(request, run_id)})
 
 
 @login_required
 @require_GET
 def run_head(request, run_id: int):
-    """The header of every run page, swapped in live when the status changes."""
+    """The header of every run page."""
     run = _run_or_404(request, run_id)
     return render(request, "dashboard/_run_head.html", _run_context(request, run, ""))
 

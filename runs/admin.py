@@ -1,9 +1,11 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.shortcuts import redirect, render
 from django.utils.html import format_html, format_html_join
 
+from runs.api_account import CREDIT_LIMIT_TOP, MAX_RUNNING_TOP, TEAM_SETTINGS
 from runs.credits import team_credits_used, team_usage
 from runs.lifecycle import IllegalTransition
 from runs.archives import ArchiveError
@@ -14,6 +16,7 @@ from runs.models import (
 )
 from runs.access import NotAllowed, administered_team_ids
 from runs.services import terminate_run
+from runs.tasks import enqueue_dispatch
 from runs.team_secrets import SecretError, set_secret
 from terminal.models import TerminalSessionRecord
 
@@ -21,6 +24,13 @@ from terminal.models import TerminalSessionRecord
 def team_admin_only(request) -> bool:
     """A team admin who is not staff: sees only their own teams (the site lets no one else in)."""
     return not request.user.is_staff
+
+
+def teams_administered(request) -> set[int]:
+    """The teams the user administers (runs.access.administered_team_ids), read once per request."""
+    if not hasattr(request, "_administered_teams"):
+        request._administered_teams = administered_team_ids(request.user)
+    return request._administered_teams
 
 
 class TeamScoped:
@@ -33,9 +43,7 @@ class TeamScoped:
     team_admin_may_delete = False
 
     def teams(self, request) -> set[int]:
-        if not hasattr(request, "_administered_teams"):
-            request._administered_teams = administered_team_ids(request.user)
-        return request._administered_teams
+        return teams_administered(request)
 
     def owns(self, request, obj) -> bool:
         return obj is None or getattr(obj, f"{self.team_field}_id") in self.teams(request)
@@ -98,15 +106,77 @@ class MembershipAdmin(TeamScoped, admin.ModelAdmin):
     team_admin_may_delete = True
 
 
+class TeamLimitsForm(forms.ModelForm):
+    """The limits as the API checks them (PATCH /api/v1/teams/NAME): each bad value is
+    refused on its own field, and nothing is saved."""
+
+    max_running = forms.IntegerField(
+        required=False, min_value=0, max_value=MAX_RUNNING_TOP,
+        help_text="at most this many of the team's runs at once (more wait pending); empty: no cap of the team's own",
+    )
+    credit_limit = forms.DecimalField(
+        required=False, min_value=0, max_value=CREDIT_LIMIT_TOP, max_digits=14, decimal_places=4,
+        help_text=Team._meta.get_field("credit_limit").help_text,
+    )
+    idle_limit_seconds = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_RUNNING_TOP,
+        help_text=Team._meta.get_field("idle_limit_seconds").help_text,
+    )
+
+    class Meta:
+        model = Team
+        fields = ["name", *TEAM_SETTINGS]
+
+
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
-    """Staff only; a team's own admins change its limits with PATCH /api/v1/teams/NAME
-    and read its usage at /teams/NAME/usage/."""
+    """Staff see and change every team. A team admin who is not staff sees only the
+    teams they administer, and changes only their limits (as PATCH /api/v1/teams/NAME
+    lets them); members are managed under Memberships."""
 
+    form = TeamLimitsForm
     list_display = ["name", "max_running", "credit_limit", "idle_limit_seconds", "credits_used", "created_at"]
-    fields = ["name", "max_running", "credit_limit", "idle_limit_seconds", "usage"]
+    fields = ["name", *TEAM_SETTINGS, "usage"]
     readonly_fields = ["usage"]
     inlines = [MembershipInline]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if team_admin_only(request):
+            queryset = queryset.filter(pk__in=teams_administered(request))
+        return queryset
+
+    def get_readonly_fields(self, request, obj=None):
+        if team_admin_only(request):
+            return ["name", "usage"]  # the team's name is the installation's to give
+        return super().get_readonly_fields(request, obj)
+
+    def get_inlines(self, request, obj):
+        return [] if team_admin_only(request) else super().get_inlines(request, obj)
+
+    def has_module_permission(self, request):
+        return team_admin_only(request) or super().has_module_permission(request)
+
+    def has_view_permission(self, request, obj=None):
+        if team_admin_only(request):
+            return obj is None or obj.pk in teams_administered(request)
+        return super().has_view_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        if team_admin_only(request):
+            return obj is None or obj.pk in teams_administered(request)
+        return super().has_change_permission(request, obj)
+
+    def has_add_permission(self, request):
+        return not team_admin_only(request) and super().has_add_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return not team_admin_only(request) and super().has_delete_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # A raised cap or limit starts waiting runs now, not at the next reconcile.
+        transaction.on_commit(enqueue_dispatch)
 
     @admin.display(description="credits used")
     def credits_used(self, obj):

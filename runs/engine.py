@@ -19,7 +19,6 @@ from runs.executors import EXECUTOR_NAMES, executor_for, get_executor, swarm_exe
 from runs.executors.base import ExecutorError, ExitInfo, Limits, Placement
 from runs.leases import LeaseHeartbeat, LeaseLost, release_lease, renew_lease, take_lease
 from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
-from runs.live import announce_waiting
 from runs.logstore import LogWriter
 from runs.models import Run, Status
 from runs.spec import keeps_alive
@@ -89,7 +88,7 @@ def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
             return NOTHING
         if run.status == Status.PENDING and exc.retry:
             # Its cluster's manager is away: the run waits, and the reconciler tries again.
-            _say_why_waiting(run, f"waiting: {exc}")
+            slots.say_why_waiting({run_id: f"waiting: {exc}"})
             return NOTHING
         if run.status == Status.PENDING:
             # A submitted run fails at initializing, as on one engine (SPEC §1).
@@ -216,17 +215,24 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
                 raise
             placement = Placement("waiting", reason=f"waiting: {exc}")  # the manager is away: ask again
         if placement.state == "waiting":
-            _say_why_waiting(run, placement.reason)
+            slots.say_why_waiting({run_id: placement.reason})
         elif placement.state in ("initializing", "running") or (placement.state == "ended" and placement.ran):
             try:
                 if run.status == Status.PENDING:
                     transition(run_id, Status.INITIALIZING, reason=f"placed on node {placement.node}",
                                only_from=[Status.PENDING], node=placement.node)
+                if placement.state == "running":
+                    executor.begin(run)  # what its commands wait for (the export folders)
                 if placement.state != "initializing":
                     transition(run_id, Status.RUNNING, reason=f"main process started on node {placement.node}",
                                only_from=[Status.INITIALIZING], node=placement.node)
             except IllegalTransition:
                 continue  # terminated meanwhile: read it again
+            except ExecutorError as exc:
+                if not exc.retry:
+                    _fail_initializing(run, executor, str(exc))
+                    return None
+                log.info("run %s: %s; trying again", run_id, exc)  # its node answers again, or the Swarm gives up on it
         else:  # it ended without running (the image could not be pulled), or its service is gone
             if run.status == Status.PENDING:
                 try:
@@ -239,12 +245,6 @@ def _await_placement(run_id: int, executor, owner: str) -> Run | None:
             renew_lease(run_id, owner)
             renewed = time.monotonic()
         time.sleep(PLACEMENT_CHECK_SECONDS)
-
-
-def _say_why_waiting(run: Run, reason: str) -> None:
-    if run.status == Status.PENDING and run.status_reason != reason:
-        if Run.objects.filter(pk=run.pk, status=Status.PENDING).update(status_reason=reason[:1000]):
-            announce_waiting(run.pk, run.team_id, reason)
 
 
 def _remaining_grace(run: Run) -> float:
@@ -352,11 +352,13 @@ def stop_run(run_id: int) -> None:
 def reconcile_runs() -> dict[str, int]:
     """Repair what a crash left behind; run every few seconds by celery beat.
 
-    Hands runs whose worker died (lease expired) to new tasks, and removes
-    containers that belong to no live run.
+    Hands runs whose worker died (lease expired) to new tasks, removes
+    containers that belong to no live run, and ends on record the terminal
+    sessions of a console process that was killed (terminal.consoles).
     """
     from runs.services import end_idle_runs_past_limit, end_runs_past_max_runtime
     from runs.tasks import enqueue
+    from terminal.consoles import end_sessions_of_lost_consoles
 
     now = timezone.now()
     lease_free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
@@ -392,6 +394,8 @@ def reconcile_runs() -> dict[str, int]:
         if gone:
             enqueue("collect", run.pk, on_commit=False)
     counts["orphans"] = _remove_orphans()
+    # Terminal sessions of a console that was killed are ended on record, not left open.
+    counts["terminals_lost"] = end_sessions_of_lost_consoles()
     return counts
 
 

@@ -19,7 +19,7 @@ from runs import reports, team_secrets
 from runs.leases import LeaseLost, lease_expiry, release_lease, renew_lease, take_lease  # noqa: F401 (their old home)
 from runs.live import announce_log, announce_progress
 from runs.executors.base import LogFrame
-from runs.metrics import metric_chunk
+from runs.metrics import extended, metric_chunk
 from runs.models import LogChunk, MetricChunk, Run
 from runs.system_metrics import is_system_key
 
@@ -29,6 +29,10 @@ CHUNK_LINES_BOUND = MAX_CHUNK_LINES + 2
 # A chunk row is read whole: keep it about this size (plus a line or two).
 MAX_CHUNK_BYTES = 1 << 20
 FLUSH_SECONDS = 0.25
+# A system reading (sys/...) comes every few seconds, a flush or two apart: its points
+# go on in the key's open chunk, not a row each, up to an hour of them at the default
+# 5 s (about 17 KB a row, rewritten with each reading).
+SYSTEM_CHUNK_POINTS = 720
 # Ends a line cut at RUNYARD_LOG_LINE_MAX_BYTES; the number is what was not kept.
 TRUNCATED_MARKER = "… [truncated {} bytes]"
 STREAM_NAMES = ("stdout", "stderr")
@@ -82,6 +86,8 @@ class LogWriter:
         self.team_id = run.team_id
         self.first_unflushed_at: float | None = None
         self.flushed_at = time.monotonic()
+        # Per system metric, the chunk this writer stored last and may still add to.
+        self.open_chunks: dict[str, MetricChunk] = {}
 
     def add(self, frame: LogFrame) -> None:
         text = frame.data.decode("utf-8", "replace")
@@ -211,10 +217,11 @@ class LogWriter:
                 LogChunk.objects.create(
                     run_id=self.run_id, first_line=self.stored_lines + 1, line_count=len(self.lines), lines=self.lines
                 )
-            if self.points:
-                MetricChunk.objects.bulk_create(
-                    metric_chunk(self.run_id, key, points) for key, points in self.points.items()
-                )
+            own = {key: points for key, points in self.points.items() if not is_system_key(key)}
+            if own:
+                MetricChunk.objects.bulk_create(metric_chunk(self.run_id, key, points) for key, points in own.items())
+            opened = self._store_system_points()
+        self.open_chunks.update(opened)
         self.stored_lines += len(self.lines)
         if self.lines:
             announce_log(self.run_id, self.stored_lines)
@@ -226,6 +233,26 @@ class LogWriter:
         self.summary_changed = False
         self.first_unflushed_at = None
         self.flushed_at = time.monotonic()
+
+
+    def _store_system_points(self) -> dict[str, MetricChunk]:
+        """Add the system readings to each key's open chunk, or begin one where it is
+        full (or this writer has none: a new collector never writes into its
+        predecessor's). The chunks as stored, for open_chunks once committed."""
+        stored = {}
+        for key, points in self.points.items():
+            if not is_system_key(key):
+                continue
+            chunk = self.open_chunks.get(key)
+            if chunk is not None and chunk.count + len(points) <= SYSTEM_CHUNK_POINTS:
+                chunk = extended(MetricChunk(pk=chunk.pk, run_id=chunk.run_id, key=key, count=chunk.count,
+                                             steps=chunk.steps, values=chunk.values, times=chunk.times), points)
+                chunk.save(update_fields=["count", "steps", "values", "times"])
+            else:
+                chunk = metric_chunk(self.run_id, key, points)
+                chunk.save()
+            stored[key] = chunk
+        return stored
 
 
 def _pending_entry(stored: list) -> list:

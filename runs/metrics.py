@@ -48,6 +48,16 @@ def metric_chunk(run_id: int, key: str, points: list[tuple]) -> MetricChunk:
     )
 
 
+def extended(chunk: MetricChunk, points: list[tuple]) -> MetricChunk:
+    """The same row (not saved) with `points` added after those it holds."""
+    more = metric_chunk(chunk.run_id, chunk.key, points)
+    chunk.count += more.count
+    chunk.steps, chunk.values, chunk.times = (
+        bytes(chunk.steps) + more.steps, bytes(chunk.values) + more.values, bytes(chunk.times) + more.times,
+    )
+    return chunk
+
+
 def columns(run: Run, key: str) -> tuple[list, list[float], list[float]]:
     """One metric's steps (None where not given), values and times, in the order reported."""
     steps, values, times = array("q"), array("d"), array("d")

@@ -94,6 +94,8 @@ def plan_run(
             spec, given, warnings = parse_spec_in_full(source)
         except SpecError as exc:
             raise _refusal(team, over_limit, exc.errors, exc.warnings, None) from None
+    if over_limit is not None:  # early, so a team at its limit clones and resolves nothing
+        raise _refusal(team, over_limit, [], warnings, spec)
     errors = []
     preset = ResourcePreset.objects.filter(name=spec["resources"]["preset"]).first()
     if preset is None:
@@ -117,8 +119,8 @@ def plan_run(
         warnings = warnings + (org_warnings(source, team.name) if source is not None else []) + import_warnings
     sealed, secret_errors = team_secrets.seal_inline_values(spec, given, reproduced_from)
     errors += secret_errors
-    if errors or over_limit is not None:
-        raise _refusal(team, over_limit, errors, warnings, parsed)
+    if errors:
+        raise _refusal(team, None, errors, warnings, parsed)
     return RunPlan(spec=spec, team=team, preset=preset, cluster=cluster, imports=read, image_digest=image_digest,
                    executor=clusters.executor_name(cluster, executor), warnings=warnings, sealed_secrets=sealed)
 
@@ -146,6 +148,11 @@ def create_run(
                     reproduced_from=reproduced_from, inline_secrets=inline_secrets)
     spec = plan.spec
     with transaction.atomic():
+        # Checked again under the team's row lock, until the run is stored: resolving
+        # the imports may have taken a while, and a limit lowered meanwhile (its PATCH
+        # or admin save holds the same row) is honoured; creations of one team queue here.
+        team = Team.objects.select_for_update().get(pk=plan.team.pk)
+        _check_credit_limit(team)
         run = Run.objects.create(
             name=spec["name"],
             description=spec["description"],
@@ -154,7 +161,7 @@ def create_run(
             spec=spec,
             image=spec["image"],
             owner=user,
-            team=plan.team,
+            team=team,
             preset=plan.preset,
             reproduced_from=reproduced_from,
             changes=changes or {},
@@ -183,6 +190,11 @@ def dry_run(*, user, source, team: Team | None = None) -> dict:
         finally:
             transaction.set_rollback(True)
     return {"valid": True, "spec": plan.spec, "errors": [], "warnings": plan.warnings}
+
+
+def _check_credit_limit(team: Team) -> None:
+    if team.credit_limit is not None and (used := team_credits_used(team.pk)) >= team.credit_limit:
+        raise CreditLimitReached(team, used)
 
 
 def terminate_run(run: Run, *, actor) -> Run:

@@ -27,6 +27,7 @@ cannot both start a run past a cap.
 import logging
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import timedelta
 
 from django.conf import settings
@@ -36,6 +37,7 @@ from django.utils import timezone
 
 from runs.credits import team_credits_used
 from runs.lifecycle import HOLDS_SLOT, IllegalTransition, transition
+from runs.live import announce_waiting
 from runs.models import Run, Status, Team
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 SWARM = "swarm"  # the executor of runs that their cluster places
 # Any constant: the key of the advisory lock that serializes admissions.
 SLOTS_LOCK_KEY = 0x72756E79  # "runy"
+REASON_MAX = Run._meta.get_field("status_reason").max_length
 
 
 @dataclass
@@ -120,7 +123,7 @@ def admit(run_id: int) -> bool:
             except IllegalTransition:
                 return False
             return True
-        _note_waiting(plan.waiting)
+        say_why_waiting(plan.waiting)
         return False
 
 
@@ -134,7 +137,7 @@ def dispatch(*, min_age_seconds: float = 0) -> int:
     from runs.tasks import enqueue
 
     plan = plan_slots()
-    _note_waiting(plan.waiting)
+    say_why_waiting(plan.waiting)
     ids = plan.admitted
     if min_age_seconds and ids:
         young = timezone.now() - timedelta(seconds=min_age_seconds)
@@ -150,12 +153,22 @@ def _lock_slots() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SLOTS_LOCK_KEY])
 
 
-def _note_waiting(waiting: dict[int, str]) -> None:
+def say_why_waiting(waiting: dict[int, str]) -> None:
+    """The one way a pending run says why it waits ({run id: reason}): its
+    `status_reason`, written only where it changed, and each change told to whoever
+    watches the team's runs (runs.live), once the transaction commits. A run that
+    left `pending` meanwhile keeps its own reason."""
     by_reason: dict[str, list[int]] = defaultdict(list)
     for run_id, reason in waiting.items():
-        by_reason[reason].append(run_id)
+        by_reason[reason[:REASON_MAX]].append(run_id)
     for reason, ids in by_reason.items():
-        Run.objects.filter(pk__in=ids, status=Status.PENDING).exclude(status_reason=reason).update(status_reason=reason)
+        stale = Run.objects.filter(pk__in=ids, status=Status.PENDING).exclude(status_reason=reason)
+        changed = list(stale.values_list("pk", "team_id"))
+        if not changed:
+            continue
+        stale.filter(pk__in=[run_id for run_id, _ in changed]).update(status_reason=reason)
+        for run_id, team_id in changed:
+            transaction.on_commit(partial(announce_waiting, run_id, team_id, reason))
 
 
 def queue_position(run: Run) -> int | None:

@@ -4,7 +4,10 @@ The run's log collector (runs.engine.collect_run) takes a reading from the run's
 executor every RUNYARD_SYSTEM_METRICS_SECONDS (runs.executors.base.Sample) and hands
 it to its LogWriter, which stores it as the metrics `sys/cpu_percent` (100 is one
 CPU busy, as in `docker stats`) and `sys/memory_mib`, without a step, in the same
-lease-guarded transaction as the log lines. A collector that lost the run stores
+lease-guarded transaction as the log lines. A reading does not make a row of its
+own: each key's readings go on in the chunk its collector began (up to
+runs.logstore.SYSTEM_CHUNK_POINTS, then a new one), so a day's readings are a few
+dozen rows and a reader still sees every one stored so far. A collector that lost the run stores
 nothing; the one after it stores only its own readings: nothing is doubled, and
 at most the readings of a flush that never happened are missing.
 

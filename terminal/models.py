@@ -3,6 +3,7 @@ when it began and ended, how it ended, and a shell's exit code where it can be k
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 
 
 class Ending(models.TextChoices):
@@ -13,6 +14,20 @@ class Ending(models.TextChoices):
     ACCESS_LOST = "access lost", "the user lost access"
     SERVER_STOPPED = "server stopped", "the console stopped"
     REFUSED = "refused", "refused: too many terminals"
+    CONSOLE_LOST = "console lost", "the console was lost"
+
+
+class ConsoleInstance(models.Model):
+    """A console process (Daphne) that holds terminal sessions, and when it last said it
+    was alive (terminal.consoles): one not heard from for RUNYARD_CONSOLE_LOST_SECONDS
+    was killed or lost with its machine, and its sessions are ended on record."""
+
+    key = models.CharField(max_length=100, unique=True, help_text="host:pid:random, as its sessions' records name it")
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField()
+
+    def __str__(self):
+        return self.key
 
 
 class TerminalSessionRecord(models.Model):
@@ -34,10 +49,17 @@ class TerminalSessionRecord(models.Model):
     exit_code = models.IntegerField(null=True, blank=True)
     resumes = models.PositiveIntegerField(default=0)
     note = models.CharField(max_length=300, blank=True)
+    # The console process that held it (ConsoleInstance.key); empty for a refusal, and
+    # for a session recorded before consoles were.
+    console = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-pk"]
-        indexes = [models.Index(fields=["team", "-started_at"]), models.Index(fields=["run", "-started_at"])]
+        indexes = [
+            models.Index(fields=["team", "-started_at"]), models.Index(fields=["run", "-started_at"]),
+            # The sessions still open, by console: what the reconciler looks for.
+            models.Index(fields=["console"], condition=Q(ended_at__isnull=True), name="terminal_open_by_console"),
+        ]
         verbose_name = "terminal session"
 
     def __str__(self):

@@ -15,7 +15,9 @@ holds at most RUNYARD_TERMINAL_MAX_SESSIONS sessions at once, in this process.
 
 Each session is on record (terminal.models.TerminalSessionRecord, written by
 terminal.audit): one record however often it is resumed, ended by the reader thread
-once the terminal has ended, with how it ended and a shell's exit code.
+once the terminal has ended, with how it ended and a shell's exit code. A process
+killed outright ends nothing: its records are ended by the reconciler once the
+process stops saying it is alive (terminal.consoles; the reaper says it).
 """
 
 import atexit
@@ -32,7 +34,7 @@ from django.db import connections
 
 from runs.lifecycle import FINAL
 from runs.models import Run, Status
-from terminal import audit
+from terminal import audit, consoles
 from terminal.models import Ending
 
 log = logging.getLogger(__name__)
@@ -234,7 +236,8 @@ def _ended_runs(run_ids: set[int]) -> set[int]:
 
 
 def close_all() -> int:
-    """End every session of this process (it is stopping)."""
+    """End every session of this process (it is stopping). Its console's own record goes
+    once it is silent (terminal.consoles), with none of its sessions open by then."""
     with _sessions_lock:
         current = list(_sessions.values())
     for session in current:
@@ -255,7 +258,13 @@ def _start_reaper() -> None:
         def every_few_seconds():
             while True:
                 # A short keep time (tests, a strict deployment) is kept within a second or so.
-                time.sleep(min(REAP_EVERY_SECONDS, max(0.5, settings.RUNYARD_TERMINAL_KEEP_SECONDS / 2)))
+                time.sleep(min(REAP_EVERY_SECONDS, max(0.5, settings.RUNYARD_TERMINAL_KEEP_SECONDS / 2),
+                               consoles.beat_seconds()))
+                try:
+                    if audit.holds_open_records():
+                        consoles.beat()  # alive, for the sessions it has on record (terminal.consoles)
+                except Exception:
+                    log.warning("could not say this console is alive", exc_info=True)
                 try:
                     reap()
                 except Exception:

@@ -501,6 +501,7 @@ ADMIN = [
     "/admin/runs/teamsecret/{secret}/change/",
     "/admin/runs/dataset/{dataset}/change/",
     "/admin/runs/membership/{membership}/change/",
+    "/admin/runs/team/{team}/change/",
 ]
 
 
@@ -510,7 +511,7 @@ def test_admin_pages_are_for_the_teams_admins_and_staff(world, persona, path):
     client = Client()
     client.force_login(world.users[persona])
     url = path.format(run=world.run.pk, secret=world.secret.pk, dataset=world.dataset_version.dataset_id,
-                      membership=world.users["alice"].memberships.get().pk)
+                      membership=world.users["alice"].memberships.get().pk, team=world.run.team_id)
     response = client.get(url)
     if persona in ADMINS:
         assert response.status_code == 200

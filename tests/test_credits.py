@@ -96,6 +96,57 @@ def test_a_team_at_its_credit_limit_cannot_start_a_run(alice, tina):
     assert Api(alice).post("/runs", spec("echo hi")).status_code == 201
 
 
+def test_a_creation_racing_a_lowered_limit_is_refused(transactional_db, alice, tina):
+    """Two connections to PostgreSQL: a team admin's change of the limit, still in its
+    transaction (the admin's save holds the team's row until it commits), and alice's
+    creation meanwhile. The creation waits for the row and honours the new limit."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection, connections, transaction
+
+    from runs.services import CreditLimitReached
+
+    finished_run(alice, initializing=1, running=2, idle=0)  # 3 credits used, no limit yet
+    team = Team.objects.get(name="vision")
+    changed, release = threading.Event(), threading.Event()
+
+    def admin_lowers_the_limit():
+        try:
+            with transaction.atomic():
+                Team.objects.filter(pk=team.pk).update(credit_limit=Decimal(3))
+                changed.set()
+                assert release.wait(30)
+        finally:
+            connections.close_all()
+
+    def alice_creates():
+        try:
+            return create_run(user=alice, source=spec("echo hi"), executor="docker")
+        finally:
+            connections.close_all()
+
+    def creation_waits_for_the_row() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND wait_event_type = 'Lock' AND query ILIKE %s", ["%FOR UPDATE%"])
+            return cursor.fetchone()[0] == 1
+
+    with ThreadPoolExecutor(2) as pool:
+        lowering = pool.submit(admin_lowers_the_limit)
+        assert changed.wait(30)
+        creating = pool.submit(alice_creates)
+        try:
+            wait_until(creation_waits_for_the_row, 30, "the creation waiting for the team's row")
+        finally:
+            release.set()
+        lowering.result(30)
+        with pytest.raises(CreditLimitReached) as refused:
+            creating.result(30)
+    assert "credit limit of 3.0000" in refused.value.detail
+    assert not Run.objects.filter(name="engine-test").exists()
+
+
 def test_a_pending_run_of_a_team_at_its_limit_waits_saying_why(alice):
     waiting = create_run(user=alice, source=spec("echo hi"), executor="docker")
     finished_run(alice, initializing=1, running=1, idle=0)

@@ -118,3 +118,23 @@ def test_the_runs_socket_tells_the_team_about_progress(alice, bob, charlie, engi
     # One sample tells no rate; two a second apart do.
     assert progress == [(0.25, False), (0.5, True)]
     wait_for(run_id, "completed", removed=True)
+
+
+def test_an_idle_runs_socket_stays_open_and_hears_the_next_change(alice, engine):
+    cookie = session_cookie(alice)
+
+    async def idle_then_launch():
+        watcher = WebsocketCommunicator(application, "/ws/runs/", headers=[ORIGIN, (b"cookie", cookie)])
+        assert (await watcher.connect())[0]
+        # Longer than the channel layer's blocking read for the next message (5 s).
+        assert await watcher.receive_nothing(timeout=7)
+        from channels.db import database_sync_to_async
+
+        run = await database_sync_to_async(launch)(alice, "local", "true")
+        message = await watcher.receive_json_from(timeout=30)
+        await watcher.disconnect()
+        return run.pk, message
+
+    run_id, message = in_thread(idle_then_launch)
+    assert (message["type"], message["run"]) == ("status", run_id)
+    wait_for(run_id, "completed", removed=True)

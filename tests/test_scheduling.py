@@ -176,6 +176,36 @@ def test_a_team_at_its_cap_waits_in_order_and_other_teams_are_unaffected(alice, 
     assert api.get(f"/runs/{second.pk}").json()["queue_position"] is None
 
 
+def test_why_a_run_waits_reaches_the_runs_list_live(alice, engine):
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from dashboard.asgi import application
+    from tests.conftest import in_thread
+    from tests.test_live import ORIGIN, session_cookie
+
+    Team.objects.filter(name="vision").update(max_running=0)  # nothing of the team may start
+    cookie = session_cookie(alice)
+
+    async def watch():
+        socket = WebsocketCommunicator(application, "/ws/runs/", headers=[ORIGIN, (b"cookie", cookie)])
+        assert (await socket.connect(timeout=10))[0]
+        try:
+            run = await database_sync_to_async(launch)(alice, "local", "echo never")
+            while True:  # the worker's start finds no room and says so, to the list too
+                message = await socket.receive_json_from(timeout=30)
+                if message["type"] == "waiting" and message["run"] == run.pk:
+                    return run, message["reason"]
+        finally:
+            await socket.disconnect()
+
+    run, reason = in_thread(watch)
+    assert reason == "waiting: team vision is at its cap of 0 running runs"
+    assert run_state(run.pk).status_reason == reason and run_state(run.pk).status == "pending"
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated")
+
+
 def test_a_terminated_pending_run_never_starts(alice, engine, docker_engine):
     Team.objects.filter(name="vision").update(max_running=1)
     holder = launch(alice, "docker", SLEEPER, termination_grace="1s")

@@ -105,6 +105,42 @@ def test_system_metrics_use_none_of_the_runs_own_cap(alice):
     assert values(run, CPU) == [12.5]
 
 
+def test_readings_go_on_in_one_row_and_read_back_whole(alice, monkeypatch):
+    from runs.models import MetricChunk
+
+    chunk_points = 60
+    monkeypatch.setattr("runs.logstore.SYSTEM_CHUNK_POINTS", chunk_points)  # 720 in use: fewer fill one here
+
+    run = launch(alice, "local", "true")  # never started: no worker here, the test is its collector
+    assert take_lease(run.pk, "test-owner")
+    writer = LogWriter(Run.objects.get(pk=run.pk), "test-owner")
+    readings = chunk_points + 30  # each flushed on its own, as a reading every few seconds is
+    start = time.time()
+    api = Api(alice)
+    for n in range(readings):
+        writer.add_system_metrics(start + n, {CPU: float(n % 100), MEMORY: 100.0 + n})
+        writer._append(start + n, 0, f"#runyard step={n} loss={1 / (n + 1)}")  # the run's own, beside them
+        writer.flush()
+        if n == 9:  # a reader while the run goes on sees every reading so far
+            assert api.get(f"/runs/{run.pk}/metrics/{MEMORY}").json()["y"] == [100.0 + i for i in range(10)]
+    rows = MetricChunk.objects.filter(run_id=run.pk)
+    assert rows.filter(key=MEMORY).count() == rows.filter(key=CPU).count() == 2  # a full chunk, then the rest
+    assert rows.filter(key="loss").count() == readings  # the run's own: a chunk a flush, as before
+    series = api.get(f"/runs/{run.pk}/metrics/{MEMORY}", max_points=10000).json()
+    assert series["total_points"] == readings and not series["downsampled"]
+    assert series["y"] == [100.0 + n for n in range(readings)]
+    assert series["x"] == sorted(series["x"])
+    assert values(run, CPU) == [float(n % 100) for n in range(readings)]
+    assert [at for _, _, at in metrics.points(run, CPU)] == [start + n for n in range(readings)]
+
+    # A new collector (after a restart) begins a row of its own and never rewrites its predecessor's.
+    again = LogWriter(Run.objects.get(pk=run.pk), "test-owner")
+    again.add_system_metrics(start + readings, {MEMORY: 1.0})
+    again.flush()
+    assert rows.filter(key=MEMORY).count() == 3
+    assert values(run, MEMORY)[-2:] == [100.0 + readings - 1, 1.0]
+
+
 def test_the_plots_tab_draws_them_against_time_since_start(browser, alice, docker_engine):
     run = launch(alice, "docker", "sleep 12")
     run = wait_for(run.pk, FINAL, timeout=120, removed=True)

@@ -181,3 +181,148 @@ def test_a_team_admin_reads_the_sessions_in_the_browser(alice, tina, chromium, c
         browser.page.context.close()
     terminate_run(run, actor=alice)
     wait_for(run.pk, "terminated", removed=True)
+
+
+# -- a console killed outright ---------------------------------------------------------
+
+
+class RawWebsocket:
+    """A websocket client on a plain socket (RFC 6455, text frames read, nothing sent):
+    enough to open a terminal in a console of the test's own, which it then kills."""
+
+    def __init__(self, port: int, path: str, cookie: bytes):
+        import base64
+        import os
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n".encode()
+            + b"Cookie: " + cookie + b"\r\n\r\n"
+        )
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += self.exactly(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            assert chunk, "the console closed the connection"
+            data += chunk
+        return data
+
+    def next_text(self) -> dict:
+        while True:
+            first, second = self.exactly(2)
+            length = second & 0x7F
+            if length == 126:
+                length = int.from_bytes(self.exactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(self.exactly(8), "big")
+            payload = self.exactly(length)
+            if first & 0x0F == 1:  # a text frame; binary ones are the terminal's bytes
+                return json.loads(payload)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_the_sessions_of_a_killed_console_end_on_record(alice, tina, engine, docker_engine, worker_env, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from django.utils import timezone
+
+    from terminal.models import ConsoleInstance
+    from tests.conftest import ROOT
+
+    run = running(alice, "docker")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    console = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+        cwd=ROOT, env=worker_env, stdout=open(tmp_path / "daphne.log", "wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: _answers(urllib.request, port), 60, "the console")
+        shell = RawWebsocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(alice))
+        hello = shell.next_text()
+        assert hello["type"] == "session"
+        record = TerminalSessionRecord.objects.get(session_key=hello["id"])
+        assert record.ended_at is None and record.console.split(":")[1] == str(console.pid)
+        os.killpg(console.pid, signal.SIGKILL)  # no atexit, nothing ends on record
+        console.wait()
+        killed_at = timezone.now()
+        shell.close()
+    finally:
+        if console.poll() is None:
+            os.killpg(console.pid, signal.SIGKILL)
+            console.wait()
+    # The reconciler (every 2 s) ends it once the console has been silent 12 s.
+    record = ended_record(session_key=hello["id"])
+    assert record.ended_how == Ending.CONSOLE_LOST
+    assert record.started_at <= record.ended_at <= killed_at  # its console was last heard from by then
+    assert record.console in record.note
+    assert not ConsoleInstance.objects.filter(key=record.console).exists()
+    # The team's admins read it so.
+    assert "the console was lost" in signed_in(tina).get(f"/runs/{run.pk}/terminal/sessions/").content.decode()
+    terminate_run(run, actor=alice)
+    wait_for(run.pk, "terminated", removed=True)
+
+
+def _answers(urllib_request, port: int) -> bool:
+    try:
+        urllib_request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+
+@override_settings(RUNYARD_CONSOLE_LOST_SECONDS=60)
+def test_only_the_sessions_of_a_silent_console_end(alice, defaults, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from terminal import consoles
+    from terminal.models import ConsoleInstance
+
+    monkeypatch.setattr(audit, "_open_records", set())  # this process vouches for none of them after the test
+    run = make_run(alice, "vision-run")
+    now = timezone.now()
+    ConsoleInstance.objects.create(key="gone:1:aa", started_at=now - timedelta(hours=1), seen_at=now - timedelta(seconds=90))
+    ConsoleInstance.objects.create(key="quiet:2:bb", started_at=now - timedelta(hours=1), seen_at=now - timedelta(seconds=30))
+
+    def opened(key: str, console: str, started):
+        audit.record_opened(key, run, alice, "shell")  # this process's console, beating now
+        TerminalSessionRecord.objects.filter(session_key=key).update(console=console, started_at=started)
+        return key
+
+    opened("before-its-last-beat", "gone:1:aa", now - timedelta(seconds=300))
+    opened("after-its-last-beat", "gone:1:aa", now - timedelta(seconds=80))
+    opened("on-a-quiet-console", "quiet:2:bb", now - timedelta(seconds=300))
+    opened("from-before-consoles", "", now - timedelta(seconds=300))
+    alive = audit.record_opened("on-this-console", run, alice, "attach")
+
+    assert consoles.end_sessions_of_lost_consoles() == 3
+    before, after, legacy = (TerminalSessionRecord.objects.get(session_key=k)
+                             for k in ("before-its-last-beat", "after-its-last-beat", "from-before-consoles"))
+    assert before.ended_how == after.ended_how == legacy.ended_how == Ending.CONSOLE_LOST
+    assert before.ended_at == now - timedelta(seconds=90)  # the last time its console was heard from
+    assert after.ended_at == after.started_at  # opened after that beat: it ended as it began, at the latest
+    assert "recorded before consoles" in legacy.note
+    for key in ("on-a-quiet-console", "on-this-console"):
+        assert TerminalSessionRecord.objects.get(session_key=key).ended_at is None, key
+    assert TerminalSessionRecord.objects.get(pk=alive).console == consoles.this_console()
+    assert set(ConsoleInstance.objects.values_list("key", flat=True)) == {"quiet:2:bb", consoles.this_console()}

@@ -71,17 +71,31 @@ def test_export_folders_exist_before_the_first_command(alice, executor, image, s
     assert list(RunFile.objects.filter(run=run).values_list("path", "size")) == [("/output/result.txt", 3)]
 
 
-def test_an_image_user_who_is_not_root_can_write_the_export_folder(alice, engine, docker_engine, sh_only):
+@pytest.mark.parametrize("executor", ["docker", "swarm"], indirect=True)
+def test_an_image_user_who_is_not_root_can_write_the_export_folders(request, alice, executor, docker_engine, sh_only):
+    # An image whose USER is not root, with none of the export folders in it: nothing
+    # but /bin/sh, so no command of the run could fix their owner or mode either.
     image = "runyard/sh-only-user:latest"
     container = docker_engine.containers.create(SH_ONLY, ["/bin/sh"])
     try:
         container.commit(image, conf={"User": "1000:1000"})
     finally:
         container.remove()
-    run = launch(alice, "docker", "echo 4 > /output/result.txt", image=image, export={"/output/": "volume://outputs"})
+    if executor == "swarm":
+        import subprocess
+
+        from django.conf import settings
+
+        lab = request.getfixturevalue("swarm_lab")
+        subprocess.run([str(settings.BASE_DIR / "images" / "build.sh"), "--push", lab.registry, "--engine", lab.manager, image],
+                       check=True, stdout=subprocess.DEVNULL)
+    exports = {"/output/": "volume://outputs", "/checkpoints/deep/": "volume://checkpoints"}
+    run = launch(alice, executor, "for f in /output/* /checkpoints/deep/*; do echo found $f; done",
+                 "echo 4 > /output/result.txt", "echo 5 > /checkpoints/deep/step-1.ckpt", image=image, export=exports)
     run = wait_for(run.pk, {"completed", "failed"}, timeout=90, removed=True)
-    assert run.status == "completed", run.status_reason
-    assert list(RunFile.objects.filter(run=run).values_list("path", flat=True)) == ["/output/result.txt"]
+    assert run.status == "completed", (run.status_reason, log_texts(run))
+    assert log_texts(run) == ["found /output/*", "found /checkpoints/deep/*"]  # both there, and empty
+    assert sorted(RunFile.objects.filter(run=run).values_list("path", flat=True)) == ["/checkpoints/deep/step-1.ckpt", "/output/result.txt"]
 
 
 # -- make run stops on Ctrl-C ----------------------------------------------------------

@@ -12,7 +12,13 @@ def percent(fraction) -> str:
     """0.4231 -> "42%"; nothing for an unknown progress."""
     if fraction is None:
         return ""
-    return f"{int(float(fraction) * 100)}%"
+    return f"{percent_value(fraction)}%"
+
+
+@register.filter
+def percent_value(fraction) -> int:
+    """0.4231 -> 42: the number `percent` shows, for a <progress max="100">."""
+    return int(float(fraction) * 100)
 
 
 @register.filter
@@ -32,6 +38,31 @@ def time_left(seconds) -> str:
     else:
         text = f"{secs} s"
     return f"about {text} left"
+
+
+@register.filter
+def progress_text(run) -> str:
+    """A running run's reported progress in words: "42% done · about 3 min left"."""
+    if run.progress is None:
+        return ""
+    if run.stalled:
+        return f"{percent(run.progress)} done · stalled: it has not moved lately"
+    eta = run.eta_seconds
+    return f"{percent(run.progress)} done" + (f" · {time_left(eta)}" if eta is not None else "")
+
+
+# A browser timer cannot wait longer than this (2^31 - 1 ms): it would fire at once.
+LONGEST_TIMER_SECONDS = 2**31 // 1000 - 1
+
+
+@register.filter
+def stall_trigger(run) -> str:
+    """The hx-trigger clause that reads a running run's fragment again a second after
+    its progress would turn it stalled: no message says so. "" where it cannot stall."""
+    left = run.stalls_in_seconds
+    if left is None or left <= 0:
+        return ""
+    return f", load delay:{min(int(left) + 1, LONGEST_TIMER_SECONDS)}s"
 
 
 # Staff and team admins get the Admin link.

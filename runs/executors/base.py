@@ -147,7 +147,8 @@ class Executor(Protocol):
 
     # True where the cluster places runs itself (a Swarm): `start` then only hands the
     # run over, and the run waits `pending` until `placement(run) -> Placement` says it
-    # runs (runs.engine._await_placement); only such an executor has `placement`.
+    # runs (runs.engine._await_placement), then `begin(run)` prepares the running
+    # container and lets its commands begin; only such an executor has those two.
     places_runs: bool
 
 
@@ -271,10 +272,12 @@ def wait_step(seconds: float) -> str:
     ])
 
 
-def script_for(spec: dict) -> str:
-    """The run's main script, as its frozen spec says (old specs lack `interactive`)."""
+def script_for(spec: dict, *, wait_for: str = "") -> str:
+    """The run's main script, as its frozen spec says (old specs lack `interactive`);
+    `wait_for`: a file under RUNYARD_DIR the commands wait for (see run_script)."""
     interactive = spec.get("interactive") or {}
-    return run_script(spec["run"], protect=keeps_alive(spec), jupyter_idle_timeout=interactive.get("jupyter_idle_timeout_seconds"))
+    return run_script(spec["run"], protect=keeps_alive(spec), jupyter_idle_timeout=interactive.get("jupyter_idle_timeout_seconds"),
+                      wait_for=wait_for)
 
 
 def jupyter_setup(idle_timeout: float) -> list[str]:
@@ -301,7 +304,7 @@ def jupyter_setup(idle_timeout: float) -> list[str]:
 JUPYTER_MISSING = "runyard: Jupyter was not found in the image; jupyter.idle_timeout is ignored"
 
 
-def run_script(commands: list[dict], *, protect: bool, jupyter_idle_timeout: float | None = None) -> str:
+def run_script(commands: list[dict], *, protect: bool, jupyter_idle_timeout: float | None = None, wait_for: str = "") -> str:
     """The POSIX shell script every run executes as its main process.
 
     Commands run in order in one shell and the first failure ends the run; a wait
@@ -315,10 +318,17 @@ def run_script(commands: list[dict], *, protect: bool, jupyter_idle_timeout: flo
     attached terminal reaches a Python training loop as KeyboardInterrupt. The
     commands run in the foreground: a background list would start with SIGINT
     ignored and its stdin from /dev/null, deaf to an attach.
+
+    `wait_for` (a file in $RUNYARD_DIR): the commands begin once it exists, for an
+    executor that prepares the running container from outside first (a Swarm's).
     """
     lines = ['mkdir -p "$RUNYARD_DIR" 2>/dev/null', 'home_dir=$(pwd)']
     if jupyter_idle_timeout is not None:
         lines += jupyter_setup(jupyter_idle_timeout)
+    if wait_for:
+        # `sleep` where the image has it; an image with only sh spins (a second or so).
+        lines.append('if command -v sleep >/dev/null 2>&1; then nap="sleep 0.1"; else nap=":"; fi')
+        lines.append(f'until [ -e "$RUNYARD_DIR/{wait_for}" ]; do $nap; done')
     # Survive the signal to record the exit code. (A handler, not '': an ignored
     # signal would stay ignored in the commands too.)
     # A stop (SIGTERM) while the commands run is remembered: the run then ends with

@@ -689,19 +689,31 @@ def runyard_dir_mount() -> Mount:
     return Mount(RUNYARD_DIR, None, type="volume", driver_config=DriverConfig("local", options))
 
 
-def _reporter_tar(exports=()) -> bytes:
-    """The in-run reporter module, and every export path as an empty folder anyone in
-    the container may write to (the image's user may not be root), as a tar for
-    put_archive at /: the run's first command finds them there."""
+def export_folders_tar(exports) -> bytes:
+    """Every export path as an empty folder anyone in the container may write to (the
+    image's user may not be root), as a tar for put_archive at /."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in exports:
-            if path.strip("/"):
-                # The folder only: the engine makes missing folders above it and leaves
-                # existing ones as the image has them (a user's home stays theirs).
-                folder = tarfile.TarInfo(path.strip("/"))
-                folder.type, folder.mode = tarfile.DIRTYPE, 0o777
-                tar.addfile(folder)
+        _add_export_folders(tar, exports)
+    return buffer.getvalue()
+
+
+def _add_export_folders(tar: tarfile.TarFile, exports) -> None:
+    for path in exports:
+        if path.strip("/"):
+            # The folder only: the engine makes missing folders above it and leaves
+            # existing ones as the image has them (a user's home stays theirs).
+            folder = tarfile.TarInfo(path.strip("/"))
+            folder.type, folder.mode = tarfile.DIRTYPE, 0o777
+            tar.addfile(folder)
+
+
+def _reporter_tar(exports=()) -> bytes:
+    """The in-run reporter module, and the export folders (export_folders_tar), as a
+    tar for put_archive at /: the run's first command finds them there."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        _add_export_folders(tar, exports)
         parts = REPORTER_DIR.strip("/").split("/")
         for depth in range(1, len(parts) + 1):
             folder = tarfile.TarInfo("/".join(parts[:depth]))

@@ -14,7 +14,9 @@ the one the one-engine code reads exactly once across restarts, and a follow thr
 the manager does not end when the task does.
 """
 
+import io
 import logging
+import tarfile
 import time
 from contextlib import contextmanager
 from functools import cached_property
@@ -31,7 +33,8 @@ from docker.types import (
 from runs.clusters import image_reference
 from runs.executors.base import REPORTER_FILE, ExecutorError, ExitInfo, ImagePull, Limits, Placement, script_for, with_reporter
 from runs.executors.docker import (
-    REPORTER_DIR, RUNYARD_DIR, SIGNAL_THE_GROUP, DockerExecutor, StreamBroke, log_config, pull_failure, runyard_dir_mount,
+    REPORTER_DIR, RUNYARD_DIR, SIGNAL_THE_GROUP, DockerExecutor, StreamBroke, export_folders_tar, log_config, pull_failure,
+    runyard_dir_mount,
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ WAITING = {"new", "pending"}  # not placed yet: no node has room
 PLACED = {"assigned", "accepted", "preparing", "ready", "starting"}  # on a node, pulling the image
 ENGINE_TROUBLE = (DockerException, requests.exceptions.RequestException, OSError)
 NODE_CHECK_SECONDS = 3.0
+# In RUNYARD_DIR: a run with exports begins its commands once this exists (SwarmExecutor.begin).
+BEGIN_FILE = "begin"
 
 
 class NodeUnreachable(ExecutorError):
@@ -51,6 +56,12 @@ class NodeUnreachable(ExecutorError):
 
 class ManagerUnreachable(ExecutorError):
     """The cluster's manager does not answer: its runs wait, nothing is decided meanwhile."""
+
+    retry = True
+
+
+class NodeNotAnswering(ExecutorError):
+    """A run's node does not answer yet: whether it is lost, the Swarm says in time."""
 
     retry = True
 
@@ -86,8 +97,9 @@ def export_mounts(run) -> list[Mount]:
     """Each export path as a volume of its own, so it exists before the first command:
     a Swarm starts the container itself, nothing can be copied in before. The engine
     gives a new volume what the image has at that path (its owner among it), else an
-    empty folder owned by root. The archive API reads volumes, so exports see it all;
-    the volume goes with the task's container."""
+    empty folder owned by root, which `begin` opens to the image's user (who may not be
+    root) before the commands begin. The archive API reads volumes, so exports see it
+    all; the volume goes with the task's container."""
     return [Mount(path.rstrip("/"), None, type="volume") for path in run.spec.get("export", {})]
 
 
@@ -106,6 +118,23 @@ class NodeEngine(DockerExecutor):
         except StreamBroke:
             self.connection_broke = True
             raise
+
+    def open_exports(self, run) -> None:
+        """Make the export folders writable by anyone in the running container, as one
+        engine makes them before the start, then let the run's commands begin."""
+        container = self._container(run)
+        if container is None:
+            raise ExecutorError(f"container disappeared on node {self.node} before its commands began")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            tar.addfile(tarfile.TarInfo(BEGIN_FILE))  # empty: its being there is the go-ahead
+        try:
+            container.put_archive("/", export_folders_tar(run.spec.get("export", {})))
+            container.put_archive(RUNYARD_DIR, buffer.getvalue())
+        except APIError as exc:
+            raise ExecutorError(f"could not make the export folders on node {self.node}: {exc.explanation or exc}") from None
+        except ENGINE_TROUBLE as exc:
+            raise NodeUnreachable(self.node, f"its Docker engine does not answer ({type(exc).__name__})") from None
 
     def _container(self, run):
         labels = [f"runyard.instance={self.instance_id}", f"runyard.run={run.pk}"]
@@ -258,7 +287,8 @@ class SwarmExecutor:
         existing = self._service(run)
         if existing is not None:
             return existing.id
-        script = script_for(run.spec)
+        # With exports, the commands wait for `begin` (the folders a Swarm makes are root's).
+        script = script_for(run.spec, wait_for=BEGIN_FILE if run.spec.get("export") else "")
         reporter = self._reporter_config()
         container = ContainerSpec(
             image=run.image_digest or image_reference(self.cluster, run.image),
@@ -338,6 +368,17 @@ class SwarmExecutor:
             if exc.status_code != 409:
                 raise ExecutorError(f"could not store the reporter module on the cluster: {exc.explanation or exc}") from None
             return next(c for c in self.manager.configs.list(filters={"name": name}) if c.name == name)
+
+    def begin(self, run) -> None:
+        """The run's container runs on its node, its commands waiting where it has exports
+        (run_script): make every export folder writable by the image's user, then let
+        the commands begin. Done again, it changes nothing."""
+        if not run.spec.get("export"):
+            return  # its commands began with the container
+        try:
+            self.node_engine(run).open_exports(run)
+        except NodeUnreachable as exc:
+            raise NodeNotAnswering(str(exc)) from None
 
     def read_export(self, run, path: str):
         try:

@@ -141,7 +141,9 @@ logScale.addEventListener("change", () => { for (const key of charts.keys()) dra
 filter.addEventListener("input", applyFilter);
 
 document.getElementById("plots-toolbar").addEventListener("submit", (event) => event.preventDefault());
-document.addEventListener("run-status", (event) => {
+// live_runs.js tells every status change of the team's runs: this run's final one ends the refreshing.
+document.body.addEventListener("run:status", (event) => {
+  if (String(event.detail.run) !== runId) return;
   if (["completed", "failed", "terminated"].includes(event.detail.to)) { live = false; refresh(); }
 });
 

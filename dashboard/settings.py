@@ -292,6 +292,15 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2621440  # Django's default: larger files go to a 
 # git imports from local paths and file:// URLs read the worker's own disk: fine for
 # one team on its own machine, not for a shared deployment.
 RUNYARD_GIT_ALLOW_FILE = env_bool("RUNYARD_GIT_ALLOW_FILE", not DATABASE_URL)
+# Imports from the network (hf://, s3://, gs://, git over HTTP(S)) are checked when a run is created, and
+# refused there when their host does not answer within RUNYARD_NETWORK_PROBE_SECONDS;
+# "off" refuses them without trying (an installation with no route out).
+RUNYARD_NETWORK_SOURCES = env_str("RUNYARD_NETWORK_SOURCES", "probe")
+if RUNYARD_NETWORK_SOURCES not in ("probe", "off"):
+    raise ImproperlyConfigured(f"RUNYARD_NETWORK_SOURCES={RUNYARD_NETWORK_SOURCES!r}: expected probe or off")
+RUNYARD_NETWORK_PROBE_SECONDS = env_int("RUNYARD_NETWORK_PROBE_SECONDS", 3, 1)
+# Where hf://huggingface.co/ORG/REPO is fetched from (a mirror, as huggingface_hub's HF_ENDPOINT).
+RUNYARD_HF_ENDPOINT = env_str("RUNYARD_HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 # Key for team secrets at rest; derived from SECRET_KEY unless given.
 RUNYARD_SECRETS_KEY = env_secret("RUNYARD_SECRETS_KEY")
 

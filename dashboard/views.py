@@ -2,6 +2,7 @@
 runs.access, and every action goes through runs.services."""
 
 import json
+import re
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -21,7 +22,7 @@ from runs.models import Run, RunEvent, Status
 from runs.selectors import runs_for_user
 from runs.services import RunNotFinal, create_run, reproduce_run, terminate_run
 from runs.slots import attach_queue_positions
-from runs.spec import MAX_SPEC_BYTES, SpecError, dump_spec_yaml, line_of
+from runs.spec import MAX_SPEC_BYTES, SpecError, dump_spec_yaml, format_duration, line_of
 from runs.system_metrics import is_system_key
 
 PAGE_SIZE = 50
@@ -251,7 +252,7 @@ def run_reproduce(request, run_id: int):
     run = _run_or_404(request, run_id)
     errors = []
     env_text = "\n".join(f"{k}={v}" for k, v in run.spec.get("env", {}).items() if isinstance(v, str))
-    commands_text = "\n".join(step["command"] for step in run.spec.get("run", []))
+    commands_text = "\n".join(_step_line(step) for step in run.spec.get("run", []))
     if request.method == "POST":
         overrides = None
         if request.POST.get("mode") == "changed":
@@ -277,6 +278,20 @@ def run_reproduce(request, run_id: int):
     }, status=400 if errors else 200)
 
 
+# The reproduce form lists one step a line; a wait step reads "wait: 10s" there (no
+# command is called "wait:", so the line cannot mean anything else).
+_WAIT_LINE = re.compile(r"wait:\s*(\S+)")
+
+
+def _step_line(step: dict) -> str:
+    return f"wait: {format_duration(step['wait_seconds'])}" if "wait_seconds" in step else step["command"]
+
+
+def _line_step(line: str) -> dict:
+    wait = _WAIT_LINE.fullmatch(line.strip())
+    return {"wait": wait.group(1)} if wait else {"command": line}
+
+
 def _overrides_from_form(run: Run, env_text: str, commands_text: str, preset: str) -> tuple[dict, list]:
     env, errors = {}, []
     for number, line in enumerate(env_text.splitlines(), 1):
@@ -291,10 +306,10 @@ def _overrides_from_form(run: Run, env_text: str, commands_text: str, preset: st
     for name, value in run.spec.get("env", {}).items():
         if isinstance(value, str) and name not in env:
             env[name] = None
-    commands = [{"command": line} for line in commands_text.splitlines() if line.strip()]
+    commands = [_line_step(line) for line in commands_text.splitlines() if line.strip()]
     workdirs = [step.get("workdir") for step in run.spec.get("run", [])]
     for index, step in enumerate(commands):
-        if index < len(workdirs) and workdirs[index]:
+        if index < len(workdirs) and workdirs[index] and "command" in step:
             step["workdir"] = workdirs[index]
     overrides = {"env": env, "run": commands}
     if preset:

@@ -8,6 +8,7 @@ import base64
 import functools
 import logging
 import posixpath
+import re
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
@@ -24,9 +25,9 @@ from runs.executors import default_executor_name
 from runs.lifecycle import IllegalTransition
 from runs.models import ApiToken, Run, RunEvent, RunFile, Status, Team
 from runs.selectors import runs_for_user
-from runs.services import RunNotFinal, create_run, reproduce_run, terminate_run
+from runs.services import RunNotFinal, create_run, dry_run, reproduce_run, terminate_run
 from runs.slots import attach_queue_positions, queue_position
-from runs.spec import SpecError
+from runs.spec import SpecError, line_of
 from runs.streaming import storage_chunks, stream_response
 from runs.throttle import token_refusal
 
@@ -242,11 +243,32 @@ def _create(request):
     # YAML goes to the spec parser as bytes: it bounds YAML's nesting and aliases itself.
     source = json_body(request) if content_type == "application/json" else json_body(request, raw=True)
     team = team_param(request, Action.CHANGE)
+    if _bool_param(request, "dry_run"):
+        return JsonResponse(_dry_run_answer(request.user, source, team))
     run = create_run(user=request.user, source=source, team=team)
     run = Run.objects.select_related("owner", "team", "preset", "cluster").get(pk=run.pk)
     response = JsonResponse(serialize_run(run), status=201)
     response["Location"] = f"/api/v1/runs/{run.pk}"
     return response
+
+
+def _dry_run_answer(user, source, team) -> dict:
+    """services.dry_run, with the line of the YAML each problem is on (null for JSON)."""
+    answer = dry_run(user=user, source=source, team=team)
+    text = source.decode("utf-8", "replace") if isinstance(source, bytes) else None
+    for problem in answer["errors"] + answer["warnings"]:
+        named = re.search(r"\bline (\d+)", problem["msg"])  # a YAML error or a template names its line itself
+        problem["line"] = (line_of(text, problem["loc"]) or (int(named.group(1)) if named else None)) if text is not None else None
+    return answer
+
+
+def _bool_param(request: HttpRequest, name: str) -> bool:
+    raw = request.GET.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ApiError(400, f"{name} must be true or false", [{"loc": name, "msg": "expected true or false"}])
 
 
 def team_param(request, action: Action = Action.READ) -> Team | None:

@@ -13,6 +13,8 @@ materialized as read-only volumes while it is initializing.
 - run://ID/PATH: the files an earlier run of the team exported under PATH.
 - volume://NAME: frozen to run://ID/PATH, the files the team's newest run with whole
   outputs (runs.exports.WHOLE_OUTPUTS) exported to volume NAME (or vessl-artifact://NAME).
+- hf://huggingface.co/ORG/REPO[@REV]: a git repository over HTTPS, resolved and fetched
+  as git is once runs.remote_sources finds it reachable; s3:// and gs:// are refused.
 
 An import volume is a cache shared by the runs that read the same content, so its
 key names the team and the (normalized) source as well as the content: another
@@ -31,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 
-from runs import credentials
+from runs import credentials, remote_sources
 from runs.archives import open_archive, stored_files_hash, tar_of_stored_files
 from runs.exports import WHOLE_OUTPUTS, files_under
 from runs.executors.base import ExecutorError
@@ -67,6 +69,9 @@ def resolve(spec: dict, team: Team) -> tuple[dict, list[dict], list[dict]]:
             git = dict(source["git"])
             try:
                 credential = credentials.git_credential(team.pk, git["credential"], git["url"]) if git.get("credential") else None
+                # Its host is probed first: no route out is said at once, not after git's timeout.
+                if not git.get("commit") and (refusal := remote_sources.git_refusal(git["url"])):
+                    raise GitError("url", refusal)
                 git["commit"] = git.get("commit") or resolve_git_ref(git["url"], git["ref"], credential)
             except (GitError, credentials.CredentialError) as exc:
                 errors.append({"loc": f"{loc}.git.{exc.field}", "msg": str(exc)})
@@ -92,6 +97,14 @@ def resolve(spec: dict, team: Team) -> tuple[dict, list[dict], list[dict]]:
                 continue
             frozen_imports[path] = {"code": {"hash": snapshot.archive.content_hash}}
             listed.append({"path": path, "kind": "code", "content_hash": snapshot.archive.content_hash, "size_bytes": snapshot.archive.size_bytes})
+        elif "remote" in source:
+            frozen, refusal = _resolve_remote(source["remote"])
+            if refusal:
+                errors.append({"loc": loc, "msg": refusal})
+                continue
+            frozen_imports[path] = frozen
+            git = frozen["remote"]["git"]
+            listed.append({"path": path, "kind": "hf", "url": frozen["remote"]["url"], "ref": git["ref"], "commit": git["commit"]})
         else:
             resolved = _resolve_team_files(source, team)
             if isinstance(resolved, str):
@@ -100,6 +113,47 @@ def resolve(spec: dict, team: Team) -> tuple[dict, list[dict], list[dict]]:
             frozen_imports[path], item = resolved
             listed.append({"path": path, **item})
     return {**spec, "import": frozen_imports}, listed, errors
+
+
+def _resolve_remote(remote: dict) -> tuple[dict, str]:
+    """An hf:// source frozen to a commit of its git repository, or why it cannot be
+    (s3:// and gs:// always: runs.remote_sources)."""
+    url = remote["url"]
+    if not url.startswith("hf://"):
+        return {}, remote_sources.bucket_refusal(url)
+    if remote.get("git", {}).get("commit"):
+        return {"remote": remote}, ""
+    git_url, ref, refusal = remote_sources.hf_repository(url)
+    if refusal:
+        return {}, refusal
+    try:
+        commit = resolve_git_ref(git_url, ref)
+        lfs_files = _lfs_files(git_url, commit)
+    except GitError as exc:
+        return {}, f"{url}: {exc}"
+    if lfs_files:
+        shown = ", ".join(lfs_files[:3]) + (f" and {len(lfs_files) - 3} more" if len(lfs_files) > 3 else "")
+        return {}, (f"{url} keeps {len(lfs_files)} file{'s' if len(lfs_files) != 1 else ''} in Git LFS ({shown}), which"
+                    " this installation cannot fetch: upload them as a dataset (runyard dataset create) and import dataset://NAME")
+    return {"remote": {"url": url, "git": {"url": git_url, "ref": ref, "commit": commit}}}, ""
+
+
+LFS_POINTER = "^version https://git-lfs.github.com/spec/v1"
+
+
+def _lfs_files(url: str, commit: str) -> list[str]:
+    """The files of `commit` that are Git LFS pointers (a few lines naming content kept
+    elsewhere). Fetched into a temporary repository, gone afterwards: a dry run keeps nothing."""
+    with tempfile.TemporaryDirectory(prefix="runyard-git-") as work:
+        try:
+            _git("init", "--quiet", work)
+            fetched = _git("fetch", "--quiet", "--depth", "1", "--no-tags", "--", url, commit, cwd=Path(work))
+            if fetched.returncode != 0:
+                raise GitError("url", f"could not fetch commit {commit[:12]} from {url}: {_last_line(fetched.stderr, 'git fetch failed')}")
+            found = _git("grep", "-l", "-I", "-e", LFS_POINTER, commit, cwd=Path(work))
+        except subprocess.TimeoutExpired:
+            raise GitError("url", f"{url} did not answer in {GIT_TIMEOUT} s") from None
+    return [line.partition(":")[2] for line in found.stdout.splitlines()] if found.returncode == 0 else []
 
 
 def _resolve_team_files(source: dict, team: Team) -> tuple[dict, dict] | str:
@@ -299,6 +353,10 @@ def volumes_for(run) -> list[ImportVolume]:
             archive = version.archive
             key = cache_key("dataset", run.team_id, f"dataset://{name}", archive.content_hash)
             volumes.append(ImportVolume(path, key, f"dataset {name}@{number}", lambda a=archive: open_archive(a)))
+        elif "remote" in source and "git" in source["remote"]:  # hf://, a git repository
+            commit, url = source["remote"]["git"]["commit"], source["remote"]["git"]["url"]
+            key = cache_key("git", run.team_id, normalize_git_url(url), commit)
+            volumes.append(ImportVolume(path, key, f"{source['remote']['url']}@{commit[:12]}", lambda u=url, c=commit: _git_tree(u, c)))
         elif "code" in source:
             snapshot = CodeSnapshot.objects.filter(team=run.team, archive__content_hash=source["code"]["hash"]).select_related("archive").first()
             if snapshot is None:

@@ -103,14 +103,23 @@ SCHEMAS = {
     "Run": obj(RUN_FIELDS, closed=True),
     "RunPage": obj({"items": {"type": "array", "items": ref("Run")}, "next_cursor": nullable(STRING)}),
     "Import": obj({
-        "path": STRING, "kind": {"type": "string", "enum": ["git", "dataset", "code", "model", "run_files"]},
+        "path": STRING, "kind": {"type": "string", "enum": ["git", "dataset", "code", "model", "run_files", "hf"]},
         "url": STRING, "ref": STRING, "commit": STRING, "credential": {**STRING, "description": "git: the team credential it logs in with"},
         "name": STRING, "version": INTEGER, "content_hash": STRING, "size_bytes": COUNT, "file_count": COUNT,
         "run": INTEGER, "run_path": STRING, "partial": BOOLEAN, "volume": STRING,
     }, optional=("url", "ref", "commit", "credential", "name", "version", "content_hash", "size_bytes", "file_count",
                  "run", "run_path", "partial", "volume"),
-        description="git: url, ref, commit, credential; dataset, model: name, version, content_hash; code: content_hash; "
+        description="git: url, ref, commit, credential; hf: url, ref, commit; dataset, model: name, version, content_hash; code: content_hash; "
                     "run_files: run, run_path, content_hash, partial (and volume, for a volume:// import)"),
+    "Problem": obj({"loc": STRING, "msg": STRING,
+                    "line": {**nullable(INTEGER), "description": "the line of the YAML it is on; null for JSON, or where unknown"}}),
+    "DryRun": obj({
+        "valid": {**BOOLEAN, "description": "true: creating the run now would succeed"},
+        "spec": {"type": ["object", "null"], "description": "valid: the spec as it would be frozen (git commit, dataset"
+                 " version pinned); otherwise the file as read, or null if it could not be read"},
+        "errors": {"type": "array", "items": ref("Problem"), "description": "why it would be refused, each by field"},
+        "warnings": {"type": "array", "items": ref("Problem"), "description": "notes about what is accepted but changes nothing here"},
+    }, description="POST /runs?dry_run=true: what creating the run would do, without doing it"),
     "Event": obj({
         "from": nullable(STRING), "to": STRING, "at": TIME, "actor": STRING, "reason": STRING,
     }),
@@ -261,7 +270,15 @@ OVERRIDES = obj({
 PATHS = {
     "/health": {"get": op("Service health", {200: json_body(ref("Health")), 503: json_body(ref("Health"), "the database is unreachable")})},
     "/runs": {
-        "post": op("Create a run from its YAML spec", {201: json_body(ref("Run"), "created")}, [TEAM], RUN_SPEC_BODY, errors=(413, 415)),
+        "post": op("Create a run from its YAML spec", {
+            201: json_body(ref("Run"), "created"),
+            200: json_body(ref("DryRun"), "dry_run=true: validated and resolved, nothing created (also when not valid)"),
+        }, [TEAM, param("dry_run", schema={"type": "boolean", "default": False},
+                        description="true: check and resolve the file exactly as creating would, and create nothing")],
+            RUN_SPEC_BODY, errors=(413, 415),
+            description="With dry_run=true the answer is 200 {valid, spec, errors, warnings} whether or not the file is"
+                        " valid: the same checks as creating (git ref to commit, dataset version, preset, cluster, secrets,"
+                        " credit limit), and nothing is written."),
         "get": op("List runs, newest first", {200: json_body(ref("RunPage"))}, [
             param("status", schema={"type": "array", "items": {"type": "string", "enum": list(Status.values)}}, description="repeatable"),
             param("tag"), param("q", description="name contains"), param("owner", description="username"),

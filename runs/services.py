@@ -2,6 +2,7 @@
 admin all come through here."""
 
 import json
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import yaml
@@ -13,18 +14,20 @@ from runs.credits import team_credits_used
 from runs.access import Action, NotAllowed, require, team_for_user
 from runs.lifecycle import FINAL, IllegalTransition, transition
 from runs.models import Membership, ResourcePreset, Role, Run, Status, Team
-from runs.spec import SpecError, dump_spec_yaml, org_warnings, parse_spec_with_secrets
+from runs.spec import SpecError, dump_spec_yaml, org_warnings, parse_spec_in_full, parse_spec_with_secrets, split_warnings
 from runs.tasks import enqueue
 
 DEFAULT_TEAM = "default"
 
 
 class CreditLimitReached(SpecError):
-    """The team has used its credits: a 400 that names the limit, not the spec."""
+    """The team has used its credits: a 400 that names the limit, not the spec (and
+    lists whatever else is wrong with the file after it)."""
 
-    def __init__(self, team: Team, used):
+    def __init__(self, team: Team, used, other_errors=(), warnings=()):
         self.detail = f"team {team.name} has used {used} of its credit limit of {team.credit_limit} credits: no new run starts"
-        super().__init__([{"loc": "team.credit_limit", "msg": f"{self.detail} (a team admin can raise the limit)"}])
+        limit = {"loc": "team.credit_limit", "msg": f"{self.detail} (a team admin can raise the limit)"}
+        super().__init__([limit, *other_errors], warnings=list(warnings))
 
 
 class RunNotFinal(Exception):
@@ -42,7 +45,23 @@ def join_default_team(user, role: str = Role.MEMBER) -> Team:
     return team
 
 
-def create_run(
+@dataclass
+class RunPlan:
+    """Everything creating a run decides before it writes anything: the frozen spec
+    and what it is bound to. `warnings` are notes about the file ({"loc", "msg"})."""
+
+    spec: dict
+    team: Team
+    preset: ResourcePreset
+    cluster: object  # runs.models.Cluster
+    imports: list = field(default_factory=list)  # what the run reads, as shown on it
+    image_digest: str = ""
+    executor: str = ""
+    warnings: list = field(default_factory=list)
+    sealed_secrets: bytes | str | None = None  # the inline secrets' values, encrypted (team_secrets)
+
+
+def plan_run(
     *,
     user,
     source=None,
@@ -50,26 +69,33 @@ def create_run(
     team: Team | None = None,
     executor: str | None = None,
     reproduced_from: Run | None = None,
-    changes: dict | None = None,
     inline_secrets: dict[str, str] | None = None,
-) -> Run:
-    """Validate, resolve and freeze the spec, then queue the run. Raises SpecError.
+) -> RunPlan:
+    """Validate and resolve a run file as creating it would, writing nothing.
 
     `source` is what a user sent (YAML text or a parsed dict): its imports are
     resolved now (git ref to commit, dataset to version). `frozen_spec` is a spec
     frozen before (reproduce): used exactly as it is, with `reproduced_from`'s
     image digest and imports; what is gone since fails the run at initializing.
     The values of inline secrets come from `source` (or `inline_secrets`), else from
-    `reproduced_from`, and are kept encrypted with the run, never in its spec.
+    `reproduced_from`. Raises SpecError with every problem found (`.warnings` too,
+    and `.spec`, the file as read when it could be read); NotAllowed or
+    Team.DoesNotExist when the user may not launch in `team`.
     """
-    if frozen_spec is not None:
-        spec, given = frozen_spec, dict(inline_secrets or {})
-    else:
-        spec, given = parse_spec_with_secrets(source)
     if team is None:
         team = team_for_user(user, None, Action.CHANGE)  # the user's first team where they may launch
     require(user, Action.CHANGE, team)
-    _check_credit_limit(team)  # early, so a team at its limit clones and resolves nothing
+    credits_used = team_credits_used(team.pk) if team.credit_limit is not None else None
+    over_limit = credits_used if credits_used is not None and credits_used >= team.credit_limit else None
+    if frozen_spec is not None:
+        spec, given, warnings = frozen_spec, dict(inline_secrets or {}), []
+    else:
+        try:
+            spec, given, warnings = parse_spec_in_full(source)
+        except SpecError as exc:
+            raise _refusal(team, over_limit, exc.errors, exc.warnings, None) from None
+    if over_limit is not None:  # early, so a team at its limit clones and resolves nothing
+        raise _refusal(team, over_limit, [], warnings, spec)
     errors = []
     preset = ResourcePreset.objects.filter(name=spec["resources"]["preset"]).first()
     if preset is None:
@@ -81,23 +107,51 @@ def create_run(
     if cluster is not None and cluster.kind == cluster.Kind.SWARM and spec.get("import"):
         errors.append({"loc": "import", "msg": f"imports are not available on Swarm cluster {cluster.name!r} yet: "
                        "run this on a single-engine cluster, or copy the data into the image"})
+    parsed = spec
     if reproduced_from is not None:
         read, image_digest = reproduced_from.imports, reproduced_from.image_digest
         warnings = reproduced_from.warnings
     else:
-        spec, read, import_errors = imports.resolve(spec, team)
+        spec, read, import_problems = imports.resolve(spec, team)
+        import_errors, import_warnings = split_warnings(import_problems)
         errors += import_errors + team_secrets.missing_for_spec(spec, team)
         image_digest = ""
-        warnings = org_warnings(source, team.name) if source is not None else []
+        warnings = warnings + (org_warnings(source, team.name) if source is not None else []) + import_warnings
     sealed, secret_errors = team_secrets.seal_inline_values(spec, given, reproduced_from)
     errors += secret_errors
     if errors:
-        raise SpecError(errors)
+        raise _refusal(team, None, errors, warnings, parsed)
+    return RunPlan(spec=spec, team=team, preset=preset, cluster=cluster, imports=read, image_digest=image_digest,
+                   executor=clusters.executor_name(cluster, executor), warnings=warnings, sealed_secrets=sealed)
+
+
+def _refusal(team: Team, credits_used, errors: list, warnings: list, spec: dict | None) -> SpecError:
+    refusal = CreditLimitReached(team, credits_used, errors, warnings) if credits_used is not None else SpecError(errors, warnings)
+    refusal.spec = spec
+    return refusal
+
+
+def create_run(
+    *,
+    user,
+    source=None,
+    frozen_spec: dict | None = None,
+    team: Team | None = None,
+    executor: str | None = None,
+    reproduced_from: Run | None = None,
+    changes: dict | None = None,
+    inline_secrets: dict[str, str] | None = None,
+) -> Run:
+    """Validate, resolve and freeze the spec (plan_run), then queue the run. Raises
+    SpecError. The inline secrets' values are kept encrypted with the run, never in its spec."""
+    plan = plan_run(user=user, source=source, frozen_spec=frozen_spec, team=team, executor=executor,
+                    reproduced_from=reproduced_from, inline_secrets=inline_secrets)
+    spec = plan.spec
     with transaction.atomic():
         # Checked again under the team's row lock, until the run is stored: resolving
         # the imports may have taken a while, and a limit lowered meanwhile (its PATCH
         # or admin save holds the same row) is honoured; creations of one team queue here.
-        team = Team.objects.select_for_update().get(pk=team.pk)
+        team = Team.objects.select_for_update().get(pk=plan.team.pk)
         _check_credit_limit(team)
         run = Run.objects.create(
             name=spec["name"],
@@ -108,19 +162,34 @@ def create_run(
             image=spec["image"],
             owner=user,
             team=team,
-            preset=preset,
+            preset=plan.preset,
             reproduced_from=reproduced_from,
             changes=changes or {},
-            imports=read,
-            image_digest=image_digest,
-            cluster=cluster,
-            executor=clusters.executor_name(cluster, executor),
-            warnings=warnings,
-            inline_secrets_ciphertext=sealed,
+            imports=plan.imports,
+            image_digest=plan.image_digest,
+            cluster=plan.cluster,
+            executor=plan.executor,
+            warnings=plan.warnings,
+            inline_secrets_ciphertext=plan.sealed_secrets,
         )
         model_registry.record_uses(run)
         enqueue("start", run.pk)
     return run
+
+
+def dry_run(*, user, source, team: Team | None = None) -> dict:
+    """What creating a run from `source` would do, without doing it (SPEC §8):
+    {"valid", "spec", "errors", "warnings"}. `spec` is the resolved spec when valid,
+    the file as read when only its resolution failed, else None. Nothing is written:
+    the resolution runs in a transaction that is rolled back."""
+    with transaction.atomic():
+        try:
+            plan = plan_run(user=user, source=source, team=team)
+        except SpecError as exc:
+            return {"valid": False, "spec": getattr(exc, "spec", None), "errors": exc.errors, "warnings": exc.warnings}
+        finally:
+            transaction.set_rollback(True)
+    return {"valid": True, "spec": plan.spec, "errors": [], "warnings": plan.warnings}
 
 
 def _check_credit_limit(team: Team) -> None:
@@ -255,4 +324,7 @@ def _require_launch_rights(run: Run, user) -> None:
     require(user, Action.CHANGE, run.team)
 
 
-__all__ = ["CreditLimitReached", "IllegalTransition", "NotAllowed", "RunNotFinal", "SpecError", "create_run", "terminate_run", "reproduce_run"]
+__all__ = [
+    "CreditLimitReached", "IllegalTransition", "NotAllowed", "RunNotFinal", "RunPlan", "SpecError",
+    "create_run", "dry_run", "plan_run", "terminate_run", "reproduce_run",
+]

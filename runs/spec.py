@@ -18,7 +18,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SpecError", "parse_spec", "parse_spec_with_secrets", "dump_spec_yaml", "line_of", "org_warnings", "MAX_SPEC_BYTES"]
+__all__ = [
+    "SpecError", "parse_spec", "parse_spec_with_secrets", "parse_spec_with_warnings", "parse_spec_in_full",
+    "dump_spec_yaml", "line_of", "org_warnings", "warning", "split_warnings", "format_duration", "MAX_SPEC_BYTES",
+]
 
 MAX_SPEC_BYTES = 256 * 1024
 # Hostile YAML: nesting deeper than this is refused before PyYAML recurses into it,
@@ -33,6 +36,7 @@ DEFAULT_CLUSTER = "default"
 DEFAULT_PRESET = "cpu-small"
 DEFAULT_GIT_REF = "HEAD"
 RESERVED_ENV_PREFIX = "RUNYARD_"
+MAX_WAIT_SECONDS = 30 * 86400
 
 # Top-level sections whose keys are user-chosen (paths, variable names), so
 # their locations are written as import["/code/"] rather than import./code/.
@@ -44,6 +48,9 @@ CREDENTIAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 _DATASET_URI = re.compile(r"dataset://(?P<name>[A-Za-z0-9._-]+)(?:@(?P<version>.*))?", re.DOTALL)
 _CODE_URI = re.compile(r"code://(?P<hash>[0-9a-f]{64})")
 _VOLUME_URI = re.compile(r"volume://(?P<name>[A-Za-z0-9._-]+)")
+_GIT_SHORTHAND = re.compile(r"git://(?P<host>[A-Za-z0-9.-]+(?::[0-9]{1,5})?)/(?P<path>[A-Za-z0-9._~/-]+?)(?:@(?P<ref>[^@\s]+))?")
+_HF_URI = re.compile(r"hf://(?P<host>[^/\s]+)/(?P<path>[A-Za-z0-9._/-]+?)(?:@(?P<rev>[^@\s]+))?")
+_BUCKET_URI = re.compile(r"(?:s3|gs)://[A-Za-z0-9][A-Za-z0-9._-]{1,221}(?:/\S*)?")
 # Units must appear largest first, each at most once ("1m30s", "500ms").
 # The (?!s) keeps the minutes group from eating the "m" of "ms".
 _DURATION = re.compile(
@@ -59,6 +66,7 @@ _MSG_DURATION = "expected a duration like 10s"
 _MSG_EMPTY = "must not be empty"
 _MSG_ABSOLUTE_PATH = "expected an absolute path"
 _MSG_UNSTORABLE = "must not contain NUL (\\0) or an unpaired surrogate"
+_STEP_FORMS = "a command string, {command, workdir} or {wait: DURATION}"
 
 Error = dict[str, str]
 Errors = list[Error]
@@ -70,11 +78,12 @@ FieldParser = Callable[[Any, str, Errors], Any]
 class SpecError(Exception):
     """A spec failed to parse or validate; ``errors`` holds every problem found."""
 
-    def __init__(self, errors: Errors) -> None:
+    def __init__(self, errors: Errors, warnings: Errors | None = None) -> None:
         # Passing errors to Exception keeps the exception picklable (Celery
         # results, multiprocessing), since unpickling calls cls(*args).
         super().__init__(errors)
         self.errors: Errors = list(errors)
+        self.warnings: Errors = list(warnings or [])  # notes found before the errors (parse_spec_with_warnings)
 
     def __str__(self) -> str:
         return "; ".join(f"{e['loc']}: {e['msg']}" if e["loc"] else e["msg"] for e in self.errors)
@@ -109,6 +118,28 @@ def _loc_from_path(path: list[str | int]) -> str:
 
 def _add(errors: Errors, loc: str, msg: str) -> None:
     errors.append({"loc": loc, "msg": msg})
+
+
+# ---------------------------------------------------------------- warnings
+#
+# A warning is a note about a file that is still accepted (a VESSL key Runyard
+# ignores, an organization that is not the run's team). Parsers and resolvers put
+# it in the same list as the errors, marked, so no function's signature changes;
+# whoever finishes (parse_spec_with_warnings, runs.services) splits the two.
+
+_WARNING_MARK = "warning"
+
+
+def warning(loc: str, msg: str) -> dict[str, Any]:
+    """A problem entry that does not refuse the file: append it to an error list."""
+    return {"loc": loc, "msg": msg, _WARNING_MARK: True}
+
+
+def split_warnings(problems: list[dict[str, Any]]) -> tuple[Errors, Errors]:
+    """(errors, warnings) of a list that may hold both; each as {"loc", "msg"}."""
+    errors = [p for p in problems if not p.get(_WARNING_MARK)]
+    warnings = [{"loc": p["loc"], "msg": p["msg"]} for p in problems if p.get(_WARNING_MARK)]
+    return errors, warnings
 
 
 # ---------------------------------------------------------------- YAML loading
@@ -251,6 +282,8 @@ def _load_yaml(source: str | bytes) -> Any:
     if size > MAX_SPEC_BYTES:
         raise SpecError([{"loc": "", "msg": "spec is larger than 256 KiB"}])
     text = _decode_yaml_bytes(source) if isinstance(source, bytes) else source
+    if templates := _template_errors(text):
+        raise SpecError(templates)
     # Same as yaml.safe_load, but with the duplicate-key check and a clear
     # error for multi-document streams instead of a generic ComposerError.
     loader: _UniqueKeySafeLoader | None = None
@@ -265,6 +298,7 @@ def _load_yaml(source: str | bytes) -> Any:
         if root is None:
             return None
         _check_expanded_size(root)
+        _keep_env_text(root)
         return loader.construct_document(root)
     except _DuplicateKeyError as exc:
         raise SpecError([_duplicate_key_error(root, exc)]) from None
@@ -421,7 +455,7 @@ def _parse_resources(value: Any, loc: str, errors: Errors) -> dict[str, str] | N
     if not isinstance(value, dict):
         _add(errors, loc, _MSG_MAPPING)
         return None
-    parsers = {"cluster": _parse_non_empty_string, "preset": _parse_non_empty_string}
+    parsers = {"cluster": _parse_non_empty_string, "preset": _parse_non_empty_string, **_LEGACY_RESOURCES}
     fields = _parse_fields(value, loc, parsers, frozenset(), errors)
     return {"cluster": fields.get("cluster", DEFAULT_CLUSTER), "preset": fields.get("preset", DEFAULT_PRESET)}
 
@@ -460,17 +494,53 @@ def _parse_code_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | No
     return {"code": {"hash": match["hash"]}}
 
 
+def _parse_git_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    """VESSL's git://HOST/ORG/REPO[.git][@REF]. VESSL means its own clone of the
+    repository over HTTPS (with the run's git credential), not git's unauthenticated
+    git:// daemon protocol, which GitHub and most hosts no longer serve: so it is the
+    verbose {git: {url: https://HOST/ORG/REPO, ref: REF}}."""
+    match = _GIT_SHORTHAND.fullmatch(value)
+    segments = match["path"].split("/") if match else []
+    if match is None or len(segments) < 2 or any(part in ("", ".", "..") for part in segments):
+        _add(errors, loc, "expected git://HOST/ORG/REPO[.git][@REF], e.g. git://github.com/org/repo.git@main")
+        return None
+    return {"git": {"url": f"https://{match['host']}/{match['path']}", "ref": match["ref"] or DEFAULT_GIT_REF}}
+
+
+def _parse_hf_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    """hf://huggingface.co/ORG/REPO[@REVISION] (datasets/ORG/NAME, spaces/ORG/NAME too):
+    a Hugging Face repository, fetched over the network when the run is created
+    (runs.remote_sources), or refused then if it cannot be."""
+    match = _HF_URI.fullmatch(value)
+    segments = match["path"].split("/") if match else []
+    kind_ok = len(segments) == 2 or len(segments) == 3 and segments[0] in ("datasets", "spaces")
+    if match is None or match["host"].lower() != "huggingface.co" or not kind_ok or "" in segments:
+        _add(errors, loc, "expected hf://huggingface.co/ORG/REPO[@REVISION] (or hf://huggingface.co/datasets/ORG/NAME)")
+        return None
+    return {"remote": {"url": value}}
+
+
+def _parse_bucket_uri(value: str, loc: str, errors: Errors) -> dict[str, Any] | None:
+    """s3://BUCKET[/PATH] and gs://BUCKET[/PATH]: refused or resolved at creation (runs.remote_sources)."""
+    match = _BUCKET_URI.fullmatch(value)
+    if match is None:
+        scheme = value.partition("://")[0]
+        _add(errors, loc, f"expected {scheme}://BUCKET/PATH")
+        return None
+    return {"remote": {"url": value}}
+
+
 def _parse_import_source(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
-    if isinstance(value, str) and value.startswith("code://"):
-        return _parse_code_uri(value, loc, errors)
-    if isinstance(value, str) and value.startswith(_REFERENCE_IMPORT_SCHEMES):
-        return _parse_reference_import(value, loc, errors)
     if isinstance(value, str):
-        return _parse_dataset_uri(value, loc, errors)
+        scheme = value.partition("://")[0] + "://"
+        if scheme not in _IMPORT_URIS:
+            _add(errors, loc, f"unknown source {value!r}: expected {_import_forms()}")
+            return None
+        return _IMPORT_URIS[scheme][1](value, loc, errors)
     if isinstance(value, dict):
         fields = _parse_fields(value, loc, {"git": _parse_git_source}, frozenset({"git"}), errors)
         return {"git": fields["git"]} if "git" in fields else None
-    _add(errors, loc, "expected a dataset:// or code:// string, or a mapping with git")
+    _add(errors, loc, f"expected a source: {_import_forms()}")
     return None
 
 
@@ -515,22 +585,48 @@ def _parse_workdir(value: Any, loc: str, errors: Errors) -> str | None:
 
 
 def _parse_run_steps(value: Any, loc: str, errors: Errors) -> list[dict[str, Any]] | None:
+    """VESSL's forms of `run`: one command as a string, or a list of steps, each a
+    command string, {command, workdir} or {wait: DURATION}."""
+    if isinstance(value, str):
+        command = _parse_non_empty_string(value, loc, errors)
+        return None if command is None else [{"command": command, "workdir": None}]
     if not isinstance(value, list):
-        _add(errors, loc, _MSG_LIST)
+        _add(errors, loc, f"expected a command, or a list of steps (each {_STEP_FORMS})")
         return None
     if not value:
         _add(errors, loc, _MSG_EMPTY)
         return None
+    steps = [_parse_run_step(item, _index_loc(loc, index), errors) for index, item in enumerate(value)]
+    return [step for step in steps if step is not None]
+
+
+def _parse_run_step(item: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
+    if isinstance(item, str):
+        command = _parse_non_empty_string(item, loc, errors)
+        return None if command is None else {"command": command, "workdir": None}
+    if not isinstance(item, dict):
+        _add(errors, loc, f"expected {_STEP_FORMS}")
+        return None
+    if "wait" in item:
+        if "command" in item:
+            _add(errors, loc, "a step is either {command, workdir} or {wait: DURATION}, not both")
+            return None
+        fields = _parse_fields(item, loc, {"wait": _parse_wait}, frozenset({"wait"}), errors)
+        return {"wait_seconds": fields["wait"]} if "wait" in fields else None
     parsers = {"command": _parse_non_empty_string, "workdir": _parse_workdir}
-    steps: list[dict[str, Any]] = []
-    for index, item in enumerate(value):
-        item_loc = _index_loc(loc, index)
-        if not isinstance(item, dict):
-            _add(errors, item_loc, _MSG_MAPPING)
-            continue
-        fields = _parse_fields(item, item_loc, parsers, frozenset({"command"}), errors)
-        steps.append({"command": fields.get("command", ""), "workdir": fields.get("workdir")})
-    return steps
+    fields = _parse_fields(item, loc, parsers, frozenset({"command"}), errors)
+    return {"command": fields.get("command", ""), "workdir": fields.get("workdir")}
+
+
+def _parse_wait(value: Any, loc: str, errors: Errors) -> float | None:
+    millis = _duration_millis(value)
+    if millis is None:
+        _add(errors, loc, _MSG_DURATION)
+        return None
+    if not 0 <= millis <= MAX_WAIT_SECONDS * 1000:
+        _add(errors, loc, f"must be between 0 and {MAX_WAIT_SECONDS // 86400} days")
+        return None
+    return millis / 1000
 
 
 def _parse_env_name(name: Any, loc: str, errors: Errors) -> bool:
@@ -549,9 +645,7 @@ def _parse_env_value(value: Any, loc: str, errors: Errors) -> str | dict[str, st
     if isinstance(value, dict):
         fields = _parse_fields(value, loc, {"secret": _parse_non_empty_string}, frozenset({"secret"}), errors)
         return {"secret": fields["secret"]} if "secret" in fields else None
-    # Deliberately strict: YAML turns EPOCHS: 3 into an int and DEBUG: yes into
-    # a bool, and guessing the intended text ("3"? "3.0"? "True"?) goes wrong.
-    return _parse_string(value, loc, errors)
+    return _parse_env_scalar(value, loc, errors)
 
 
 def _parse_env(value: Any, loc: str, errors: Errors) -> dict[str, Any] | None:
@@ -589,7 +683,6 @@ _MODEL_URI = re.compile(rf"model://(?P<name>{_SET_NAME})(?:@(?P<version>.*))?", 
 _RUN_FILES_URI = re.compile(r"run://(?P<run>[^/]*)(?P<path>/.*)?", re.DOTALL)
 _ARTIFACT_URI = re.compile(rf"vessl-artifact://(?P<name>{_SET_NAME})?/?")
 _EXPORT_DATASET_URI = re.compile(rf"dataset://(?P<name>{_SET_NAME})")
-_REFERENCE_IMPORT_SCHEMES = ("vessl-model://", "model://", "vessl-dataset://", "run://", "volume://")
 _EXPORT_TARGETS = "volume://NAME, vessl-artifact://[NAME], vessl-model://ORG/REPO or vessl-dataset://ORG/NAME"
 
 
@@ -657,6 +750,26 @@ def _parse_reference_import(value: str, loc: str, errors: Errors) -> dict[str, A
     if value.startswith("run://"):
         return _parse_run_files_import(value, loc, errors)
     return _parse_volume_import(value, loc, errors)
+
+
+# Import sources written as one string: each scheme, how it is written, and its parser.
+_IMPORT_URIS: dict[str, tuple[str, Callable[[str, str, Errors], dict[str, Any] | None]]] = {
+    "git://": ("git://HOST/ORG/REPO[@REF]", _parse_git_uri),
+    "dataset://": ("dataset://NAME[@VERSION]", _parse_dataset_uri),
+    "code://": ("code://HASH", _parse_code_uri),
+    "hf://": ("hf://huggingface.co/ORG/REPO", _parse_hf_uri),
+    "s3://": ("s3://BUCKET/PATH", _parse_bucket_uri),
+    "gs://": ("gs://BUCKET/PATH", _parse_bucket_uri),
+    "vessl-dataset://": ("vessl-dataset://ORG/NAME[/VERSION]", _parse_reference_import),
+    "vessl-model://": ("vessl-model://ORG/REPO[/NUMBER]", _parse_reference_import),
+    "model://": ("model://NAME[@VERSION]", _parse_reference_import),
+    "run://": ("run://RUN_ID/PATH", _parse_reference_import),
+    "volume://": ("volume://NAME", _parse_reference_import),
+}
+
+
+def _import_forms() -> str:
+    return ", ".join(form for form, _ in _IMPORT_URIS.values()) + " or {git: {url, ref}}"
 
 
 def _parse_export_target(uri: str, loc: str, errors: Errors) -> dict[str, Any] | None:
@@ -911,6 +1024,172 @@ def keeps_alive(spec: Mapping[str, Any]) -> bool:
     return bool(spec.get("termination_protection")) or spec.get("interactive") is not None
 
 
+# ---------------------------------------------------------------- VESSL forms
+#
+# What a VESSL run file may say that Runyard reads its own way (SPEC §8): env values
+# of any scalar type, legacy keys refused with what to write instead, service files
+# and templates refused as a whole.
+
+_YAML_STR = "tag:yaml.org,2002:str"
+_YAML_NULL = "tag:yaml.org,2002:null"
+
+
+def _parse_env_scalar(value: Any, loc: str, errors: Errors) -> str | None:
+    """An env value as text. From YAML, numbers and booleans arrive as written
+    (_keep_env_text: EPOCHS: 010 is "010", DEBUG: yes is "yes"); from JSON they are
+    written out here (3 → "3", 0.5 → "0.5", true → "true")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return _parse_string(value, loc, errors)
+    if value is None:
+        _add(errors, loc, 'has no value: write "" for an empty one')
+    else:
+        _add(errors, loc, "expected a value (text, a number or true/false) or {secret: NAME}")
+    return None
+
+
+def _keep_env_text(root: yaml.Node) -> None:
+    """Make the scalars under `env` (and an env entry's `value`) strings as written,
+    before PyYAML turns 010 into 8, 0.10 into 0.1 and yes into True. New nodes
+    replace the old: an alias elsewhere to the same node keeps its own type."""
+    env = _mapping_value(root, "env")
+    if not isinstance(env, yaml.MappingNode):
+        return
+    for index, (name_node, value_node) in enumerate(env.value):
+        if isinstance(value_node, yaml.MappingNode):
+            for inner_index, (key, inner) in enumerate(value_node.value):
+                if isinstance(key, yaml.ScalarNode) and key.value == "value":
+                    value_node.value[inner_index] = (key, _as_text(inner))
+        else:
+            env.value[index] = (name_node, _as_text(value_node))
+
+
+def _mapping_value(node: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                return value_node
+    return None
+
+
+def _as_text(node: yaml.Node) -> yaml.Node:
+    if not isinstance(node, yaml.ScalarNode) or node.tag in (_YAML_STR, _YAML_NULL):
+        return node
+    return yaml.ScalarNode(_YAML_STR, node.value, node.start_mark, node.end_mark, style=node.style)
+
+
+_TEMPLATE = re.compile(r"\{\{.*?\}\}")
+_TEMPLATE_MSG = "{template} is a template: Runyard does not fill in templates; write the value itself"
+
+
+def _template_errors(text: str) -> Errors:
+    """A VESSL template ({{ inputs.lr }}) is refused, each naming its line: the file
+    is not a run until someone fills it in. Comment lines are left alone."""
+    hits = [
+        (number, match.group(0))
+        for number, line in enumerate(text.splitlines(), 1)
+        if not line.lstrip().startswith("#") and (match := _TEMPLATE.search(line))
+    ]
+    if not hits:
+        return []
+    locs = _locs_by_line(text)
+    return [{"loc": locs.get(number, ""), "msg": f"line {number}: " + _TEMPLATE_MSG.format(template=template)}
+            for number, template in hits]
+
+
+def _locs_by_line(text: str) -> dict[int, str]:
+    """For each line, the deepest field that starts on it; where the YAML cannot be
+    read (a template often breaks it), the top-level key the line belongs to."""
+    try:
+        root = yaml.compose(text, Loader=_UniqueKeySafeLoader)
+    except (yaml.YAMLError, SpecError):
+        root = None
+    if root is None:
+        locs, current = {}, ""
+        for number, line in enumerate(text.splitlines(), 1):
+            if (top := re.match(r"([^\s#:'\"-][^:]*):", line)) is not None:
+                current = top.group(1).strip()
+            locs[number] = current
+        return locs
+    found: dict[int, list[str | int]] = {}
+
+    def visit(node: yaml.Node, path: list[str | int], seen: set[int]) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        found[node.start_mark.line + 1] = path
+        children: list[tuple[str | int, yaml.Node, yaml.Node]] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [(k.value, k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(i, v, v) for i, v in enumerate(node.value)]
+        for segment, start, child in children:
+            found[start.start_mark.line + 1] = [*path, segment]
+            visit(child, [*path, segment], seen)
+
+    visit(root, [], set())
+    return {line: _loc_from_path(path) for line, path in found.items()}
+
+
+def _template_errors_in_data(value: Any, path: list[str | int]) -> Errors:
+    """The same for a spec sent as JSON: every string holding a template, by field."""
+    if isinstance(value, str):
+        match = _TEMPLATE.search(value)
+        return [{"loc": _loc_from_path(path), "msg": _TEMPLATE_MSG.format(template=match.group(0))}] if match else []
+    if isinstance(value, dict):
+        return [e for key, item in value.items() for e in _template_errors_in_data(item, [*path, str(key)])]
+    if isinstance(value, list):
+        return [e for index, item in enumerate(value) for e in _template_errors_in_data(item, [*path, index])]
+    return []
+
+
+def _refusal(message: str) -> FieldParser:
+    """A parser for a key VESSL knows and Runyard does not take: its message says what to write."""
+
+    def refuse(value: Any, loc: str, errors: Errors) -> None:
+        _add(errors, loc, message)
+
+    return refuse
+
+
+def _ignored(message: str) -> FieldParser:
+    """A parser for a VESSL key that changes nothing here: accepted, with a warning."""
+
+    def note(value: Any, loc: str, errors: Errors) -> None:
+        errors.append(warning(loc, message))
+
+    return note
+
+
+_PRESET_INSTEAD = "set by the resource preset here: write resources: {preset: NAME} (a preset has CPU, memory and GPUs)"
+_LEGACY_TOP_LEVEL: dict[str, FieldParser] = {
+    "accelerators": _refusal("VESSL's legacy key: GPUs come with the resource preset; write resources: {preset: NAME}"
+                             " with a preset that has GPUs"),
+    "volumes": _refusal("VESSL's legacy key: write import: {PATH: SOURCE} for what the run reads and"
+                        " export: {PATH: TARGET} for what it writes"),
+}
+_LEGACY_RESOURCES: dict[str, FieldParser] = {
+    "cpu": _refusal(_PRESET_INSTEAD),
+    "memory": _refusal(_PRESET_INSTEAD),
+    "accelerators": _refusal(_PRESET_INSTEAD),
+    "requests": _refusal(_PRESET_INSTEAD),
+    "node_names": _ignored("ignored: the cluster chooses the node (a Swarm places the run where there is room)"),
+}
+
+
+def _service_file_error(document: Mapping[Any, Any]) -> Error | None:
+    """A VESSL service (a long-lived, autoscaled endpoint) has `service:` and `message:`
+    where a run has neither: refused as a whole rather than key by key."""
+    for key in document:  # the first of them in the file, so the line shown is where it starts
+        if key in ("service", "message"):
+            return {"loc": key, "msg": "a service, not a run: this is a VESSL service file (service:, message:);"
+                    " Runyard takes run files (name, image, run)"}
+    return None
+
+
 _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
     "name": _parse_name,
     "description": _parse_string,
@@ -925,17 +1204,25 @@ _TOP_LEVEL_PARSERS: dict[str, FieldParser] = {
     "termination_grace": _parse_grace_seconds,
     "ports": _parse_ports,
     "interactive": _parse_interactive,
+    **_LEGACY_TOP_LEVEL,
 }
 _TOP_LEVEL_REQUIRED = frozenset({"name", "image", "run"})
 
 
-def _normalize_document(document: Any) -> dict[str, Any]:
+def _normalize_document(document: Any, warnings: Errors) -> dict[str, Any]:
+    """The normalized spec; the warnings found on the way are appended to `warnings`."""
     if not isinstance(document, dict):
         raise SpecError([{"loc": "", "msg": "expected a mapping at the top level"}])
-    errors: Errors = []
-    fields = _parse_fields(document, "", _TOP_LEVEL_PARSERS, _TOP_LEVEL_REQUIRED, errors)
+    if (service := _service_file_error(document)) is not None:
+        raise SpecError([service])
+    problems: Errors = []
+    # VESSL: "run could be empty if it's an interactive run" (a workspace kept alive for its terminal).
+    required = _TOP_LEVEL_REQUIRED - {"run"} if document.get("interactive") is not None else _TOP_LEVEL_REQUIRED
+    fields = _parse_fields(document, "", _TOP_LEVEL_PARSERS, required, problems)
+    errors, found_warnings = split_warnings(problems)
+    warnings += found_warnings
     if errors:
-        raise SpecError(errors)
+        raise SpecError(errors, warnings=found_warnings)
     return {
         "name": fields["name"],
         "description": fields.get("description", ""),
@@ -945,7 +1232,7 @@ def _normalize_document(document: Any) -> dict[str, Any]:
         "resources": fields.get("resources", {"cluster": DEFAULT_CLUSTER, "preset": DEFAULT_PRESET}),
         "import": fields.get("import", {}),
         "export": fields.get("export", {}),
-        "run": fields["run"],
+        "run": fields.get("run", []),
         "env": fields.get("env", {}),
         "termination_protection": fields.get("termination_protection", False),
         "termination_grace_seconds": fields.get("termination_grace", DEFAULT_GRACE_SECONDS),
@@ -963,16 +1250,37 @@ def parse_spec(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     secrets (`env: {X: {value: ..., secret: true}}`) are not in it: see
     parse_spec_with_secrets.
     """
-    return parse_spec_with_secrets(source)[0]
+    return parse_spec_in_full(source)[0]
 
 
 def parse_spec_with_secrets(source: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """parse_spec, and the values of the spec's inline secrets by variable name: what
     creating a run stores encrypted with it. The spec marks each `{"inline_secret": true}`."""
+    spec, secrets, _ = parse_spec_in_full(source)
+    return spec, secrets
+
+
+def parse_spec_with_warnings(source: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any], Errors]:
+    """parse_spec, and the notes about what was accepted but changes nothing here
+    (each {"loc", "msg"}). A SpecError carries the warnings found too (``.warnings``)."""
+    spec, _, warnings = parse_spec_in_full(source)
+    return spec, warnings
+
+
+def parse_spec_in_full(source: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str], Errors]:
+    """The normalized spec, its inline secrets' values (parse_spec_with_secrets) and its
+    warnings (parse_spec_with_warnings): what creating a run needs of the file."""
     if isinstance(source, bytearray | memoryview):
         source = bytes(source)
-    document = _load_yaml(source) if isinstance(source, str | bytes) else source
-    return _split_inline_secrets(_normalize_document(document))
+    if isinstance(source, str | bytes):
+        document = _load_yaml(source)
+    else:
+        if templates := _template_errors_in_data(source, []):
+            raise SpecError(templates)
+        document = source
+    warnings: Errors = []
+    spec, secrets = _split_inline_secrets(_normalize_document(document, warnings))
+    return spec, secrets, warnings
 
 
 # ---------------------------------------------------------------- dumping
@@ -992,7 +1300,8 @@ def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
 _SpecDumper.add_representer(str, _represent_str)
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """10.0 → "10s", 90.5 → "1m30s500ms": as a run file writes a duration."""
     remaining_millis = round(seconds * 1000)
     parts: list[str] = []
     for unit, unit_millis in _MILLIS_PER_UNIT.items():
@@ -1011,6 +1320,8 @@ def _dump_import_source(source: Mapping[str, Any]) -> str | dict[str, Any]:
         return {"git": git}
     if "code" in source:
         return f"code://{source['code']['hash']}"
+    if "remote" in source:
+        return source["remote"]["url"]
     if "dataset" not in source:
         return _dump_reference_import(source)
     dataset = source["dataset"]
@@ -1019,6 +1330,8 @@ def _dump_import_source(source: Mapping[str, Any]) -> str | dict[str, Any]:
 
 
 def _dump_run_step(step: Mapping[str, Any]) -> dict[str, str]:
+    if "wait_seconds" in step:
+        return {"wait": format_duration(step["wait_seconds"])}
     rendered = {"command": step["command"]}
     if step["workdir"] is not None:
         rendered["workdir"] = step["workdir"]
@@ -1041,9 +1354,9 @@ def _dump_image(spec: Mapping[str, Any]) -> str | dict[str, str]:
 def _dump_interactive(interactive: Mapping[str, Any]) -> dict[str, Any]:
     document: dict[str, Any] = {}
     if interactive.get("max_runtime_seconds") is not None:
-        document["max_runtime"] = _format_duration(interactive["max_runtime_seconds"])
+        document["max_runtime"] = format_duration(interactive["max_runtime_seconds"])
     if interactive.get("jupyter_idle_timeout_seconds") is not None:
-        document["jupyter"] = {"idle_timeout": _format_duration(interactive["jupyter_idle_timeout_seconds"])}
+        document["jupyter"] = {"idle_timeout": format_duration(interactive["jupyter_idle_timeout_seconds"])}
     return document
 
 
@@ -1063,11 +1376,12 @@ def dump_spec_yaml(spec: Mapping[str, Any]) -> str:
         document["import"] = {path: _dump_import_source(source) for path, source in spec["import"].items()}
     if spec["export"]:
         document["export"] = {path: _dump_export_target(target) for path, target in spec["export"].items()}
-    document["run"] = [_dump_run_step(step) for step in spec["run"]]
+    if spec["run"]:  # an interactive run may have none
+        document["run"] = [_dump_run_step(step) for step in spec["run"]]
     if spec["env"]:
         document["env"] = {name: _dump_env_value(value) for name, value in spec["env"].items()}
     document["termination_protection"] = spec["termination_protection"]
-    document["termination_grace"] = _format_duration(spec["termination_grace_seconds"])
+    document["termination_grace"] = format_duration(spec["termination_grace_seconds"])
     if spec.get("ports"):  # a spec frozen before ports existed has none
         document["ports"] = [dict(port) for port in spec["ports"]]
     if spec.get("interactive") is not None:

@@ -7,8 +7,9 @@ code snapshot into a YAML spec.
 Where it talks to: RUNYARD_URL and RUNYARD_TOKEN, else what `runyard login`
 saved in ~/.config/runyard/config.json.
 
-Exit codes: 0 success (with --follow: the run completed), 1 an error or a run
-that did not complete, 2 a usage error, 130 interrupted.
+Exit codes: 0 success (with --follow: the run completed), 1 an error, a run
+that did not complete or (validate) a file that is not valid, 2 a usage error,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -503,6 +504,80 @@ def cmd_run_create(args) -> int:
     return report_new_run(client, run, args, "created")
 
 
+def cmd_run_validate(args) -> int:
+    """POST /runs?dry_run=true: the file checked and resolved as creating it would,
+    nothing created. Exit 0 when valid, 1 when not."""
+    client = client_from_config()
+    source = read_spec_file(args.file)
+    content_type = "application/json" if args.file.lower().endswith(".json") else "application/yaml"
+    query = {"dry_run": "true", **({"team": args.team} if args.team else {})}
+    answer = client.post("/runs", source, content_type, query=query)
+    if args.json:
+        print_json(answer)
+        return 0 if answer.get("valid") else 1
+    name = "stdin" if args.file == "-" else args.file
+    errors, warnings = answer.get("errors") or [], answer.get("warnings") or []
+    if answer.get("valid"):
+        out(f"{name}: valid" + (f", with {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""))
+    else:
+        out(f"{name}: not valid: {len(errors)} problem{'s' if len(errors) != 1 else ''}")
+    for problem in errors:
+        out("  " + problem_line(problem))
+    if warnings:
+        out("warnings:")
+        for problem in warnings:
+            out("  " + problem_line(problem))
+    spec = answer.get("spec")
+    if answer.get("valid") and isinstance(spec, dict):
+        out("the run would use:")
+        for line in describe_spec(spec):
+            out("  " + line)
+    return 0 if answer.get("valid") else 1
+
+
+def problem_line(problem: dict) -> str:
+    """'line 5  run[0].workdir: expected an absolute path'."""
+    line, loc, msg = problem.get("line"), one_line(problem.get("loc") or ""), one_line(problem.get("msg") or "")
+    where = f"line {line}  " if line else ""
+    return f"{where}{loc}: {msg}" if loc else f"{where}{msg}"
+
+
+def describe_spec(spec: dict) -> list[str]:
+    """What a resolved spec pins, one line a thing, for people (--json has it all)."""
+    resources = spec.get("resources") or {}
+    lines = [f"name:      {spec.get('name')}", f"image:     {spec.get('image')}",
+             f"resources: preset {resources.get('preset')} on cluster {resources.get('cluster')}"]
+    for path, source in (spec.get("import") or {}).items():
+        lines.append(f"import     {path} <- {describe_source(source)}")
+    for path, target in (spec.get("export") or {}).items():
+        lines.append(f"export     {path} -> {json.dumps(target, sort_keys=True)}")
+    for index, step in enumerate(spec.get("run") or []):
+        if "wait_seconds" in step:
+            text = f"wait {step['wait_seconds']:g} s"
+        else:
+            text = one_line(step.get("command", "")) + (f"  (in {step['workdir']})" if step.get("workdir") else "")
+        lines.append(f"run[{index}]    {clip(text, 100)}")
+    for name, value in (spec.get("env") or {}).items():
+        lines.append(f"env        {name}=" + (value if isinstance(value, str) else json.dumps(value, sort_keys=True)))
+    return lines
+
+
+def describe_source(source: dict) -> str:
+    git = source.get("git") or (source.get("remote") or {}).get("git")
+    if git:
+        origin = (source.get("remote") or {}).get("url") or git.get("url")
+        return f"{origin} {git.get('ref')}" + (f" = commit {git['commit']}" if git.get("commit") else "")
+    if "dataset" in source:
+        return f"dataset {source['dataset'].get('name')} version {source['dataset'].get('version')}"
+    if "code" in source:
+        return f"code snapshot {source['code'].get('hash', '')[:12]}"
+    if "model" in source:
+        return f"model {source['model'].get('name')} version {source['model'].get('version')}"
+    if "run_files" in source:
+        return f"the files run {source['run_files'].get('run')} exported under {source['run_files'].get('path')}"
+    return json.dumps(source, sort_keys=True)
+
+
 def report_new_run(client: Client, run: dict, args, verb: str) -> int:
     line = f"run {run['id']} {verb}: {run.get('name', '')} ({run.get('status')}) {client.url}/runs/{run['id']}/"
     if args.follow:
@@ -884,6 +959,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--team", help="create the run in this team of yours")
     create.add_argument("--follow", action="store_true", help="print the log live; exit 0 only if the run completes")
     create.set_defaults(handler=cmd_run_create)
+
+    validate = run.add_parser("validate", parents=[common], help="check a run spec as creating it would, and create nothing")
+    validate.add_argument("-f", "--file", required=True, metavar="FILE", help="the run spec (YAML, or JSON as .json; - for stdin)")
+    validate.add_argument("--team", help="check it for this team of yours (its presets, datasets, secrets, credit limit)")
+    validate.set_defaults(handler=cmd_run_validate)
 
     listing = run.add_parser("list", parents=[common], help="the newest runs")
     listing.add_argument("--status", action="append", metavar="S", help="only runs in this status (repeatable)")

@@ -55,7 +55,7 @@ def test_a_new_run_with_a_bad_spec_shows_the_errors_by_field(browser):
     box = page.locator("#spec-errors")
     assert box.is_visible()
     text = box.inner_text()
-    for expected in ("line 2 image expected a string", "line 5 run[0].workdir expected a string", "line 6 extra unknown key"):
+    for expected in ("line 2 image expected an image name, or a mapping with url and credential_name", "line 5 run[0].workdir expected a string", "line 6 extra unknown key"):
         assert expected in text.replace("\n", " ")
     assert page.get_by_label("Run YAML").input_value().startswith("name: x")  # nothing lost
     assert Run.objects.count() == 0

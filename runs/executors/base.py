@@ -251,6 +251,27 @@ TERMINAL_MARKER = "RUNYARD_TERMINAL"
 SHELL_COMMAND = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
 
 
+def wait_step(seconds: float) -> str:
+    """A `{wait: 10s}` step: `sleep` where the image has one (coreutils, busybox). An
+    image with nothing but /bin/sh has no clock to sleep on, so the shell reads the
+    kernel's (/proc/uptime, in hundredths of a second) until the time is up: exact,
+    but it keeps one CPU busy while it waits, and says so in the log."""
+    shown = f"{seconds:g}s"
+    hundredths = round(seconds * 100)
+    # "12345.67 890.12" read with IFS=" ." gives 12345 and 67; 1$c - 100 keeps a
+    # leading zero (".07") from reading as octal.
+    now = "$(( runyard_s * 100 + 1$runyard_c - 100 ))"
+    return "\n".join([
+        f"if command -v sleep >/dev/null 2>&1; then sleep {seconds:g} || exit $?",
+        "elif [ -r /proc/uptime ]; then",
+        f"  echo 'runyard: this image has no sleep command: waiting {shown} on the clock, which keeps a CPU busy' >&2",
+        f"  IFS=' .' read runyard_s runyard_c runyard_rest < /proc/uptime; runyard_end=$(( {now} + {hundredths} ))",
+        f"  while IFS=' .' read runyard_s runyard_c runyard_rest < /proc/uptime; [ {now} -lt $runyard_end ]; do :; done",
+        f"else echo 'runyard: cannot wait {shown}: this image has no sleep command and no /proc/uptime' >&2; exit 127",
+        "fi",
+    ])
+
+
 def script_for(spec: dict, *, wait_for: str = "") -> str:
     """The run's main script, as its frozen spec says (old specs lack `interactive`);
     `wait_for`: a file under RUNYARD_DIR the commands wait for (see run_script)."""
@@ -286,7 +307,8 @@ JUPYTER_MISSING = "runyard: Jupyter was not found in the image; jupyter.idle_tim
 def run_script(commands: list[dict], *, protect: bool, jupyter_idle_timeout: float | None = None, wait_for: str = "") -> str:
     """The POSIX shell script every run executes as its main process.
 
-    Commands run in order in one shell and the first failure ends the run. The
+    Commands run in order in one shell and the first failure ends the run; a wait
+    step (`{"wait_seconds": 10.0}`) pauses between them (wait_step). The
     main command's exit code lands in $RUNYARD_DIR/exit_code; with termination
     protection the script then waits (the container stays usable) until stopped.
 
@@ -319,6 +341,9 @@ def run_script(commands: list[dict], *, protect: bool, jupyter_idle_timeout: flo
     lines.append("trap 'exit 130' INT")
     lines.append("trap 'exit 143' TERM")
     for command in commands:
+        if "wait_seconds" in command:
+            lines.append(wait_step(command["wait_seconds"]))
+            continue
         lines.append(f"cd {shlex.quote(command['workdir'])} || exit $?" if command.get("workdir") else 'cd "$home_dir"')
         lines.append("{\n" + command["command"] + "\n} || exit $?")
     lines.append(")")

@@ -47,14 +47,18 @@ def run_group(run_id: int) -> str:
 
 
 def announce_status(run, event) -> None:
-    message = {
-        "type": "run.status",
-        "run": run.pk,
-        "from": event.from_status,
-        "to": event.to_status,
-        "at": event.at.isoformat(),
-        "reason": event.reason,
-    }
+    _announce_status(run, {"from": event.from_status, "to": event.to_status, "at": event.at.isoformat(),
+                           "reason": event.reason})
+
+
+def announce_created(run) -> None:
+    """A new run, as a status change from nothing to `pending`: an open runs list shows it
+    (and why it waits) before any worker has looked at it."""
+    _announce_status(run, {"from": "", "to": run.status, "at": run.created_at.isoformat(), "reason": ""})
+
+
+def _announce_status(run, change: dict) -> None:
+    message = {"type": "run.status", "run": run.pk, **change}
     try:
         _send(team_group(run.team_id), message)
         _send(run_group(run.pk), message)

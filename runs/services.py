@@ -9,7 +9,7 @@ import yaml
 from django.db import transaction
 from django.utils import timezone
 
-from runs import clusters, credentials, imports, model_registry, ports, team_secrets
+from runs import clusters, credentials, imports, live, model_registry, ports, team_secrets
 from runs.credits import team_credits_used
 from runs.access import Action, NotAllowed, require, team_for_user
 from runs.lifecycle import FINAL, IllegalTransition, transition
@@ -173,6 +173,7 @@ def create_run(
             inline_secrets_ciphertext=plan.sealed_secrets,
         )
         model_registry.record_uses(run)
+        transaction.on_commit(lambda: live.announce_created(run))
         enqueue("start", run.pk)
     return run
 

@@ -170,6 +170,7 @@ def worker_env(django_db_setup, django_db_blocker):
         "RUNYARD_INSTANCE_ID": TEST_INSTANCE,
         "RUNYARD_COLLECTOR_LEASE_SECONDS": "6",
         "RUNYARD_RECONCILE_SECONDS": "2",
+        "RUNYARD_SYSTEM_METRICS_SECONDS": "1",  # readings within a short test run
         # A killed console's terminal sessions end on record within seconds (it beats every 3 s).
         "RUNYARD_CONSOLE_LOST_SECONDS": "12",
         "PYTHONUNBUFFERED": "1",

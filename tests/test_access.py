@@ -563,6 +563,8 @@ async def first_control(socket) -> tuple:
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_the_websockets_give_each_persona_what_its_role_allows(transactional_db, defaults, persona):
     world = make_world()
+    # The run must stay pending (no shell yet) even where an earlier test left a worker running.
+    Team.objects.filter(name="vision").update(max_running=0)
     cookie = session_cookie(world.users[persona]) if persona != "dora" else _inactive_cookie(world.users["dora"])
     run_id = world.run.pk
 

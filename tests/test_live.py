@@ -89,7 +89,7 @@ def test_the_runs_socket_tells_the_team_about_status_changes(alice, bob, charlie
         await outsider.disconnect()
         return seen
 
-    assert in_thread(watch_and_launch) == ["initializing", "running", "stopping", "completed"]
+    assert in_thread(watch_and_launch) == ["pending", "initializing", "running", "stopping", "completed"]  # a new run is told too
 
 
 def test_the_runs_socket_tells_the_team_about_progress(alice, bob, charlie, engine):

@@ -79,7 +79,9 @@ function received(message) {
     if (message.from === "pending" || message.to === "pending") dispatch(document.body, "queue", message, true);
     if (unlisted) atMostEvery("unlisted", (latest) => dispatch(document.body, "unlisted", latest, true), message);
   } else if (message.type === "waiting") {
+    const unlisted = followers(message.run).length === 0;
     announce("waiting", message);
+    if (unlisted) atMostEvery("unlisted", (latest) => dispatch(document.body, "unlisted", latest, true), message);
   }
 }
 

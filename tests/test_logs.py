@@ -8,7 +8,7 @@ import pytest
 from runs import logstore
 from runs import metrics
 from runs.models import LogChunk, Run
-from tests.conftest import EXECUTORS, use_executor, wait_for
+from tests.conftest import ENGINE_EXECUTORS, use_executor, wait_for
 from tests.test_engine import launch, log_texts
 
 FINAL = {"completed", "failed", "terminated"}
@@ -34,7 +34,7 @@ def assert_numbered_exactly(run: Run, expected_texts: list[str]):
         raise AssertionError(f"{len(texts)} lines stored, {len(expected_texts)} printed; missing {missing}; {doubled} doubled")
 
 
-@pytest.fixture(params=EXECUTORS)
+@pytest.fixture(params=ENGINE_EXECUTORS)
 def executor(request, engine):
     return use_executor(request)
 

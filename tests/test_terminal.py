@@ -12,12 +12,12 @@ from django.test import override_settings
 from dashboard.asgi import application
 from runs.services import terminate_run
 from terminal import sessions
-from tests.conftest import EXECUTORS, in_thread, use_executor, wait_for
+from tests.conftest import ENGINE_EXECUTORS, in_thread, use_executor, wait_for
 from tests.test_engine import launch, log_texts
 from tests.test_live import ORIGIN, session_cookie
 
 
-@pytest.fixture(params=EXECUTORS)
+@pytest.fixture(params=ENGINE_EXECUTORS)
 def executor(request, engine):
     return use_executor(request)
 

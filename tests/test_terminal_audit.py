@@ -11,13 +11,13 @@ from django.test import Client, override_settings
 from runs.services import terminate_run
 from terminal import audit
 from terminal.models import Ending, TerminalSessionRecord
-from tests.conftest import EXECUTORS, in_thread, sign_in, use_executor, wait_for, wait_until
+from tests.conftest import ENGINE_EXECUTORS, in_thread, sign_in, use_executor, wait_for, wait_until
 from tests.test_admin import make_run
 from tests.test_live import session_cookie
 from tests.test_terminal import Conversation, running
 
 
-@pytest.fixture(params=EXECUTORS)
+@pytest.fixture(params=ENGINE_EXECUTORS)
 def executor(request, engine):
     return use_executor(request)
 

@@ -524,6 +524,17 @@ def _ensure_relay(client, container_id: str) -> None:
     _relay_ready.add(container_id)
 
 
+def recv_exactly(sock, size: int) -> bytes:
+    """`size` bytes from a hijacked exec socket, or fewer where it ends."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class DockerPortStream:
     """The relay's exec stream. Without a TTY the engine frames what it sends (stdout,
     stderr); stdout is the port's bytes, stderr says why `nc` could not connect.
@@ -558,13 +569,7 @@ class DockerPortStream:
             return b""
 
     def _exactly(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return recv_exactly(self.sock, size)
 
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -755,13 +760,7 @@ class DockerTerminal:
             return b""
 
     def _exactly(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return recv_exactly(self.sock, size)
 
     def write(self, data: bytes) -> bytes:
         if self.keyboard is None:

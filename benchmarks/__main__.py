@@ -1,26 +1,25 @@
-"""`make bench`: Runyard's speed against a baseline measured in the same run.
+"""`make bench`: every hot path of Runyard beside its floor, measured in the same run.
 
-log-ingest: a container prints N lines. Baseline: a bare Docker API client reads
-the container's whole log (the floor any collector stands on). Runyard: the same
-output, from the run turning `running` to every line stored in the database.
-The ratio is what Runyard's numbering, chunking and transactions cost on top.
+    make bench                      # BENCH_SCALE=small: a quick look
+    BENCH_SCALE=full make bench     # the sizes of the README's table; rewrites it and its chart
+    BENCH_ONLY=logs,lists make bench
 
-log-read: reading the last page of a 200,000-line log through the API's reader,
-against reading one chunk row by primary key (the floor of any read).
-
-metric-ingest: a container prints N `#runyard step= loss=` reports. Baseline: the
-bare client reading that output, as for log-ingest; Runyard: from `running` to
-every point stored.
-
-metric-read: one metric of N points thinned for a chart (1,000 points) through
-the API's reader, against fetching its stored chunks alone (the floor of any
-chart of the whole series).
+Each section (benchmarks/<section>.py) measures its rows: Runyard's time beside a
+floor taken in the same run (a bare Docker client reading the same output, one
+indexed query, a raw `docker exec`), the ratio, and the goal. Nothing is
+asserted: the bench reports; CI does not run it. The rows land in
+var/bench/results-<scale>.json; a full run also rewrites the README's results
+table and docs/bench.svg (BENCH_README=1 does so for any scale, BENCH_README=0 never).
 """
 
+import importlib
+import json
 import os
-import statistics
 import sys
 import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 os.environ["RUNYARD_TASKS_IN_PROCESS"] = "1"
@@ -30,111 +29,67 @@ import django  # noqa: E402
 
 django.setup()
 
-from django.db import connection  # noqa: E402
+from benchmarks import report  # noqa: E402
+from benchmarks.common import SCALES, scale_name  # noqa: E402
 
-LINES = int(os.environ.get("BENCH_LINES", "200000"))
-IMAGE = "runyard/busybox:latest"
+SECTIONS = ["logs", "metrics", "lists", "live"]
 
 
 def main() -> int:
+    from django.conf import settings
+    from django.db import connection
+
     from runs.executors.docker import engine_reachable
 
+    scale = scale_name()
+    only = [name for name in os.environ.get("BENCH_ONLY", "").split(",") if name]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        print(f"BENCH_ONLY: no section {', '.join(sorted(unknown))} (there are {', '.join(SECTIONS)})")
+        return 2
     if not engine_reachable():
-        print("no Docker engine reachable: nothing to measure")
+        print("no Docker engine reachable: the floors need one (see README, `.ci/run` starts it)")
         return 1
     connection.creation.create_test_db(verbosity=0, keepdb=True)
     from django.contrib.auth import get_user_model
 
+    from runs.models import Membership, Team
+
     user, _ = get_user_model().objects.get_or_create(username="bench")
-    run_id = ingest_bench(user, "log-ingest", "lines", f"seq 1 {LINES}", lines=LINES, points=0)
-    read_bench(run_id)
-    metric_bench(user)
+    team, _ = Team.objects.get_or_create(name="bench")
+    Membership.objects.get_or_create(user=user, team=team, defaults={"role": "admin"})
+    ctx = SimpleNamespace(scale=scale, sizes=SCALES[scale], user=user, team=team,
+                          database=connection.vendor, settings=settings)
+    print(f"Runyard bench, scale {scale}, database {connection.vendor}, {os.cpu_count()} cores")
+    rows = []
+    failed = []
+    for name in only or SECTIONS:
+        print(f"\n== {name}")
+        started = time.monotonic()
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+            for row in module.measure(ctx):
+                rows.append(row)
+                print(report.line(row))
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        print(f"   ({name}: {time.monotonic() - started:.0f} s)")
+    print()
+    print(report.table(rows, scale))
+    out = Path(settings.VAR_DIR) / "bench" / f"results-{scale}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"scale": scale, "database": connection.vendor, "cpus": os.cpu_count(),
+                               "rows": [row.as_dict() for row in rows]}, indent=1))
+    print(f"\nrows written to {out}")
+    write_readme = os.environ.get("BENCH_README", "1" if scale == "full" else "0") == "1"
+    if write_readme and not only and not failed:
+        report.write_readme(rows, scale, connection.vendor)
+        print("README.md's results table and docs/bench.svg rewritten")
+    if failed:
+        print(f"sections that broke: {', '.join(failed)}")
+        return 1
     return 0
-
-
-def ingest_bench(user, name: str, unit: str, command: str, *, lines: int, points: int) -> int:
-    """Three tries of one command: the bare client's read of its output against
-    Runyard storing it all; prints the medians; returns the last run's id."""
-    from runs.services import create_run
-
-    results = []
-    for attempt in range(3):
-        baseline = docker_floor(command)
-        run = create_run(user=user, source={"name": name, "image": IMAGE, "run": [{"command": command}]}, executor="docker")
-        ours = wait_stored(run.pk, lines=lines, points=points)
-        results.append((baseline, ours))
-        print(f"  {name} try {attempt + 1}: docker floor {baseline:.2f} s, runyard {ours:.2f} s, ratio {ours / baseline:.2f}")
-    floor = statistics.median(b for b, _ in results)
-    ours = statistics.median(r for _, r in results)
-    print(f"{name} ({LINES} {unit}): floor {floor:.2f} s, runyard {ours:.2f} s, "
-          f"{LINES / ours:,.0f} {unit}/s, ratio {ours / floor:.2f}")
-    return run.pk
-
-
-def docker_floor(command: str) -> float:
-    """From the container's start to all its lines read by a bare client."""
-    import docker
-
-    client = docker.from_env()
-    container = client.containers.run(IMAGE, ["sh", "-c", command], detach=True, network_mode="none")
-    try:
-        started = time.perf_counter()
-        container.wait()
-        count = container.logs().count(b"\n")
-        elapsed = time.perf_counter() - started
-        assert count == LINES, count
-        return elapsed
-    finally:
-        container.remove(force=True)
-
-
-def wait_stored(run_id: int, *, lines: int, points: int) -> float:
-    from runs import metrics
-    from runs.models import Run
-
-    while Run.objects.filter(pk=run_id, started_at__isnull=True, status__in=["pending", "initializing"]).exists():
-        time.sleep(0.01)
-    started = time.perf_counter()
-    while True:
-        run = Run.objects.get(pk=run_id)
-        if run.log_complete:
-            elapsed = time.perf_counter() - started
-            assert run.log_lines == lines and run.status == "completed", (run.log_lines, run.status)
-            assert sum(len(metrics.points(run, key)) for key in metrics.keys(run)) == points
-            return elapsed
-        time.sleep(0.01)
-
-
-def metric_bench(user) -> None:
-    from runs import metrics
-    from runs.models import MetricChunk, Run
-
-    command = f"awk 'BEGIN {{ for (i = 0; i < {LINES}; i++) printf \"#runyard step=%d loss=%.6f\\n\", i, 1 / (i + 1) }}'"
-    run = Run.objects.get(pk=ingest_bench(user, "metric-ingest", "points", command, lines=0, points=LINES))
-    floor = timed(lambda: list(MetricChunk.objects.filter(run=run, key="loss").values_list("steps", "values", "times")), repeat=10)
-    ours = timed(lambda: metrics.series(run, "loss", max_points=1000), repeat=10)
-    print(f"metric-read ({LINES} points to 1000): floor {floor * 1000:.1f} ms, runyard {ours * 1000:.1f} ms, ratio {ours / floor:.2f}")
-
-
-def timed(fn, repeat=50) -> float:
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
-def read_bench(run_id: int) -> None:
-    from runs import logstore
-    from runs.models import LogChunk, Run
-
-    run = Run.objects.get(pk=run_id)
-    chunk_id = LogChunk.objects.filter(run=run).order_by("-first_line").values_list("pk", flat=True).first()
-
-    floor = timed(lambda: LogChunk.objects.get(pk=chunk_id).lines)
-    ours = timed(lambda: logstore.read_lines(run, after=run.log_lines - 1000, limit=1000))
-    print(f"log-read (last 1000 of {run.log_lines} lines): floor {floor * 1000:.2f} ms, runyard {ours * 1000:.2f} ms, ratio {ours / floor:.2f}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,27 @@ def _flush_again_after_a_deadlock():
 _flush_again_after_a_deadlock()
 
 
+def _flush_by_delete_on_postgresql():
+    """Django empties the tables after each transactional test with one TRUNCATE of
+    every table: PostgreSQL then makes and syncs new files for each table and index
+    (seconds under load) and waits for every connection's locks on every table. A
+    test leaves a few rows: deleting them, all foreign keys deferred to the commit
+    (Django makes them deferrable), empties the same tables in a fraction of the time."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        if reset_sequences or allow_cascade or not tables:
+            return truncate(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
+        return ["SET CONSTRAINTS ALL DEFERRED;"] + [f"DELETE FROM {self.quote_name(table)};" for table in tables]
+
+    DatabaseOperations.sql_flush = sql_flush
+
+
+_flush_by_delete_on_postgresql()
+
+
 def missing(what: str):
     if REQUIRE:
         pytest.fail(f"{what} (RUNYARD_REQUIRE_SERVICES=1)")

@@ -82,6 +82,7 @@ from mlflow.tracking import MlflowClient
 
 mode, uri, experiment, run_name, count, batch = sys.argv[1:7]
 count, batch = int(count), int(batch)
+now_ms = int(time.time() * 1000)
 client = MlflowClient(tracking_uri=uri)
 found = client.get_experiment_by_name(experiment)
 experiment_id = found.experiment_id if found else client.create_experiment(experiment)
@@ -93,12 +94,20 @@ def value(i):
         return -50.0
     return 1 / (i + 1)
 
+if mode == "ends":  # the first and the last batch of a seed; the bench writes the rest
+    run = client.create_run(experiment_id, run_name=run_name)
+    for first in (0, count - batch):
+        client.log_batch(run.info.run_id, metrics=[Metric("loss", value(i), now_ms + i, i)
+                                                   for i in range(first, first + batch)])
+    client.set_terminated(run.info.run_id)
+    print(json.dumps({"run_id": run.info.run_id, "now_ms": now_ms}))
+    sys.exit(0)
+
 if mode == "find":
     runs = client.search_runs([experiment_id], filter_string=f"tags.runyard_seeded = '{count}'", max_results=1)
     print(json.dumps({"run_id": runs[0].info.run_id if runs else None}))
     sys.exit(0)
 
-now_ms = int(time.time() * 1000)
 started = time.perf_counter()
 run = client.create_run(experiment_id, run_name=run_name)
 run_id = run.info.run_id
@@ -134,7 +143,7 @@ def main() -> int:
     python = mlflow_venv()
     store = ctx.mlflow_store = mlflow_store(connection)
     print(f"Runyard beside MLflow, scale {scale}, {os.cpu_count()} cores; Runyard on {connection.vendor}, "
-          f"MLflow {mlflow_version(python)} on {store.split(':')[0]}")
+          f"MLflow {mlflow_version(python)} on {store_kind(store)}")
     started: list[subprocess.Popen] = []
     token_row = None
     rows: list[Row] = []
@@ -164,7 +173,7 @@ def main() -> int:
     print(report.table(rows, scale).replace("| floor |", "| MLflow (floor) |").replace("| ratio |", "| Runyard/MLflow |"))
     out = Path(ctx.settings.VAR_DIR) / "bench" / f"peers-{scale}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"scale": scale, "database": connection.vendor, "mlflow_store": store.split(":")[0],
+    out.write_text(json.dumps({"scale": scale, "database": connection.vendor, "mlflow_store": store_kind(store),
                                "mlflow": mlflow_version(python), "cpus": os.cpu_count(),
                                "rows": [row.as_dict() for row in rows]}, indent=1))
     print(f"\nrows written to {out}")
@@ -233,7 +242,11 @@ def mlflow_store(connection) -> str:
     given = connection.settings_dict
     user = given["USER"] or "postgres"
     password = f":{given['PASSWORD']}" if given.get("PASSWORD") else ""
-    return f"postgresql://{user}{password}@{given['HOST'] or '127.0.0.1'}:{given['PORT'] or 5432}/{name}"
+    return f"postgresql+psycopg2://{user}{password}@{given['HOST'] or '127.0.0.1'}:{given['PORT'] or 5432}/{name}"
+
+
+def store_kind(store: str) -> str:
+    return "PostgreSQL" if store.startswith("postgres") else store.split(":")[0]
 
 
 def start_mlflow(python: Path, store: str, started: list) -> str:
@@ -243,7 +256,11 @@ def start_mlflow(python: Path, store: str, started: list) -> str:
     log = open(ROOT / "var" / "bench" / "peers-mlflow-server.log", "w")
     process = subprocess.Popen(
         [str(python.parent / "mlflow"), "server", "--backend-store-uri", store,
-         "--default-artifact-root", artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port)],
+         "--default-artifact-root", artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port),
+         # Its default 4 workers; uvicorn's supervisor kills a worker that misses a 5 s health
+         # check, which a loaded 2-core machine makes it do mid-request: give them a minute.
+         "--uvicorn-opts", "--timeout-worker-healthcheck 60",
+         *(["--workers", os.environ["BENCH_MLFLOW_WORKERS"]] if os.environ.get("BENCH_MLFLOW_WORKERS") else [])],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     started.append(process)
     url = f"http://127.0.0.1:{port}"
@@ -352,7 +369,7 @@ def ingest_row(ctx, python: Path, mlflow_url: str, runyard_url: str, token: str)
     from benchmarks.logs import ingest_row as runyard_ingest
 
     count = ctx.sizes["metric_points"]
-    tries = 1 if count >= READ_POINTS else ctx.sizes["repeats"]
+    tries = 1  # minutes a try at full; Runyard's ingest_row takes its median of a few
     mlflow_times, run_ids = [], []
     for attempt in range(tries):
         answer = mlflow_client(python, "ingest", mlflow_url, f"bench-peers-ingest-{count}", count)
@@ -375,12 +392,7 @@ def ingest_row(ctx, python: Path, mlflow_url: str, runyard_url: str, token: str)
 
 
 def read_row(ctx, python: Path, mlflow_url: str, runyard_url: str, token: str) -> Row:
-    mlflow_run = mlflow_client(python, "find", mlflow_url, READ_RUN, READ_POINTS)["run_id"]
-    if mlflow_run is None:
-        print(f"    seeding MLflow with {READ_POINTS:,} points through log_batch (once; kept in its store)", flush=True)
-        seeded = mlflow_client(python, "seed", mlflow_url, READ_RUN, READ_POINTS)
-        mlflow_run = seeded["run_id"]
-        print(f"    seeded in {seeded['seconds']:.0f} s ({READ_POINTS / seeded['seconds']:,.0f} points/s)")
+    mlflow_run = mlflow_seeded(python, mlflow_url, ctx.mlflow_store)
     runyard_run = seeded_run(ctx, READ_POINTS)
 
     mlflow_path = "/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval?" + urlencode(
@@ -414,6 +426,43 @@ def read_row(ctx, python: Path, mlflow_url: str, runyard_url: str, token: str) -
                       f"{len(mlflow_values):,} points back, spike and dip {kept(mlflow_values)}; Runyard "
                       f"{len(runyard_values):,} points back, spike and dip {kept(runyard_values)}; "
                       f"Runyard {mlflow_s / runyard_s:.1f}× faster"])
+
+
+def mlflow_seeded(python: Path, url: str, store: str) -> str:
+    """The MLflow run holding the READ_POINTS points, seeded the first time. On PostgreSQL its
+    first and last 1,000 points go through log_batch and the rows between are written
+    in one INSERT as log_batch writes them (key, value, timestamp, run, step, is_nan;
+    latest_metrics from the last batch): minutes instead of most of an hour on a busy
+    machine. On another store, all of it through log_batch."""
+    if not store.startswith("postgresql"):
+        found = mlflow_client(python, "find", url, READ_RUN, READ_POINTS)["run_id"]
+        if found is None:
+            print(f"    seeding MLflow with {READ_POINTS:,} points through log_batch (once)", flush=True)
+            found = mlflow_client(python, "seed", url, READ_RUN, READ_POINTS)["run_id"]
+        return found
+    import psycopg
+
+    dsn = store.replace("postgresql+psycopg2://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as db:
+        row = db.execute("SELECT t.run_uuid FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid "
+                         "WHERE t.key = 'runyard_seeded' AND t.value = %s AND r.lifecycle_stage = 'active' "
+                         "LIMIT 1", [str(READ_POINTS)]).fetchone()
+        if row is not None:
+            return row[0]
+        print(f"    seeding MLflow with {READ_POINTS:,} points (once; kept in its store)", flush=True)
+        began = time.monotonic()
+        ends = mlflow_client(python, "ends", url, READ_RUN, READ_POINTS)
+        run_id, now_ms, n = ends["run_id"], ends["now_ms"], READ_POINTS
+        with db.transaction():
+            db.execute(
+                "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                "SELECT 'loss', CASE WHEN i = %(a)s THEN 50.0 WHEN i = %(b)s THEN -50.0 "
+                "ELSE 1.0::float8 / (i + 1) END, %(now)s + i, %(run)s, i, false "
+                "FROM generate_series(%(first)s, %(last)s) AS i",
+                {"a": n // 3, "b": 2 * n // 3, "now": now_ms, "run": run_id, "first": BATCH, "last": n - BATCH - 1})
+            db.execute("INSERT INTO tags (key, value, run_uuid) VALUES ('runyard_seeded', %s, %s)", [str(n), run_id])
+        print(f"    seeded in {time.monotonic() - began:.0f} s")
+        return run_id
 
 
 def seeded_run(ctx, count: int):

@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/runyard
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup run test bench images clean cluster cluster-lab cluster-down
+.PHONY: setup run test bench bench-peers images clean cluster cluster-lab cluster-down
 
 setup: $(STAMP) static/vendor/.copied
 
@@ -49,6 +49,12 @@ bench: setup images
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)_bench} \
 	SECRET_KEY=$${SECRET_KEY:-runyard-bench-only} \
 	$(BIN)/python -m benchmarks
+
+# Runyard beside MLflow (installed once into var/bench/mlflow-venv) on metric ingest and a 1M-point read.
+bench-peers: setup images
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)_bench} \
+	SECRET_KEY=$${SECRET_KEY:-runyard-bench-only} \
+	$(BIN)/python -m benchmarks.peers
 
 # A Docker Swarm of NODES nodes on this machine, for the swarm executor (lab/swarm.sh; as root).
 NODES ?= 3

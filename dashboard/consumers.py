@@ -206,11 +206,15 @@ class RunLogsConsumer(SignedInConsumer):
         while True:
             if not await self._still_allowed():
                 return None
-            page, status = await _lines_after(self.run_id, self.after)
+            page, status, stored = await _lines_after(self.run_id, self.after)
             if page["lines"]:
                 await self.send_json({"type": "lines", "lines": page["lines"]})
                 self.after = page["next"]
-            if not page["lines"]:  # a batch may stop short (bytes): read until nothing is left
+                if self.after >= stored and status not in FINAL:
+                    # All that was stored when this read began: the next flush wakes the
+                    # pump (no read that would find nothing, between a flush and the socket).
+                    return None
+            else:  # a batch may stop short (bytes): read until nothing is left
                 return status if page["complete"] and status in FINAL else None
 
 
@@ -243,4 +247,4 @@ def _team_of_run(run_id) -> int | None:
 @database_sync_to_async
 def _lines_after(run_id: int, after: int):
     run = Run.objects.get(pk=run_id)
-    return logstore.read_lines(run, after=after, limit=BATCH_LINES, max_bytes=BATCH_BYTES), run.status
+    return logstore.read_lines(run, after=after, limit=BATCH_LINES, max_bytes=BATCH_BYTES), run.status, run.log_lines

@@ -1,20 +1,22 @@
 """Live rows.
 
 create-to-running: `runs.services.create_run` (tasks in this process, as the
-embedded default runs them) until the run is `running` in the database. Floor: a
-bare Docker SDK create + start of the same image running `true` (what `docker run
--d` does), until the engine has started it.
+embedded default runs them) until the run is `running` in the database (read
+every 5 ms). Floor: a bare Docker SDK create + start of the same image running
+`true` (what `docker run -d` does), until the engine has started it.
 
 log-to-socket: a run prints 1,000 lines a second, each with its own print time (the
 container shares the host's clock); a real Chromium (Playwright) has the run's Logs
 tab open on a live Daphne (the embedded default: tasks and channel layer in its
-process) and records when each line arrives on the page's log socket. p50/p99 of
-arrival − print. Floor: the same lines, read at the same time by a bare Docker
-client following the container's log.
+process) and each line's arrival − print is taken where the frame reaches the
+browser's socket (Chromium's own network events). p50/p99; beside it, the same in
+the page's JavaScript and on a bare WebSocket client's socket. Floor: the same
+lines, read at the same time by a bare Docker client following the container's log.
 
-terminal-echo: a keystroke sent on the run's terminal socket (from the signed-in
-page, so with its session cookie and Origin) until its echo comes back, p50. Floor:
-an interactive shell exec'd in the same container through the Docker SDK's socket,
+terminal-echo: a keystroke on the run's terminal socket until its echo comes back,
+p50, spoken by a minimal WebSocket client with the signed-in page's session cookie
+and Origin (Chromium's own WebSocket beside it, in the notes). Floor: an
+interactive shell exec'd in the same container through the Docker SDK's socket,
 one byte written until it comes back.
 """
 
@@ -95,7 +97,7 @@ def wait_status(run_id: int, status: str, timeout: float = 30) -> None:
             raise RuntimeError(f"run {run_id} went {now} before it was seen running")
         if time.monotonic() > deadline:
             raise RuntimeError(f"run {run_id} is {now}, not {status}, after {timeout} s")
-        time.sleep(0.002)
+        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------- a live console

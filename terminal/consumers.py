@@ -200,10 +200,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         if len(data) > MAX_INPUT_BYTES:
             return await self._warn(f"input of more than {MAX_INPUT_BYTES} bytes in one frame is dropped")
-        # Messages are handled one at a time, so what is left goes out before the next frame.
-        sent = self.session.write_now(data)
-        if sent < len(data):
-            await sync_to_async(self.session.write, thread_sensitive=False)(data[sent:])
+        await sync_to_async(self.session.write, thread_sensitive=False)(data)
 
     async def _control(self, text: str) -> None:
         if len(text) > MAX_CONTROL_BYTES:

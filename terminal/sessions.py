@@ -110,17 +110,6 @@ class TerminalSession:
             if echo:  # an attach: the typed line, shown to this session only
                 self._show(echo)
 
-    def write_now(self, data: bytes) -> int:
-        """As much of `data` as the terminal takes at once without blocking (its
-        write_now, where it has one); the caller write()s the rest, in order."""
-        write_now = getattr(self.terminal, "write_now", None)
-        if self.ended or write_now is None:
-            return 0
-        try:
-            return write_now(data)
-        except OSError:
-            return len(data)  # as write(): a terminal that cannot be written to drops it
-
     def resize(self, cols: int, rows: int) -> None:
         if not self.ended:
             self.terminal.resize(cols, rows)

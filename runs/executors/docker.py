@@ -24,7 +24,6 @@ import logging
 import math
 import secrets
 import socket
-import ssl
 import struct
 import tarfile
 import threading
@@ -788,17 +787,6 @@ class DockerTerminal:
 
     def _exactly(self, size: int) -> bytes:
         return recv_exactly(self.sock, size)
-
-    def write_now(self, data: bytes) -> int:
-        """Send what the socket takes at once, without waiting: a keystroke goes from
-        the server's event loop, without a hop to a thread and back. The bytes sent
-        (the caller write()s the rest); 0 for an attach, whose input is read in lines."""
-        if self.keyboard is not None or isinstance(self.sock, ssl.SSLSocket) or not isinstance(self.sock, socket.socket):
-            return 0  # (a TLS socket takes no send flags, an SSH channel is no socket)
-        try:
-            return self.sock.send(data, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return 0
 
     def write(self, data: bytes) -> bytes:
         if self.keyboard is None:

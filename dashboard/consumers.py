@@ -21,7 +21,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from runs import access, logstore
 from runs.live import remember_server_loop, run_group, team_group
 from runs.lifecycle import FINAL
-from runs.models import Run, RunEvent
+from runs.models import LogChunk, Run, RunEvent
 
 BATCH_LINES = 2000
 BATCH_BYTES = 1 << 20  # a batch of long lines stops near this size; the next one goes on from there
@@ -206,11 +206,15 @@ class RunLogsConsumer(SignedInConsumer):
         while True:
             if not await self._still_allowed():
                 return None
-            page, status = await _lines_after(self.run_id, self.after)
+            page, status, stored = await _lines_after(self.run_id, self.after)
             if page["lines"]:
                 await self.send_json({"type": "lines", "lines": page["lines"]})
                 self.after = page["next"]
-            if not page["lines"]:  # a batch may stop short (bytes): read until nothing is left
+                if self.after >= stored and status not in FINAL:
+                    # All that was stored when this read began: the next flush wakes the
+                    # pump (no read that would find nothing, between a flush and the socket).
+                    return None
+            else:  # a batch may stop short (bytes): read until nothing is left
                 return status if page["complete"] and status in FINAL else None
 
 
@@ -242,5 +246,26 @@ def _team_of_run(run_id) -> int | None:
 
 @database_sync_to_async
 def _lines_after(run_id: int, after: int):
-    run = Run.objects.get(pk=run_id)
-    return logstore.read_lines(run, after=after, limit=BATCH_LINES, max_bytes=BATCH_BYTES), run.status
+    """The page of lines after `after` (logstore.read_lines' page, at most BATCH_LINES
+    and about BATCH_BYTES), the run's status and its stored line count: in two
+    queries, the chunks that may hold the page read in one (at most a batch's worth of
+    lines, so two or three rows), as the live tail asks after every flush."""
+    status, stored, complete = Run.objects.filter(pk=run_id).values_list("status", "log_lines", "log_complete").get()
+    chunks = LogChunk.objects.filter(
+        run_id=run_id, first_line__gt=after - logstore.CHUNK_LINES_BOUND, first_line__lte=after + BATCH_LINES,
+    ).order_by("first_line").values_list("first_line", "lines")
+    out, used = [], 0
+    for first_line, lines in chunks:
+        for offset in range(max(0, after + 1 - first_line), len(lines)):
+            at, stream, text = lines[offset]
+            cost = logstore._line_json_bytes(text)
+            if len(out) >= BATCH_LINES or (out and used + cost > BATCH_BYTES):
+                break
+            used += cost
+            out.append({"n": first_line + offset, "t": logstore._iso(at), "stream": logstore.STREAM_NAMES[stream],
+                        "text": text})
+        else:
+            continue
+        break
+    next_after = out[-1]["n"] if out else after
+    return {"lines": out, "next": next_after, "complete": complete and next_after >= stored}, status, stored

@@ -82,11 +82,15 @@ def transition(
         )
         run.status = target
         setattr(run, PHASE_FIELD[target], now)
+        changed = ["status", PHASE_FIELD[target], *fields]
         if reason:
             run.status_reason = reason[:1000]
+            changed.append("status_reason")
         for name, value in fields.items():
             setattr(run, name, value)
-        run.save()
+        # Only what changed: the row is locked, so the rest is as read (a run's spec
+        # and log state are large, and every start passes here twice).
+        run.save(update_fields=changed)
         event.save()
         transaction.on_commit(lambda: _announce(run, event))
         if event.from_status in HOLDS_SLOT and target not in HOLDS_SLOT:

@@ -28,7 +28,7 @@ MAX_CHUNK_LINES = 2000
 CHUNK_LINES_BOUND = MAX_CHUNK_LINES + 2
 # A chunk row is read whole: keep it about this size (plus a line or two).
 MAX_CHUNK_BYTES = 1 << 20
-FLUSH_SECONDS = 0.25
+FLUSH_SECONDS = 0.1  # a printed line reaches a watching browser within about this much more
 # A system reading (sys/...) comes every few seconds, a flush or two apart: its points
 # go on in the key's open chunk, not a row each, up to an hour of them at the default
 # 5 s (about 17 KB a row, rewritten with each reading).

@@ -17,6 +17,8 @@ console on the engine's host, as root.
 """
 
 import calendar
+import contextlib
+import hashlib
 import io
 import logging
 import math
@@ -127,10 +129,22 @@ def engine_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+# The API version each engine answered with, by its address: a new client asks the
+# engine once per process, not at every start (a round trip of its own).
+_api_versions: dict[str, str] = {}
+
+
 def _client(timeout: float = 60) -> docker.DockerClient:
     if settings.DOCKER_HOST:
-        return docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=timeout)
-    return docker.from_env(timeout=timeout)
+        return _versioned(settings.DOCKER_HOST, lambda version: docker.DockerClient(
+            base_url=settings.DOCKER_HOST, timeout=timeout, version=version))
+    return _versioned("", lambda version: docker.from_env(timeout=timeout, version=version))
+
+
+def _versioned(address: str, make) -> docker.DockerClient:
+    client = make(_api_versions.get(address))
+    _api_versions.setdefault(address, client.api.api_version)
+    return client
 
 
 class StreamBroke(Exception):
@@ -172,7 +186,8 @@ class DockerExecutor:
     def new_client(self, timeout: float = 60) -> docker.DockerClient:
         """A client of this executor's engine, with a connection pool of its own."""
         if self.base_url:
-            return docker.DockerClient(base_url=self.base_url, tls=self.tls or False, timeout=timeout)
+            return _versioned(self.base_url, lambda version: docker.DockerClient(
+                base_url=self.base_url, tls=self.tls or False, timeout=timeout, version=version))
         return _client(timeout=timeout)
 
     def container_name(self, run) -> str:
@@ -207,77 +222,96 @@ class DockerExecutor:
             raise ExecutorError(pull_failure(run.image, pull, exc)) from None
 
     def start(self, run, env: dict[str, str], limits: Limits, imports: list, pull: ImagePull | None = None) -> str:
-        container = self._container(run)
-        if container is None:
-            # A list, not a dict keyed by volume: two paths may import the same content (one volume).
-            mounts = [f"{self._import_volume(run, item)}:{item.path.rstrip('/') or '/'}:ro" for item in imports]
-            script = script_for(run.spec)
-            memory = f"{limits.memory_mb}m"
-            try:
-                container = self.client.containers.create(
-                    image=run.image_digest or run.image,
-                    command=["/bin/sh", "-c", script],
-                    name=self.container_name(run),
-                    labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk)},
-                    environment={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR, **SIGNAL_THE_GROUP},
-                    init=True,
-                    network_mode=settings.RUNYARD_DOCKER_NETWORK,
-                    cap_drop=["ALL"],
-                    security_opt=["no-new-privileges"],
-                    privileged=False,
-                    nano_cpus=int(limits.cpus * 1e9),
-                    mem_limit=memory,
-                    memswap_limit=memory,
-                    pids_limit=4096,
-                    mounts=[runyard_dir_mount()],
-                    volumes=mounts,
-                    log_config=log_config(),
-                    stdin_open=True,  # for an attach; never closed (stdin_once off), so a read waits for one
-                    tty=False,
-                )
-            except ImageNotFound:
-                raise ExecutorError(f"image not found: {run.image}") from None
-            except APIError as exc:
-                if exc.status_code == 409:  # a retried task raced us to the name
-                    container = self._container(run)
-                else:
-                    raise ExecutorError(f"container create error: {exc.explanation or exc}") from None
-        container.reload()
+        exports = run.spec.get("export", {})
+        # The reporter comes from a read-only volume filled once per engine: copying it
+        # into each new container (put_archive) cost the engine a mount of the
+        # container's filesystem and an untar process at every start.
+        # A list, not a dict keyed by volume: two paths may import the same content (one volume).
+        mounts = [f"{self._reporter_volume(run)}:{REPORTER_DIR}:ro"]
+        mounts += [f"{self._import_volume(run, item)}:{item.path.rstrip('/') or '/'}:ro" for item in imports]
+        script = script_for(run.spec)
+        memory = f"{limits.memory_mb}m"
+        try:
+            # Created straight away: a retried start finds its container by the name's conflict.
+            container = self.client.containers.create(
+                image=run.image_digest or run.image,
+                command=["/bin/sh", "-c", script],
+                name=self.container_name(run),
+                labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk)},
+                environment={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR, **SIGNAL_THE_GROUP},
+                init=True,
+                network_mode=settings.RUNYARD_DOCKER_NETWORK,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                privileged=False,
+                nano_cpus=int(limits.cpus * 1e9),
+                mem_limit=memory,
+                memswap_limit=memory,
+                pids_limit=4096,
+                mounts=[runyard_dir_mount()],
+                volumes=mounts,
+                log_config=log_config(),
+                stdin_open=True,  # for an attach; never closed (stdin_once off), so a read waits for one
+                tty=False,
+            )
+        except ImageNotFound:
+            raise ExecutorError(f"image not found: {run.image}") from None
+        except APIError as exc:
+            if exc.status_code != 409:  # 409: a retried task raced us to the name, or made it before
+                raise ExecutorError(f"container create error: {exc.explanation or exc}") from None
+            container = self._container(run)
+            if container is None:
+                raise ExecutorError(f"container create error: {exc.explanation or exc}") from None
         if container.status == "created":
             try:
-                container.put_archive("/", _reporter_tar(run.spec.get("export", {})))
+                if any(path.strip("/") for path in exports):
+                    container.put_archive("/", export_folders_tar(exports))
                 container.start()
             except APIError as exc:
                 raise ExecutorError(f"container start error: {exc.explanation or exc}") from None
         return container.id
 
+    def _reporter_volume(self, run) -> str:
+        """A volume holding the in-run reporter module (runyard.py), named by its
+        content: filled once on this engine, then mounted read-only by every run."""
+        data = REPORTER_FILE.read_bytes()
+        key = hashlib.sha256(data).hexdigest()[:16]
+        return self._filled_volume(run, f"runyard-reporter-{key}", {"runyard.reporter": key},
+                                   lambda: _reporter_tar(data), "the reporter module")
+
     def _import_volume(self, run, item) -> str:
         """A volume holding the import's content, filled once and reused by every run
         that reads the same content (its name is the content's key)."""
-        name = f"runyard-import-{item.key}"[:200]
+        return self._filled_volume(run, f"runyard-import-{item.key}"[:200], {"runyard.import": item.key},
+                                   item.open_tar, item.description)
+
+    def _filled_volume(self, run, name: str, labels: dict, open_tar, description: str) -> str:
+        """Volume `name`, filled once with the tar that open_tar() gives (bytes, or a
+        context manager giving a stream), and reused while its `-ready` twin exists."""
         ready = f"{name}-ready"  # created only after a complete fill
         try:
             self.client.volumes.get(ready)
             return name
         except NotFound:
             pass
-        self.client.volumes.create(name, labels={"runyard.import": item.key})
+        self.client.volumes.create(name, labels=labels)
         try:
             filler = self.client.containers.create(
                 image=run.image_digest or run.image, command=["true"], network_mode="none",
-                volumes={name: {"bind": "/import", "mode": "rw"}}, labels={"runyard.filler": item.key},
+                volumes={name: {"bind": "/import", "mode": "rw"}}, labels={"runyard.filler": next(iter(labels.values()))},
             )
         except (ImageNotFound, APIError) as exc:
-            raise ExecutorError(f"could not prepare {item.description}: {exc}") from None
+            raise ExecutorError(f"could not prepare {description}: {exc}") from None
         try:
-            with item.open_tar() as tar:
-                if not filler.put_archive("/import", tar):
-                    raise ExecutorError(f"could not copy {item.description} into its volume")
+            tar = open_tar()
+            with tar if hasattr(tar, "__enter__") else contextlib.nullcontext(tar) as stream:
+                if not filler.put_archive("/import", stream):
+                    raise ExecutorError(f"could not copy {description} into its volume")
         except APIError as exc:
-            raise ExecutorError(f"could not copy {item.description} into its volume: {exc.explanation or exc}") from None
+            raise ExecutorError(f"could not copy {description} into its volume: {exc.explanation or exc}") from None
         finally:
             filler.remove(force=True)
-        self.client.volumes.create(ready, labels={"runyard.import": item.key})
+        self.client.volumes.create(ready, labels=labels)
         return name
 
     def read_export(self, run, path: str):
@@ -713,19 +747,11 @@ def _add_export_folders(tar: tarfile.TarFile, exports) -> None:
             tar.addfile(folder)
 
 
-def _reporter_tar(exports=()) -> bytes:
-    """The in-run reporter module, and the export folders (export_folders_tar), as a
-    tar for put_archive at /: the run's first command finds them there."""
+def _reporter_tar(data: bytes) -> bytes:
+    """The in-run reporter module as a tar of one file, runyard.py, for its volume."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        _add_export_folders(tar, exports)
-        parts = REPORTER_DIR.strip("/").split("/")
-        for depth in range(1, len(parts) + 1):
-            folder = tarfile.TarInfo("/".join(parts[:depth]))
-            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(folder)
-        data = REPORTER_FILE.read_bytes()
-        member = tarfile.TarInfo(f"{REPORTER_DIR.strip('/')}/runyard.py")
+        member = tarfile.TarInfo("runyard.py")
         member.size, member.mode = len(data), 0o644
         tar.addfile(member, io.BytesIO(data))
     return buffer.getvalue()

@@ -11,21 +11,29 @@ A row reads itself again (run_row) when live_runs.js says its run changed; pendi
 also when the team's queue moves; running, when its progress would turn it stalled.
 """
 
+from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import quote
 
-from django.template.defaultfilters import date, floatformat
 from django.urls import reverse
-from django.utils.formats import localize
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from dashboard.templatetags.runyard import percent, percent_value, progress_text, stall_trigger, time_left
+from django.utils.timezone import template_localtime
+
 from runs.models import Run, Status
+
+LABELS = {value: str(label) for value, label in Status.choices}
+
+
+def _whole(seconds: float) -> str:
+    """`|floatformat:0`: rounded half up."""
+    return str(Decimal(repr(seconds)).quantize(Decimal(1), ROUND_HALF_UP))
 
 
 def badge_html(run: Run) -> str:
     """templates/dashboard/_badge.html."""
-    display = escape(run.get_status_display())
+    display = escape(LABELS.get(run.status, run.status))
     status = escape(run.status)
     title = display
     if run.progress is not None:
@@ -76,7 +84,8 @@ def row_html(run: Run, row_query: str = "", urls: tuple[str, str] | None = None)
         reproduces = f' <span class="muted" title="reproduces #{source}">↻{source}</span>'
     tags = "".join(f'<a class="tag" href="?tag={escape(quote(str(tag), safe="/"))}">{escape(tag)}</a> ' for tag in run.tags)
     duration = run.duration_seconds
-    duration_text = f"{floatformat(duration, 0)} s" if duration is not None else "—"
+    duration_text = f"{_whole(duration)} s" if duration is not None else "—"
+    created = template_localtime(run.created_at)
     values = "".join(f'<td class="num metric-col">{escape(value)}</td>' for value in getattr(run, "column_values", ()))
     again = row_url.format(pk) + (f"?{escape(row_query)}" if row_query else "")
     return mark_safe(
@@ -89,9 +98,9 @@ def row_html(run: Run, row_query: str = "", urls: tuple[str, str] | None = None)
         f'  <td><a href="{page_url.format(pk)}" id="run-link-{pk}">{escape(run.name)}</a>{reproduces}</td>\n'
         f'  <td class="tags">{tags}</td>\n'
         f'  <td class="wide">{escape(run.owner.get_username())}</td>\n'
-        f'  <td class="wide"><time datetime="{date(run.created_at, "c")}">{date(run.created_at, "Y-m-d H:i")}</time></td>\n'
+        f'  <td class="wide"><time datetime="{created.isoformat()}">{created.strftime("%Y-%m-%d %H:%M")}</time></td>\n'
         f'  <td class="wide num">{duration_text}</td>\n'
-        f'  <td class="wide num">{localize(run.credits)}</td>\n'
+        f'  <td class="wide num">{run.credits:f}</td>\n'
         f'  {values}\n'
         f'</tr>\n'
     )

@@ -27,6 +27,8 @@ from runs.spec import MAX_SPEC_BYTES, SpecError, dump_spec_yaml, format_duration
 from runs.system_metrics import is_system_key
 
 PAGE_SIZE = 50
+# What a row of the list (dashboard/run_rows.py) never shows: not read for it.
+ROW_UNREAD = ("spec", "description", "imports", "changes", "warnings", "image", "image_digest", "container_id")
 EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
 
 
@@ -52,7 +54,8 @@ def runs_list(request):
     # Sorted by a reported value, the list pages by position; else newest first by id.
     start = _whole_number(request.GET.get("start")) if sort else 0
     page = list(runs_for_user(request.user, before_id=None if sort else before, limit=PAGE_SIZE + 1,
-                              order=sort.ordering(descending) if sort else None, offset=start, **filters))
+                              order=sort.ordering(descending) if sort else None, offset=start,
+                              unread=ROW_UNREAD, **filters))
     more = len(page) > PAGE_SIZE
     page = _with_column_values(attach_queue_positions(page[:PAGE_SIZE]), columns)
     row_query = _row_query(columns)

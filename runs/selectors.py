@@ -8,16 +8,21 @@ from runs.access import run_for_user, visible_runs
 __all__ = ["run_for_user", "runs_for_user"]  # run_for_user lives in runs.access; kept here for its callers
 
 
+# What no list shows: left in the database (the masks' ciphertexts are the largest values of a run).
+NEVER_LISTED = ("mask_ciphertext", "inline_secrets_ciphertext", "log_pending", "log_cursor", "lease_owner", "lease_until")
+
+
 def runs_for_user(user, *, statuses=(), tag="", q="", owner="", before_id=None, limit=50,
-                  order=None, offset=0) -> QuerySet:
+                  order=None, offset=0, unread=()) -> QuerySet:
     """Newest first, paged by `before_id`; or by `order` (an expression, e.g. a
     reported value: dashboard.run_columns), then newest, paged by `offset`.
 
     One query, whatever the number of runs: each filter has an index that keeps
     the newest first (Run.Meta, migration 0011: the team's and the owner's runs
     by id, the status within a team, trigrams of the name and of the tags on
-    PostgreSQL), so a page reads about its own rows."""
-    runs = visible_runs(user).select_related("owner", "team", "preset", "cluster")
+    PostgreSQL), so a page reads about its own rows. `unread`: more fields the caller
+    never reads, besides NEVER_LISTED."""
+    runs = visible_runs(user).select_related("owner", "team", "preset", "cluster").defer(*NEVER_LISTED, *unread)
     runs = runs.order_by(order, "-pk") if order is not None else runs.order_by("-pk")
     if statuses:
         runs = runs.filter(status__in=statuses)

@@ -50,7 +50,8 @@ def main() -> int:
     if not engine_reachable():
         print("no Docker engine reachable: the floors need one (see README, `.ci/run` starts it)")
         return 1
-    connection.creation.create_test_db(verbosity=0, keepdb=True)
+    # Not serialized: a bench database holds a million runs (serializing is for TestCase rollbacks).
+    connection.creation.create_test_db(verbosity=0, keepdb=True, serialize=False)
     from django.contrib.auth import get_user_model
 
     from runs.models import Membership, Team

@@ -15,6 +15,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dashboard import run_columns
+from dashboard.run_rows import links, row_html
 from runs import metrics
 from runs.access import Action, NotAllowed, default_team, may, run_for_user, visible_runs
 from runs.lifecycle import IllegalTransition
@@ -26,6 +27,8 @@ from runs.spec import MAX_SPEC_BYTES, SpecError, dump_spec_yaml, format_duration
 from runs.system_metrics import is_system_key
 
 PAGE_SIZE = 50
+# What a row of the list (dashboard/run_rows.py) never shows: not read for it.
+ROW_UNREAD = ("spec", "description", "imports", "changes", "warnings", "image", "image_digest", "container_id")
 EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
 
 
@@ -51,9 +54,14 @@ def runs_list(request):
     # Sorted by a reported value, the list pages by position; else newest first by id.
     start = _whole_number(request.GET.get("start")) if sort else 0
     page = list(runs_for_user(request.user, before_id=None if sort else before, limit=PAGE_SIZE + 1,
-                              order=sort.ordering(descending) if sort else None, offset=start, **filters))
+                              order=sort.ordering(descending) if sort else None, offset=start,
+                              unread=ROW_UNREAD, **filters))
     more = len(page) > PAGE_SIZE
     page = _with_column_values(attach_queue_positions(page[:PAGE_SIZE]), columns)
+    row_query = _row_query(columns)
+    urls = links()
+    for run in page:
+        run.row_html = row_html(run, row_query, urls)
     older = request.GET.copy()
     if more and sort:
         older["start"] = start + PAGE_SIZE
@@ -72,7 +80,7 @@ def runs_list(request):
         "older_query": older.urlencode() if more else "",
         "filtered": any(filters.values()) or before is not None or bool(start),
         "first_page": before is None and not start,
-        "row_query": _row_query(columns),
+        "row_query": row_query,
         "any_runs": bool(page) or visible_runs(request.user).exists(),
     }
     # htmx (the filters, the live table) asks for the table alone, at the page's own URL.
@@ -88,7 +96,8 @@ def run_row(request, run_id: int):
     """One row of the runs list: what the live list swaps in when its run changes."""
     columns, _ = run_columns.parse_columns(request.GET.get("columns", ""))
     run = _with_column_values(attach_queue_positions([_run_or_404(request, run_id)]), columns)[0]
-    return render(request, "dashboard/_run_row.html", {"run": run, "columns": columns, "row_query": _row_query(columns)})
+    run.row_html = row_html(run, _row_query(columns))
+    return render(request, "dashboard/_run_row.html", {"run": run})
 
 
 def _row_query(columns) -> str:

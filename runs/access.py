@@ -153,12 +153,16 @@ def team_for_user(user, name: str | None, action: Action = Action.READ) -> Team 
 
 
 def visible_runs(user) -> QuerySet[Run]:
-    """Every run the user may read, the base of every list."""
+    """Every run the user may read, the base of every list.
+
+    By the ids of the user's teams, read first (one small query): with them, the
+    database walks the runs' indexes newest first and stops at a page, where a join
+    through the memberships made it read every run of the teams before sorting."""
     if not is_present(user):
         return Run.objects.none()
     runs = Run.objects.all()
     if not user.is_superuser:
-        runs = runs.filter(team__memberships__user=user)
+        runs = runs.filter(team_id__in=sorted(Membership.objects.filter(user=user).values_list("team_id", flat=True)))
     return runs
 
 
@@ -166,7 +170,12 @@ def run_for_user(user, run_id: int, action: Action = Action.READ) -> Run:
     """The run, if the user may `action` it. Run.DoesNotExist for a run of another
     team, exactly as for one that does not exist; NotAllowed for a teammate's
     role that forbids the action."""
-    run = visible_runs(user).select_related("owner", "team", "preset", "cluster").filter(pk=run_id).first()
+    if not is_present(user):
+        raise Run.DoesNotExist("run not found")
+    runs = Run.objects.select_related("owner", "team", "preset", "cluster").filter(pk=run_id)
+    if not user.is_superuser:
+        runs = runs.filter(team__memberships__user=user)  # one run by its key: the join costs nothing here
+    run = runs.first()
     if run is None:
         raise Run.DoesNotExist("run not found")
     require(user, action, run.team)

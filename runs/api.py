@@ -9,6 +9,7 @@ import functools
 import logging
 import posixpath
 import re
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
@@ -162,6 +163,7 @@ def iso(value):
 
 
 def serialize_run(run: Run) -> dict:
+    by_status = run.credits_by_status  # once: Run.credits is their sum
     return {
         "id": run.pk,
         "name": run.name,
@@ -185,8 +187,8 @@ def serialize_run(run: Run) -> dict:
         "stalled": run.stalled,
         "reports_malformed": run.reports_malformed,
         "summary": run.summary,
-        "credits": str(run.credits),
-        "credits_by_status": {status: str(amount) for status, amount in run.credits_by_status.items()},
+        "credits": str(sum(by_status.values(), Decimal("0.0000"))),
+        "credits_by_status": {status: str(amount) for status, amount in by_status.items()},
         "preset": run.preset.name,
         "image": run.image,
         "image_digest": run.image_digest or None,

@@ -232,7 +232,13 @@ class Run(models.Model):
     inline_secrets_ciphertext = models.BinaryField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["team", "-id"], name="run_team_newest")]
+        # Each list filter newest first (runs.selectors): a page reads about its own rows.
+        # Searches by name and tag use trigram indexes on PostgreSQL (migration 0011).
+        indexes = [
+            models.Index(fields=["team", "-id"], name="run_team_newest"),
+            models.Index(fields=["team", "status", "-id"], name="run_team_status_newest"),
+            models.Index(fields=["owner", "-id"], name="run_owner_newest"),
+        ]
 
     def __str__(self):
         return f"#{self.pk} {self.name}"

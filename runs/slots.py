@@ -185,14 +185,25 @@ def queue_position(run: Run) -> int | None:
 
 
 def attach_queue_positions(runs: list[Run]) -> list[Run]:
-    """Set `queue_position` on each run of a page (None if not pending), with one query."""
-    teams = {run.team_id for run in runs if run.status == Status.PENDING}
+    """Set `queue_position` on each run of a page (None if not pending), with one query.
+
+    The database numbers the pending runs of the page's teams up to the page's
+    newest (an index-only walk of the team's queue: Run.Meta's team, status, id)
+    and returns the page's places alone, not the queue."""
+    pending = [run for run in runs if run.status == Status.PENDING]
     place: dict[int, int] = {}
-    if teams:
-        seen: Counter = Counter()
-        for run_id, team_id in Run.objects.filter(team_id__in=teams, status=Status.PENDING).order_by("pk").values_list("pk", "team_id"):
-            seen[team_id] += 1
-            place[run_id] = seen[team_id]
+    if pending:
+        ids = [run.pk for run in pending]
+        teams = sorted({run.team_id for run in pending})
+        table = Run._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id, place FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY team_id ORDER BY id) AS place"
+                f" FROM {table} WHERE status = %s AND team_id IN ({', '.join(['%s'] * len(teams))}) AND id <= %s) AS queue"
+                f" WHERE id IN ({', '.join(['%s'] * len(ids))})",
+                [Status.PENDING.value, *teams, max(ids), *ids],
+            )
+            place = dict(cursor.fetchall())
     for run in runs:
         run.queue_position = place.get(run.pk) if run.status == Status.PENDING else None
     return runs

@@ -3,9 +3,9 @@
 Fifty rows through the template engine (a row, its badge, its progress bar: some
 forty variable lookups, localized numbers and reversed URLs each) cost the list
 page several times what reading its runs does; the same markup formatted here
-costs a fraction. It is the markup of templates/dashboard/_badge.html and
-_run_progress.html (which the run's header and the comparison still render):
-a change to one is a change to the other.
+costs a fraction. The badge and the progress bar are written here once: the
+run's header and the comparison render them through the `run_badge` and
+`run_progress` tags (templates/dashboard/_badge.html, _run_progress.html).
 
 A row reads itself again (run_row) when live_runs.js says its run changed; pending,
 also when the team's queue moves; running, when its progress would turn it stalled.
@@ -32,7 +32,7 @@ def _whole(seconds: float) -> str:
 
 
 def badge_html(run: Run) -> str:
-    """templates/dashboard/_badge.html."""
+    """A run's status badge; its title says progress, time left and why."""
     display = escape(LABELS.get(run.status, run.status))
     status = escape(run.status)
     title = display
@@ -50,7 +50,7 @@ def badge_html(run: Run) -> str:
 
 
 def progress_html(run: Run, id_prefix: str) -> str:
-    """templates/dashboard/_run_progress.html."""
+    """A running run's reported progress: a bar Tab reaches, described by the words beside it."""
     if run.status != Status.RUNNING or run.progress is None:
         return ""
     key = f"{id_prefix}{run.pk}"

@@ -1,6 +1,7 @@
 """Small formatting filters the run pages share."""
 
 from django import template
+from django.utils.safestring import mark_safe
 
 from dashboard.admin_site import may_enter_admin
 
@@ -77,3 +78,19 @@ def usage_team(user) -> str:
 
     team = Team.objects.filter(pk__in=administered_team_ids(user)).order_by("name").first()
     return team.name if team else ""
+
+
+@register.simple_tag
+def run_badge(run):
+    """A run's status badge: the markup the runs list writes (dashboard/run_rows.py)."""
+    from dashboard.run_rows import badge_html
+
+    return mark_safe(badge_html(run))
+
+
+@register.simple_tag
+def run_progress(run, id_prefix: str):
+    """A running run's progress bar and its words, as the runs list writes them."""
+    from dashboard.run_rows import progress_html
+
+    return mark_safe(progress_html(run, id_prefix))

@@ -333,9 +333,27 @@ class MetricChunk(models.Model):
     steps = models.BinaryField(help_text="int64 per point; -1 where no step was given")
     values = models.BinaryField(help_text="float64 per point")
     times = models.BinaryField(help_text="float64 unix time of each reporting line")
+    # Written with the points (runs/metrics.py): where the chunk lies on each x axis, so a
+    # zoom fetches only the chunks in its range, and each block's lowest and highest
+    # point, so a whole series is thinned from these instead of every point. Chunks
+    # stored before them have none (time_low is null): they are read point by point.
+    step_low = models.BigIntegerField(null=True, help_text="lowest step given; null if none was")
+    step_high = models.BigIntegerField(null=True, help_text="highest step given; null if none was")
+    stepless = models.BooleanField(default=False, help_text="some point has no step (its x is its position)")
+    time_low = models.FloatField(null=True, help_text="earliest unix time; null for a chunk stored without summary")
+    time_high = models.FloatField(null=True)
+    summary = models.BinaryField(null=True, help_text="packed lowest and highest point of each block of points")
 
     class Meta:
         indexes = [models.Index(fields=["run", "key", "id"], name="metric_run_key_order")]
+
+    SUMMARY_FIELDS = ("step_low", "step_high", "stepless", "time_low", "time_high", "summary")
+
+    def save(self, *args, update_fields=None, **kwargs):
+        # A chunk whose points change (a system metric's open chunk) keeps its summary with them.
+        if update_fields is not None and "values" in update_fields:
+            update_fields = [*update_fields, *(f for f in self.SUMMARY_FIELDS if f not in update_fields)]
+        super().save(*args, update_fields=update_fields, **kwargs)
 
 
 class RunEvent(models.Model):

@@ -9,7 +9,7 @@ full detail.
 import datetime as dt
 import sys
 from array import array
-from bisect import bisect_left
+from bisect import bisect_right
 
 from runs.models import MetricChunk, Run
 from runs.system_metrics import is_system_key
@@ -64,12 +64,14 @@ def _packed(items: array) -> bytes:
 # ---------------------------------------------------------------- summaries
 #
 # Each chunk keeps, beside its points, the lowest and the highest point of every
-# block of BLOCK consecutive points (value, step, time and position in the chunk).
-# A series far longer than its chart is thinned from these: a million points are
-# about 31,000 blocks. Stored as a header (the block size, int64) and eight packed
-# arrays of one item a block.
+# block of BLOCK consecutive points (value, step, time and position in the chunk),
+# and again of every block of COARSE points. A series far longer than its chart is
+# thinned from these: a million points are about 31,000 blocks, or 4,000 coarse
+# ones. Each is stored as a header (the block size, int64) and eight packed arrays
+# of one item a block.
 
 BLOCK = 32
+COARSE = 256
 _SUMMARY_ARRAYS = (("low_values", "d"), ("high_values", "d"), ("low_steps", "q"), ("high_steps", "q"),
                    ("low_times", "d"), ("high_times", "d"), ("low_at", "q"), ("high_at", "q"))
 
@@ -81,28 +83,30 @@ def _summarise(chunk: MetricChunk, steps: array, values: array, times: array) ->
         block = values[start:start + BLOCK]
         low_at.append(start + block.index(min(block)))
         high_at.append(start + block.index(max(block)))
-    columns = {
-        "low_values": array("d", [values[i] for i in low_at]), "high_values": array("d", [values[i] for i in high_at]),
-        "low_steps": array("q", [steps[i] for i in low_at]), "high_steps": array("q", [steps[i] for i in high_at]),
-        "low_times": array("d", [times[i] for i in low_at]), "high_times": array("d", [times[i] for i in high_at]),
-        "low_at": low_at, "high_at": high_at,
-    }
-    chunk.summary = _packed(array("q", [BLOCK])) + b"".join(_packed(columns[name]) for name, _ in _SUMMARY_ARRAYS)
+    chunk.summary = _summary(BLOCK, low_at, high_at, steps, values, times)
+    # The coarse blocks from the fine ones: the first lowest of the lowest is the block's first lowest.
+    per = COARSE // BLOCK
+    coarse_low, coarse_high = array("q"), array("q")
+    for start in range(0, len(low_at), per):
+        lows = [values[at] for at in low_at[start:start + per]]
+        coarse_low.append(low_at[start + lows.index(min(lows))])
+        highs = [values[at] for at in high_at[start:start + per]]
+        coarse_high.append(high_at[start + highs.index(max(highs))])
+    chunk.summary_coarse = _summary(COARSE, coarse_low, coarse_high, steps, values, times)
     chunk.stepless = NO_STEP in steps
     given = [step for step in steps if step != NO_STEP] if chunk.stepless else steps
     chunk.step_low, chunk.step_high = (min(given), max(given)) if len(given) else (None, None)
     chunk.time_low, chunk.time_high = (min(times), max(times)) if len(times) else (None, None)
 
 
-def _unpack_summary(data) -> tuple[int, dict[str, array]]:
-    data = bytes(data)
-    block = _unpack("q", data[:8])[0]
-    blocks = (len(data) - 8) // (8 * len(_SUMMARY_ARRAYS))
-    out = {}
-    for n, (name, typecode) in enumerate(_SUMMARY_ARRAYS):
-        begin = 8 + n * 8 * blocks
-        out[name] = _unpack(typecode, data[begin:begin + 8 * blocks])
-    return block, out
+def _summary(block: int, low_at: array, high_at: array, steps: array, values: array, times: array) -> bytes:
+    columns = {
+        "low_values": array("d", [values[i] for i in low_at]), "high_values": array("d", [values[i] for i in high_at]),
+        "low_steps": array("q", [steps[i] for i in low_at]), "high_steps": array("q", [steps[i] for i in high_at]),
+        "low_times": array("d", [times[i] for i in low_at]), "high_times": array("d", [times[i] for i in high_at]),
+        "low_at": low_at, "high_at": high_at,
+    }
+    return _packed(array("q", [block])) + b"".join(_packed(columns[name]) for name, _ in _SUMMARY_ARRAYS)
 
 
 def columns(run: Run, key: str) -> tuple[list, list[float], list[float]]:
@@ -175,23 +179,26 @@ def series(run: Run, key: str, *, x: str = "step", max_points: int = 1000,
         if kind:
             plan.append((chunk_id, offset, count, kind))
         offset += count
+    # Where a bucket spans a few blocks or more, the chunks wholly in range are thinned from their summaries.
     buckets = max(1, max_points // 2)
-    summarised = whole_points >= 4 * BLOCK * buckets  # a bucket spans several blocks: thin from summaries
+    summary = next((field for field, block in (("summary_coarse", COARSE), ("summary", BLOCK))
+                    if whole_points >= 2 * block * buckets), None)
+    summarised = summary is not None
     reads = {kind: [chunk_id for chunk_id, _, _, k in plan if (k == "whole" and summarised) == (kind == "summary")]
              for kind in ("summary", "points")}
-    fetched = dict(_fetch(run, key, reads["summary"], ("summary",)))
+    fetched = dict(_fetch(run, key, reads["summary"], (summary,)))
     fetched.update(_fetch(run, key, reads["points"], ("steps", "values", "times")))
 
     units = _Units()
     for chunk_id, offset, count, kind in plan:
         row = fetched[chunk_id]
         if kind == "whole" and summarised:
-            units.add_summary(offset, count, *_unpack_summary(row[0]))
+            units.add_summary(offset, count, row[0])
+            continue
+        if kind == "whole" or not zoomed:
+            units.add_points(offset, *row, _positions(count))
             continue
         steps, values, times = (_unpack(t, data) for t, data in zip("qdd", row))
-        if kind == "whole" or not zoomed:
-            units.add_points(offset, steps, values, times)
-            continue
         if x == "step":
             xs = [offset + i if step == NO_STEP else step for i, step in enumerate(steps)]
         elif x == "relative":
@@ -199,11 +206,12 @@ def series(run: Run, key: str, *, x: str = "step", max_points: int = 1000,
         else:
             xs = times
         kept = [i for i, value in enumerate(xs) if low <= value <= high]
-        if len(kept) == len(steps):
-            units.add_points(offset, steps, values, times)
+        if len(kept) == count:
+            units.add_points(offset, *row, _positions(count))
         elif kept:
-            units.add_points(offset, array("q", [steps[i] for i in kept]), array("d", [values[i] for i in kept]),
-                             array("d", [times[i] for i in kept]), array("q", [offset + i for i in kept]))
+            units.add_points(offset, _packed(array("q", [steps[i] for i in kept])),
+                             _packed(array("d", [values[i] for i in kept])),
+                             _packed(array("d", [times[i] for i in kept])), _packed(array("q", kept)))
 
     total = units.points
     picked = units.thinned(max_points)
@@ -230,63 +238,88 @@ def _fetch(run: Run, key: str, ids: list[int], fields: tuple[str, ...]):
             yield chunk_id, data
 
 
-class _Units:
-    """A series in reading order as units: points, or summarised blocks of points.
+_POSITIONS = b""
 
-    Each unit starts at a position among the points read (`starts`) and has a lowest
-    and a highest point, each its position in the whole series, step, time and value.
+
+def _positions(count: int) -> bytes:
+    """0, 1, ... count - 1, packed."""
+    global _POSITIONS
+    if len(_POSITIONS) < 8 * count:
+        _POSITIONS = _packed(array("q", range(max(count, 4096))))
+    return _POSITIONS[:8 * count]
+
+
+class _Units:
+    """What was read of a series, in order, as units: points read one by one, and the
+    blocks of the chunks read from their summaries. A unit has a lowest and a highest
+    point (the same one for a point read): its value, step, time and position.
+
+    The units are gathered as packed pieces and unpacked once, an array a field; a
+    segment (a chunk, or the points of one read) says where its units lie:
+    (first point among those read, first unit, units, points a unit, chunk's position in the series).
     """
 
     def __init__(self):
         self.points = 0
-        self.starts = array("q")
-        self.low = {"at": array("q"), "step": array("q"), "time": array("d"), "value": array("d")}
-        self.high = {"at": array("q"), "step": array("q"), "time": array("d"), "value": array("d")}
+        self.units = 0
+        self.pieces: dict[str, list] = {name: [] for name, _ in _SUMMARY_ARRAYS}
+        self.segments: list[tuple[int, int, int, int, int]] = []
 
-    def add_points(self, offset: int, steps: array, values: array, times: array, at: array | None = None) -> None:
-        """Points read one by one; `at` their positions in the series (default: from `offset` on)."""
-        count = len(values)
-        if at is None:
-            at = array("q", range(offset, offset + count))
-        self.starts.extend(array("q", range(self.points, self.points + count)))
-        for side in (self.low, self.high):
-            side["at"].extend(at)
-            side["step"].extend(steps)
-            side["time"].extend(times)
-            side["value"].extend(values)
-        self.points += count
+    def add_summary(self, offset: int, count: int, data) -> None:
+        """A chunk wholly in range, from its summary."""
+        data = memoryview(data)
+        block = int.from_bytes(data[:8], "little")
+        blocks = (len(data) - 8) // (8 * len(_SUMMARY_ARRAYS))
+        for n, (name, _) in enumerate(_SUMMARY_ARRAYS):
+            self.pieces[name].append(data[8 + n * 8 * blocks:8 + (n + 1) * 8 * blocks])
+        self._segment(offset, count, blocks, block)
 
-    def add_summary(self, offset: int, count: int, block: int, summary: dict[str, array]) -> None:
-        """A chunk wholly read, from its summary: a unit a block."""
-        blocks = len(summary["low_values"])
-        self.starts.extend(array("q", range(self.points, self.points + blocks * block, block)))
-        for name, side in (("low", self.low), ("high", self.high)):
-            side["at"].extend(array("q", [offset + at for at in summary[f"{name}_at"]]))
-            side["step"].extend(summary[f"{name}_steps"])
-            side["time"].extend(summary[f"{name}_times"])
-            side["value"].extend(summary[f"{name}_values"])
+    def add_points(self, offset: int, steps, values, times, at: bytes) -> None:
+        """Points of a chunk at `offset`, packed; `at` their positions in the chunk."""
+        for name, piece in (("values", values), ("steps", steps), ("times", times), ("at", at)):
+            self.pieces[f"low_{name}"].append(piece)
+            self.pieces[f"high_{name}"].append(piece)
+        count = len(at) // 8
+        self._segment(offset, count, count, 1)
+
+    def _segment(self, offset: int, count: int, units: int, per_unit: int) -> None:
+        self.segments.append((self.points, self.units, units, per_unit, offset))
         self.points += count
+        self.units += units
+
+    def _first_unit_from(self, point: int, firsts: list[int]) -> int:
+        """The first unit starting at or after `point` (a position among the points read)."""
+        if point >= self.points:
+            return self.units
+        first_point, first_unit, units, per_unit, _ = self.segments[bisect_right(firsts, point) - 1]
+        return first_unit + min(units, -(-(point - first_point) // per_unit))
 
     def thinned(self, max_points: int) -> list[tuple]:
         """(position, step, time, value) of at most max_points points, in order: every point
         if they fit, else each bucket's lowest and highest."""
-        low, high = self.low, self.high
+        field = {name: _unpack(typecode, b"".join(self.pieces[name])) for name, typecode in _SUMMARY_ARRAYS}
+        unit_firsts = [segment[1] for segment in self.segments]
+
+        def point(side: str, unit: int) -> tuple:
+            offset = self.segments[bisect_right(unit_firsts, unit) - 1][4]
+            return (offset + field[f"{side}_at"][unit], field[f"{side}_steps"][unit],
+                    field[f"{side}_times"][unit], field[f"{side}_values"][unit])
+
         if self.points <= max_points:  # only points were read (summaries are read for far more)
-            return list(zip(low["at"], low["step"], low["time"], low["value"]))
+            return [point("low", unit) for unit in range(self.units)]
         buckets = max(1, max_points // 2)
+        point_firsts = [segment[0] for segment in self.segments]
+        lows, highs = field["low_values"], field["high_values"]
         picked = []
-        total = self.points
         begin = 0
         for bucket in range(buckets):
-            end = bisect_left(self.starts, (bucket + 1) * total // buckets, begin)
+            end = self._first_unit_from((bucket + 1) * self.points // buckets, point_firsts)
             if end <= begin:
                 continue
-            values = low["value"][begin:end]
-            i = begin + values.index(min(values))
-            values = high["value"][begin:end]
-            j = begin + values.index(max(values))
-            lowest = (low["at"][i], low["step"][i], low["time"][i], low["value"][i])
-            highest = (high["at"][j], high["step"][j], high["time"][j], high["value"][j])
+            values = lows[begin:end]
+            lowest = point("low", begin + values.index(min(values)))
+            values = highs[begin:end]
+            highest = point("high", begin + values.index(max(values)))
             if lowest[0] == highest[0]:
                 picked.append(lowest)
             else:

@@ -342,12 +342,13 @@ class MetricChunk(models.Model):
     stepless = models.BooleanField(default=False, help_text="some point has no step (its x is its position)")
     time_low = models.FloatField(null=True, help_text="earliest unix time; null for a chunk stored without summary")
     time_high = models.FloatField(null=True)
-    summary = models.BinaryField(null=True, help_text="packed lowest and highest point of each block of points")
+    summary = models.BinaryField(null=True, help_text="packed lowest and highest point of each block of 32 points")
+    summary_coarse = models.BinaryField(null=True, help_text="the same of each block of 256 points")
 
     class Meta:
         indexes = [models.Index(fields=["run", "key", "id"], name="metric_run_key_order")]
 
-    SUMMARY_FIELDS = ("step_low", "step_high", "stepless", "time_low", "time_high", "summary")
+    SUMMARY_FIELDS = ("step_low", "step_high", "stepless", "time_low", "time_high", "summary", "summary_coarse")
 
     def save(self, *args, update_fields=None, **kwargs):
         # A chunk whose points change (a system metric's open chunk) keeps its summary with them.

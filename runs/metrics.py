@@ -34,9 +34,10 @@ def _unpack(typecode: str, data) -> array:
 
 def metric_chunk(run_id: int, key: str, points: list[tuple]) -> MetricChunk:
     """A row holding (step or None, value, unix time) points of one metric."""
-    steps = array("q", (NO_STEP if step is None else step for step, _, _ in points))
-    values = array("d", (value for _, value, _ in points))
-    times = array("d", (at for _, _, at in points))
+    steps, values, times = zip(*points) if points else ((), (), ())
+    if None in steps:
+        steps = [NO_STEP if step is None else step for step in steps]
+    steps, values, times = array("q", steps), array("d", values), array("d", times)
     chunk = MetricChunk(run_id=run_id, key=key, count=len(values),
                         steps=_packed(steps), values=_packed(values), times=_packed(times))
     _summarise(chunk, steps, values, times)
@@ -78,9 +79,10 @@ _SUMMARY_ARRAYS = (("low_values", "d"), ("high_values", "d"), ("low_steps", "q")
 
 def _summarise(chunk: MetricChunk, steps: array, values: array, times: array) -> None:
     """Set the chunk's summary fields from its points."""
+    listed = values.tolist()
     low_at, high_at = array("q"), array("q")
-    for start in range(0, len(values), BLOCK):
-        block = values[start:start + BLOCK]
+    for start in range(0, len(listed), BLOCK):
+        block = listed[start:start + BLOCK]
         low_at.append(start + block.index(min(block)))
         high_at.append(start + block.index(max(block)))
     chunk.summary = _summary(BLOCK, low_at, high_at, steps, values, times)
@@ -88,9 +90,9 @@ def _summarise(chunk: MetricChunk, steps: array, values: array, times: array) ->
     per = COARSE // BLOCK
     coarse_low, coarse_high = array("q"), array("q")
     for start in range(0, len(low_at), per):
-        lows = [values[at] for at in low_at[start:start + per]]
+        lows = [listed[at] for at in low_at[start:start + per]]
         coarse_low.append(low_at[start + lows.index(min(lows))])
-        highs = [values[at] for at in high_at[start:start + per]]
+        highs = [listed[at] for at in high_at[start:start + per]]
         coarse_high.append(high_at[start + highs.index(max(highs))])
     chunk.summary_coarse = _summary(COARSE, coarse_low, coarse_high, steps, values, times)
     chunk.stepless = NO_STEP in steps
@@ -306,7 +308,12 @@ class _Units:
                     field[f"{side}_times"][unit], field[f"{side}_values"][unit])
 
         if self.points <= max_points:  # only points were read (summaries are read for far more)
-            return [point("low", unit) for unit in range(self.units)]
+            every = []
+            for _, first, units, _, offset in self.segments:
+                last = first + units
+                every.extend(zip([offset + at for at in field["low_at"][first:last]], field["low_steps"][first:last],
+                                 field["low_times"][first:last], field["low_values"][first:last]))
+            return every
         buckets = max(1, max_points // 2)
         point_firsts = [segment[0] for segment in self.segments]
         lows, highs = field["low_values"], field["high_values"]

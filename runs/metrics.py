@@ -202,7 +202,7 @@ def series(run: Run, key: str, *, x: str = "step", max_points: int = 1000,
             continue
         steps, values, times = (_unpack(t, data) for t, data in zip("qdd", row))
         if x == "step":
-            xs = [offset + i if step == NO_STEP else step for i, step in enumerate(steps)]
+            xs = [offset + i if step == NO_STEP else step for i, step in enumerate(steps)] if NO_STEP in steps else steps
         elif x == "relative":
             xs = [at - origin for at in times]
         else:
@@ -216,17 +216,15 @@ def series(run: Run, key: str, *, x: str = "step", max_points: int = 1000,
                              _packed(array("d", [times[i] for i in kept])), _packed(array("q", kept)))
 
     total = units.points
-    picked = units.thinned(max_points)
-    out_x: list = []
-    for at, step, when, _ in picked:
-        if x == "step":
-            out_x.append(at if step == NO_STEP else step)
-        elif x == "relative":
-            out_x.append(round(when - origin, 3))
-        else:
-            out_x.append(_iso(when))
-    return {"key": key, "x_axis": x, "x": out_x, "y": [value for _, _, _, value in picked],
-            "total_points": total, "downsampled": len(picked) < total}
+    at, steps, times, values = units.thinned(max_points)
+    if x == "step":
+        out_x = [a if step == NO_STEP else step for a, step in zip(at(), steps)] if NO_STEP in steps else steps
+    elif x == "relative":
+        out_x = [round(when - origin, 3) for when in times]
+    else:
+        out_x = [_iso(when) for when in times]
+    return {"key": key, "x_axis": x, "x": out_x, "y": values,
+            "total_points": total, "downsampled": len(values) < total}
 
 
 def _fetch(run: Run, key: str, ids: list[int], fields: tuple[str, ...]):
@@ -297,8 +295,9 @@ class _Units:
         return first_unit + min(units, -(-(point - first_point) // per_unit))
 
     def thinned(self, max_points: int) -> list[tuple]:
-        """(position, step, time, value) of at most max_points points, in order: every point
-        if they fit, else each bucket's lowest and highest."""
+        """At most max_points points, in order: every point if they fit, else each bucket's
+        lowest and highest. As lists of their steps, times and values, with a function
+        giving their positions in the series."""
         field = {name: _unpack(typecode, b"".join(self.pieces[name])) for name, typecode in _SUMMARY_ARRAYS}
         unit_firsts = [segment[1] for segment in self.segments]
 
@@ -308,12 +307,13 @@ class _Units:
                     field[f"{side}_times"][unit], field[f"{side}_values"][unit])
 
         if self.points <= max_points:  # only points were read (summaries are read for far more)
-            every = []
-            for _, first, units, _, offset in self.segments:
-                last = first + units
-                every.extend(zip([offset + at for at in field["low_at"][first:last]], field["low_steps"][first:last],
-                                 field["low_times"][first:last], field["low_values"][first:last]))
-            return every
+            def positions() -> list[int]:
+                out = []
+                for _, first, units, _, offset in self.segments:
+                    out.extend(offset + at for at in field["low_at"][first:first + units])
+                return out
+
+            return positions, *(field[name].tolist() for name in ("low_steps", "low_times", "low_values"))
         buckets = max(1, max_points // 2)
         point_firsts = [segment[0] for segment in self.segments]
         lows, highs = field["low_values"], field["high_values"]
@@ -332,7 +332,7 @@ class _Units:
             else:
                 picked.extend(sorted((lowest, highest)))
             begin = end
-        return picked
+        return (lambda: [p[0] for p in picked]), *([p[n] for p in picked] for n in (1, 2, 3))
 
 
 def thin(values: list[float], max_points: int) -> list[int]:

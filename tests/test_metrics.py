@@ -159,7 +159,7 @@ def test_chunks_stored_before_summaries_read_the_same(alice):
     new = stored_run(alice, points, chunk=1500, name="new")
     old = stored_run(alice, points, chunk=1500, name="old")
     # As the migration left them: the points, nothing else.
-    MetricChunk.objects.filter(run=old).update(step_low=None, step_high=None, stepless=False, time_low=None,
+    MetricChunk.objects.filter(run=old).update(step_low=None, step_high=None, stepless=None, time_low=None,
                                                time_high=None, summary=None, summary_coarse=None)
     half = MetricChunk.objects.filter(run=new).order_by("id").values_list("id", flat=True)[20]
     MetricChunk.objects.filter(run=new, id__lt=half).update(time_low=None, summary=None)  # old and new mixed

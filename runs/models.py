@@ -334,6 +334,18 @@ class MetricChunk(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metric_chunks")
     key = models.CharField(max_length=100)
     count = models.PositiveIntegerField()
+    # Written with the points (runs/metrics.py): where the chunk lies on each x axis, so a
+    # zoom fetches only the chunks in its range, and each block's lowest and highest
+    # point, so a whole series is thinned from these instead of every point. Chunks
+    # stored before them have none (time_low is null): they are read point by point.
+    # (Before the points: on SQLite a row's later columns are reached through them.)
+    step_low = models.BigIntegerField(null=True, help_text="lowest step given; null if none was")
+    step_high = models.BigIntegerField(null=True, help_text="highest step given; null if none was")
+    stepless = models.BooleanField(null=True, help_text="some point has no step (its x is its position)")
+    time_low = models.FloatField(null=True, help_text="earliest unix time; null for a chunk stored without summary")
+    time_high = models.FloatField(null=True)
+    summary_coarse = models.BinaryField(null=True, help_text="the same of each block of 256 points")
+    summary = models.BinaryField(null=True, help_text="packed lowest and highest point of each block of 32 points")
     # Packed arrays of `count` items (runs/metrics.py packs and unpacks them): a
     # 100,000-point series reads in milliseconds, where JSON took a fifth of a second.
     steps = models.BinaryField(help_text="int64 per point; -1 where no step was given")
@@ -342,6 +354,14 @@ class MetricChunk(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["run", "key", "id"], name="metric_run_key_order")]
+
+    SUMMARY_FIELDS = ("step_low", "step_high", "stepless", "time_low", "time_high", "summary", "summary_coarse")
+
+    def save(self, *args, update_fields=None, **kwargs):
+        # A chunk whose points change (a system metric's open chunk) keeps its summary with them.
+        if update_fields is not None and "values" in update_fields:
+            update_fields = [*update_fields, *(f for f in self.SUMMARY_FIELDS if f not in update_fields)]
+        super().save(*args, update_fields=update_fields, **kwargs)
 
 
 class RunEvent(models.Model):

@@ -85,6 +85,108 @@ def test_eta_follows_the_recent_rate():
     assert restarted == [[1012.0, 0.05]] and reports.eta_seconds(restarted, now=1012.0) is None
 
 
+
+# ---------------------------------------------------------------- long series, stored as the collector stores them
+
+
+def stored_run(user, points, chunk=2000, name="stored"):
+    """A finished run holding metric `m` of `points` (step or None, value, unix time), in chunks."""
+    from runs.models import MetricChunk, ResourcePreset, Run
+
+    run = Run.objects.create(name=name, spec={}, image="busybox", owner=user, team=user.teams.get(),
+                             preset=ResourcePreset.objects.get(name="cpu-small"), executor="local", status="completed")
+    MetricChunk.objects.bulk_create(
+        (metrics.metric_chunk(run.pk, "m", points[first:first + chunk]) for first in range(0, len(points), chunk)),
+        batch_size=50,
+    )
+    return run
+
+
+def test_a_million_points_keep_their_spike_and_dip_and_a_wide_zoom_its_extremes(alice):
+    count, spike, dip = 1_000_000, 123_457, 876_543
+    start = 1_700_000_000.0
+    run = stored_run(alice, [(i, 99.0 if i == spike else -99.0 if i == dip else 1 / (i + 1), start + i / 100)
+                             for i in range(count)])
+    api = Api(alice)
+    chart = api.get(f"/runs/{run.pk}/metrics/m", max_points=2000).json()
+    assert (chart["total_points"], chart["downsampled"]) == (count, True)
+    assert 1000 < len(chart["x"]) == len(chart["y"]) <= 2000
+    assert chart["x"] == sorted(chart["x"])
+    assert chart["x"][chart["y"].index(99.0)] == spike and chart["x"][chart["y"].index(-99.0)] == dip
+    assert chart["x"][0] == 0 and chart["y"][-1] == 1 / count  # the ends are extremes too
+    # On a time axis, the same points at their times.
+    wall = api.get(f"/runs/{run.pk}/metrics/m", x="wall", max_points=2000).json()
+    assert wall["y"] == chart["y"] and wall["x"][wall["y"].index(99.0)] == metrics._iso(start + spike / 100)
+    # Zoomed to 40%: still thinned, every point in range, the spike in it kept; a range with no point is empty.
+    wide = api.get(f"/runs/{run.pk}/metrics/m", max_points=1000, x_min=100_000.5, x_max=500_000).json()
+    assert wide["total_points"] == 400_000 and len(wide["y"]) <= 1000
+    assert min(wide["x"]) == 100_001 and max(wide["x"]) == 500_000 and 99.0 in wide["y"] and -99.0 not in wide["y"]
+    assert 1 / 500_001 in wide["y"]  # the lowest point of the range
+    empty = api.get(f"/runs/{run.pk}/metrics/m", x_min=2_000_000).json()
+    assert (empty["x"], empty["total_points"]) == ([], 0)
+
+
+def test_a_zoom_reads_the_points_in_its_range_and_only_the_chunks_holding_them(alice):
+    from runs.models import MetricChunk
+
+    start = 1_700_000_000.0
+    points = [(i * 10, (i * 7919) % 1000 / 10, start + i) for i in range(100_000)]
+    run = stored_run(alice, points, chunk=1000)
+    api = Api(alice)
+
+    def zoom(**params):
+        return api.get(f"/runs/{run.pk}/metrics/m", max_points=100_000, **params).json()
+
+    wanted = [(s, v) for s, v, _ in points if 123_450 <= s <= 234_560]
+    # The chunks outside the range are spoilt: a read of any of them would show.
+    inside = MetricChunk.objects.filter(run=run, step_high__gte=123_450, step_low__lte=234_560)
+    assert inside.count() == 12
+    MetricChunk.objects.filter(run=run).exclude(pk__in=inside.values("pk")).update(values=b"spoilt")
+    by_step = zoom(x_min=123_450, x_max=234_560)
+    assert list(zip(by_step["x"], by_step["y"])) == wanted and by_step["downsampled"] is False
+    # By time: seconds since the start (the run never started: its first point), or unix times.
+    relative = zoom(x="relative", x_min=12_345, x_max=23_456)
+    assert relative["x"] == [float(t) for t in range(12_345, 23_457)] and relative["y"] == [v for _, v in wanted]
+    wall = zoom(x="wall", x_min=start + 12_345, x_max=start + 23_456)
+    assert wall["y"] == relative["y"] and wall["x"][0] == metrics._iso(start + 12_345)
+
+
+def test_chunks_stored_before_summaries_read_the_same(alice):
+    from runs.models import MetricChunk
+
+    points = [(None if i % 3 == 0 else i, ((i * 7919) % 1001) / 7, 1_700_000_000.0 + i / 10) for i in range(60_000)]
+    points[41_234] = (41_234, 500.0, points[41_234][2])
+    new = stored_run(alice, points, chunk=1500, name="new")
+    old = stored_run(alice, points, chunk=1500, name="old")
+    # As the migration left them: the points, nothing else.
+    MetricChunk.objects.filter(run=old).update(step_low=None, step_high=None, stepless=None, time_low=None,
+                                               time_high=None, summary=None, summary_coarse=None)
+    half = MetricChunk.objects.filter(run=new).order_by("id").values_list("id", flat=True)[20]
+    MetricChunk.objects.filter(run=new, id__lt=half).update(time_low=None, summary=None)  # old and new mixed
+    for params in ({}, {"x": "relative"}, {"x": "wall", "max_points": 5000},
+                   {"x_min": 1000, "x_max": 30_000, "max_points": 100_000}, {"x": "relative", "x_min": 7.5, "x_max": 900}):
+        expected = metrics.series(old, "m", **params)
+        assert metrics.series(new, "m", **params) == expected
+    # Thinned hard, the old chunks read point by point beside summaries of the new: the spike kept, the bound kept.
+    for run in (old, new):
+        chart = metrics.series(run, "m", max_points=100)
+        assert chart["total_points"] == 60_000 and len(chart["y"]) <= 100
+        assert chart["x"][chart["y"].index(500.0)] == 41_234 and min(chart["y"]) == 0.0
+
+
+def test_a_system_metric_chunk_that_grows_keeps_its_summary(alice):
+    from runs.models import MetricChunk
+
+    run = stored_run(alice, [])
+    chunk = metrics.metric_chunk(run.pk, "sys/cpu", [(None, 1.0, 1_700_000_000.0)])
+    chunk.save()
+    grown = metrics.extended(MetricChunk(pk=chunk.pk, run_id=run.pk, key="sys/cpu", count=chunk.count, steps=chunk.steps,
+                                         values=chunk.values, times=chunk.times), [(None, 80.0, 1_700_000_060.0)])
+    grown.save(update_fields=["count", "steps", "values", "times"])
+    late = metrics.series(run, "sys/cpu", x="wall", x_min=1_700_000_030.0)
+    assert late["y"] == [80.0] and late["x_axis"] == "wall"
+    assert metrics.series(run, "sys/cpu")["x_axis"] == "relative"
+
 # ---------------------------------------------------------------- real runs
 
 

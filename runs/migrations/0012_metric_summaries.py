@@ -23,7 +23,7 @@ def points_last_on_sqlite(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('runs', '0010_credentials'),
+        ('runs', '0011_list_indexes'),
     ]
 
     operations = [

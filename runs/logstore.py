@@ -122,6 +122,37 @@ class LogWriter:
         else:
             self.pending[frame.stream] = [at, text, cut_off]
 
+    def add_frames(self, frames: list[LogFrame]) -> None:
+        """Frames in order, as add() takes them, flushing whenever a chunk is full.
+
+        The common line (whole, plain ASCII, no \r, under the cap, not a report, no
+        secrets to mask, nothing half-read before it on its stream) is stored here as
+        it comes; any other goes through add()."""
+        if not frames:
+            return
+        if self.first_unflushed_at is None:
+            self.first_unflushed_at = frames[0].time or 0.0
+        plain_max = self.line_cap if not self.mask else -1  # with secrets, every line is masked in add()
+        lines, pending, append = self.lines, self.pending, self.lines.append
+        report_start = reports.PREFIX.encode()
+        for index, frame in enumerate(frames):
+            cursor, at, stream, data = frame
+            size = len(data) - 1
+            if (size > plain_max or not data.endswith(b"\n") or stream in pending or b"\r" in data
+                    or data.startswith(report_start) or not data.isascii()):
+                self.cursor = cursor
+                self.add(frame)
+                lines, append = self.lines, self.lines.append
+            else:
+                self.cursor = cursor
+                append([round(at, 6), stream, data[:-1].decode("ascii")])
+                self.line_bytes += size
+            if len(lines) + self.point_count >= MAX_CHUNK_LINES or self.line_bytes >= MAX_CHUNK_BYTES:
+                self.flush()
+                lines, append = self.lines, self.lines.append
+                if index + 1 < len(frames):
+                    self.first_unflushed_at = frames[index + 1].time or 0.0
+
     def _append(self, at: float, stream: int, text: str, cut_off: int = 0) -> None:
         text = collapse_carriage_returns(text)
         if self.mask:

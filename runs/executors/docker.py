@@ -54,6 +54,8 @@ _relay_ready: set[str] = set()
 SIGNAL_THE_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
 READ_AHEAD_BYTES = 8 << 20  # of the log read but not yet taken by the collector
 READ_BLOCK_BYTES = 1 << 16
+# After a short read, the log reader waits this long: what comes meanwhile is read at once.
+GATHER_SECONDS = 0.003
 STREAM_OF_FRAME = {1: 0, 2: 1}  # docker's frame types: 1 stdout, 2 stderr
 # The engine's own copy of a run's output is capped: Runyard stores every line
 # itself, and the collector reads well within the cap. The `local` driver: its
@@ -643,18 +645,20 @@ class _RepeatFilter:
     the same as the entry just passed is the line going on, not a repeat."""
 
     def __init__(self):
-        self.last: dict[int, tuple[int, list[bytes]]] = {}
+        self.last_at: dict[int, int] = {}  # per stream, the stamp (ns) of the last entry passed on
+        self.texts: dict[int, list[bytes]] = {}  # and the entries passed on with that stamp
 
     def seen(self, stream: int, stamp: bytes, text: bytes) -> bool:
         return self.seen_at(stream, _docker_nanoseconds(stamp), text)
 
     def seen_at(self, stream: int, at: int, text: bytes) -> bool:
-        last_at, texts = self.last.get(stream, (-1, []))
+        last_at = self.last_at.get(stream, -1)
         if at < last_at:
             return True
         if at > last_at:
-            self.last[stream] = (at, [text])
+            self.last_at[stream], self.texts[stream] = at, [text]
             return False
+        texts = self.texts[stream]
         if text in texts and not (_is_piece(text) and texts[-1] == text):
             return True
         texts.append(text)
@@ -685,6 +689,8 @@ def _body_blocks(response) -> Iterator[bytes]:
         block = body.feed(raw)
         if block:
             yield block
+        if len(raw) < READ_BLOCK_BYTES // 4:
+            time.sleep(GATHER_SECONDS)  # a trickle: let more come, for one read of it all
 
 
 class _Dechunker:
@@ -745,9 +751,11 @@ class _FrameCutter:
         end = len(buf)
         pos = 0
         out = []
-        position, repeats, unpack = self.position, self.repeats, _FRAME_HEADER.unpack_from
-        stream_of, stamp_of, is_piece = STREAM_OF_FRAME.get, _docker_stamp, _is_piece
-        count_bits, count_max = LogPosition.COUNT_BITS, (1 << LogPosition.COUNT_BITS) - 1
+        position, unpack, stream_of, is_piece = self.position, _FRAME_HEADER.unpack_from, STREAM_OF_FRAME.get, _is_piece
+        repeats = self.repeats
+        last_at, texts_at = repeats.last_at, repeats.texts
+        seconds_of, scale = _seconds_cache.get, _FRACTION_SCALE
+        count_bits, count_max, margin = LogPosition.COUNT_BITS, (1 << LogPosition.COUNT_BITS) - 1, LogPosition.MARGIN_SECONDS
         while end - pos >= 8:
             kind, length = unpack(buf, pos)
             after = pos + 8 + length
@@ -756,19 +764,37 @@ class _FrameCutter:
             stamp, _, text = buf[pos + 8:after].partition(b" ")
             pos = after
             stream = stream_of(kind, 0)
-            second, nanoseconds, at = stamp_of(stamp)
-            if repeats.seen_at(stream, nanoseconds, text):
+            # The usual stamp, 2026-11-25T22:05:29.123456789Z, of a second seen before:
+            # as _docker_stamp reads it, without the calls.
+            second = seconds_of(stamp[:19])
+            fraction = stamp[20:-1]
+            if (second is not None and 0 < len(fraction) <= 9 and stamp[19:20] == b"." and stamp[-1:] == b"Z"
+                    and fraction.isdigit()):
+                part = int(fraction) * scale[len(fraction)]
+                nanoseconds, at = second * 1_000_000_000 + part, second + part / 1e9
+            else:
+                second, nanoseconds, at = _docker_stamp(stamp)
+            if nanoseconds > last_at.get(stream, -1):  # the usual entry: later than the last (_RepeatFilter)
+                last_at[stream], texts_at[stream] = nanoseconds, [text]
+            elif repeats.seen_at(stream, nanoseconds, text):
                 continue  # the engine sent it again (it does, following across a rotation)
-            if not position.take(second):
-                continue  # read before this follow began
+            since = position.since
+            if position.skip or second < since or second - margin > since:
+                if not position.take(second):
+                    continue  # read before this follow began
+            else:  # LogPosition.take of an entry within the resume stretch, not a replay
+                position.count += 1
+                recent = position.recent
+                recent[second] = recent.get(second, 0) + 1
             if not text.endswith(b"\n") and not is_piece(text):
                 text += b"\n"
-            cursor = (position.since << count_bits) | min(position.count + position.skip, count_max)
-            out.append(LogFrame(cursor, at, stream, text))
+            out.append(LogFrame((position.since << count_bits) | min(position.count + position.skip, count_max),
+                                at, stream, text))
         self.rest = buf[pos:]
         return out
 
 
+_FRACTION_SCALE = [10 ** (9 - digits) for digits in range(10)]  # RFC 3339 "nano" drops trailing zeros
 _FRAME_HEADER = struct.Struct(">BxxxL")
 
 

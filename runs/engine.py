@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from runs import credentials, exports, imports, slots, team_secrets
 from runs.executors import EXECUTOR_NAMES, executor_for, get_executor, swarm_executors
-from runs.executors.base import ExecutorError, ExitInfo, Limits, Placement
+from runs.executors.base import ExecutorError, ExitInfo, Limits, Placement, log_batches
 from runs.leases import LeaseHeartbeat, LeaseLost, release_lease, renew_lease, take_lease
 from runs.lifecycle import FINAL, LIVE, IllegalTransition, transition
 from runs.logstore import LogWriter
@@ -161,9 +161,9 @@ def collect_run(run_id: int) -> None:
         try:
             if not executor.exists(run):
                 raise ExecutorError("container disappeared")
-            for frame in executor.follow_logs(run, run.log_cursor):
-                if frame is not None:
-                    writer.add(frame)
+            for frames in log_batches(executor, run, run.log_cursor):
+                if frames:
+                    writer.add_frames(frames)  # flushes each full chunk
                 if sampler.due():
                     reading = sampler.take()
                     if reading is not None:
@@ -174,7 +174,7 @@ def collect_run(run_id: int) -> None:
                 elif time.monotonic() - renewed > RENEW_EVERY_SECONDS:
                     renew_lease(run_id, owner)
                     renewed = time.monotonic()
-                if watch_main_exit and frame is None and time.monotonic() - checked > MAIN_EXIT_CHECK_SECONDS:
+                if watch_main_exit and frames is None and time.monotonic() - checked > MAIN_EXIT_CHECK_SECONDS:
                     checked = time.monotonic()
                     code = executor.main_exit_code(run)
                     if code is not None:

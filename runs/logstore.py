@@ -24,6 +24,8 @@ from runs.models import LogChunk, MetricChunk, Run
 from runs.system_metrics import is_system_key
 
 MAX_CHUNK_LINES = 2000
+# Reported points stored in one flush (a metric chunk row each key holds them packed, 24 bytes a point).
+MAX_CHUNK_POINTS = 20_000
 # The end of the output may add a last half line per stream after a full chunk.
 CHUNK_LINES_BOUND = MAX_CHUNK_LINES + 2
 # A chunk row is read whole: keep it about this size (plus a line or two).
@@ -122,6 +124,39 @@ class LogWriter:
         else:
             self.pending[frame.stream] = [at, text, cut_off]
 
+    def add_frames(self, frames: list[LogFrame]) -> None:
+        """Frames in order, as add() takes them, flushing whenever a chunk is full.
+
+        The common line (whole, plain ASCII, no \r, under the cap, not a report, no
+        secrets to mask, nothing half-read before it on its stream) is stored here as
+        it comes; any other goes through add()."""
+        if not frames:
+            return
+        if self.first_unflushed_at is None:
+            self.first_unflushed_at = frames[0].time or 0.0
+        plain_max = self.line_cap if not self.mask else -1  # with secrets, every line is masked in add()
+        lines, pending, append = self.lines, self.pending, self.lines.append
+        report_start = reports.PREFIX.encode()
+        for index, frame in enumerate(frames):
+            cursor, at, stream, data = frame
+            size = len(data) - 1
+            self.cursor = cursor
+            if (size > plain_max or not data.endswith(b"\n") or stream in pending or b"\r" in data
+                    or not data.isascii()):
+                self.add(frame)
+                lines, append = self.lines, self.lines.append
+            elif data.startswith(report_start):
+                self._store(at, stream, data[:-1].decode("ascii"), size, cut=False)
+            else:
+                append([round(at, 6), stream, data[:-1].decode("ascii")])
+                self.line_bytes += size
+            if (len(lines) >= MAX_CHUNK_LINES or self.point_count >= MAX_CHUNK_POINTS
+                    or self.line_bytes >= MAX_CHUNK_BYTES):
+                self.flush()
+                lines, append = self.lines, self.lines.append
+                if index + 1 < len(frames):
+                    self.first_unflushed_at = frames[index + 1].time or 0.0
+
     def _append(self, at: float, stream: int, text: str, cut_off: int = 0) -> None:
         text = collapse_carriage_returns(text)
         if self.mask:
@@ -134,6 +169,10 @@ class LogWriter:
             kept = text.encode()[: self.line_cap].decode("utf-8", "ignore")
             text = kept + TRUNCATED_MARKER.format(cut_off + size - len(kept.encode()))
             size = len(text.encode())
+        self._store(at, stream, text, size, cut)
+
+    def _store(self, at: float, stream: int, text: str, size: int, cut: bool) -> None:
+        """A line as it is to be kept (masked, cut, `size` bytes): a report's values, or a line."""
         if reports.is_report(text):
             try:
                 if cut:
@@ -146,20 +185,26 @@ class LogWriter:
         self.line_bytes += size
 
     def _take_report(self, at: float, report: reports.Report) -> None:
-        new_keys = report.metrics.keys() - self.metric_keys
+        metrics = report.metrics
+        new_keys = () if metrics.keys() <= self.metric_keys else metrics.keys() - self.metric_keys
         if len(self.metric_keys) + len(new_keys) > self.metric_keys_max:
             raise reports.Malformed(f"the run would have more than {self.metric_keys_max} metrics")
-        new_names = report.summary.keys() - self.summary.keys()
+        new_names = report.summary.keys() - self.summary.keys() if report.summary else ()
         if len(self.summary) + len(new_names) > self.metric_keys_max:
             raise reports.Malformed(f"the run's summary would have more than {self.metric_keys_max} names")
         if report.summary:
             self.summary.update(report.summary)
             self.summary_changed = True
-        self.metric_keys |= new_keys
-        for key, value in report.metrics.items():
-            self.points.setdefault(key, []).append((report.step, value, at))
-            self.metrics_last[key] = value
-        self.point_count += len(report.metrics)
+        if new_keys:
+            self.metric_keys |= new_keys
+        points, step = self.points, report.step
+        for key, value in metrics.items():
+            series = points.get(key)
+            if series is None:
+                series = points[key] = []
+            series.append((step, value, at))
+        self.metrics_last.update(metrics)
+        self.point_count += len(metrics)
         if report.progress is not None:
             self.progress_samples = reports.add_progress_sample(self.progress_samples, at, report.progress)
             self.progress_changed = True
@@ -176,7 +221,8 @@ class LogWriter:
         if not self.lines and self.first_unflushed_at is None:
             return False
         return (
-            len(self.lines) + self.point_count >= MAX_CHUNK_LINES
+            len(self.lines) >= MAX_CHUNK_LINES
+            or self.point_count >= MAX_CHUNK_POINTS
             or self.line_bytes >= MAX_CHUNK_BYTES
             or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
         )

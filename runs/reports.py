@@ -26,6 +26,9 @@ SYSTEM_PREFIX = "sys/"
 MAX_STEP = 2**62
 SUMMARY_WORD = "summary"
 SUMMARY_TEXT_MAX = 1000
+# Metric names known good (METRIC_NAME, not a system one): most reports repeat theirs.
+_metric_names: set[str] = set()
+_METRIC_NAMES_KEPT = 10_000
 
 
 @dataclass
@@ -61,7 +64,7 @@ def parse(text: str, max_metrics: int | None = None) -> Report:
             raise Malformed(f"{name} given twice")
         seen.add(name)
         if name == "step":
-            if not re.fullmatch(r"\d+", value) or int(value) > MAX_STEP:
+            if not value.isdecimal() or int(value) > MAX_STEP:  # as re's \d+: any decimal digits
                 raise Malformed(f"step must be a whole number, got {value!r}")
             report.step = int(value)
         elif name == "progress":
@@ -69,10 +72,15 @@ def parse(text: str, max_metrics: int | None = None) -> Report:
             if not 0 <= number <= 1:
                 raise Malformed(f"progress must be between 0 and 1, got {value}")
             report.progress = number
+        elif name in _metric_names:  # a name seen before and good (the usual report)
+            report.metrics[name] = _finite(name, value)
         elif name.startswith(SYSTEM_PREFIX):
             raise Malformed(f"{name!r}: names under {SYSTEM_PREFIX} are Runyard's own system metrics")
         elif METRIC_NAME.match(name):
             report.metrics[name] = _finite(name, value)
+            if len(_metric_names) >= _METRIC_NAMES_KEPT:
+                _metric_names.clear()
+            _metric_names.add(name)
         else:
             raise Malformed(f"{name!r} is not a metric name (letters, digits, _ . / -)")
     if max_metrics is not None and len(report.metrics) > max_metrics:

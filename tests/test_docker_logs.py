@@ -1,10 +1,12 @@
 """The run container's own Docker log is capped, and following it still stores every
 line exactly once when the engine rotates and drops its files."""
 
+import struct
+
 import pytest
 
 from runs.executors.base import Limits
-from runs.executors.docker import DockerExecutor, LogPosition
+from runs.executors.docker import DockerExecutor, LogPosition, _Dechunker, _docker_time, _FrameCutter
 from runs.services import create_run
 from tests.conftest import BUSYBOX, TEST_INSTANCE, wait_for
 
@@ -72,3 +74,40 @@ def test_a_cursor_from_before_the_cap_means_a_count_from_the_start(cursor):
     position = LogPosition.decode(cursor)
     assert (position.since, position.count) == (0, cursor)
     assert position.encode() == cursor
+
+
+def _entry(kind: int, stamp: str, text: bytes) -> bytes:
+    payload = stamp.encode() + b" " + text
+    return struct.pack(">BxxxL", kind, len(payload)) + payload
+
+
+def test_frames_cut_across_read_blocks_are_the_same_as_read_whole():
+    # The engine's logs body: an HTTP chunk per entry; the collector reads it in blocks
+    # cut anywhere, in a chunk's size line, its data, or an entry's header.
+    entries = [_entry(1, f"2026-11-25T22:05:{10 + i // 4:02d}.{123456700 + i}Z", b"line %d\n" % i) for i in range(40)]
+    entries.append(_entry(2, "2026-11-25T22:05:30.5Z", b"on stderr, stamp without trailing zeros\n"))
+    entries.append(_entry(1, "2026-11-25T22:05:31Z", b"no fraction and no newline"))
+    wire = b"".join(b"%x\r\n" % len(entry) + entry + b"\r\n" for entry in entries) + b"0\r\n\r\n"
+
+    def read(block_size: int) -> list:
+        body, cutter = _Dechunker(), _FrameCutter(LogPosition())
+        frames = []
+        for at in range(0, len(wire), block_size):
+            frames += cutter.frames(body.feed(wire[at:at + block_size]))
+        assert body.ended and not cutter.rest
+        return frames
+
+    whole = read(len(wire))
+    assert [frame.data for frame in whole] == [b"line %d\n" % i for i in range(40)] + [
+        b"on stderr, stamp without trailing zeros\n", b"no fraction and no newline\n"]
+    assert [frame.stream for frame in whole[-2:]] == [1, 0]
+    assert whole[0].time == _docker_time(b"2026-11-25T22:05:10.1234567Z")
+    assert whole[-2].time == _docker_time(b"2026-11-25T22:05:30.5Z")
+    assert whole[-1].time == _docker_time(b"2026-11-25T22:05:31Z")
+    for block_size in (1, 2, 3, 7, 13, 64, 1000):
+        assert read(block_size) == whole
+    # Each frame's cursor resumes just after it: a follow from there skips exactly what came before.
+    resumed = _FrameCutter(LogPosition.decode(whole[9].cursor))
+    resumed.position.restart()
+    again = [entry for entry in entries if int(_docker_time(entry[8:].split(b" ")[0])) >= resumed.position.since]
+    assert [frame.data for frame in resumed.frames(b"".join(again))] == [frame.data for frame in whole[10:]]

@@ -105,3 +105,46 @@ def test_a_killed_worker_loses_and_doubles_no_line(alice, executor, celery_worke
     # Reports ride in the same transactions as the lines: none lost or doubled either.
     points = [(step, value) for step, value, _ in metrics.points(run, "n")]
     assert points == [(i, float(i)) for i in range(10, count + 1, 10)]
+
+
+def test_a_batch_of_frames_stores_what_frames_one_by_one_store(alice, settings):
+    # The collector takes what the executor read at once (LogWriter.add_frames): plain
+    # lines on a fast path, any other through add(). Both ways store the same, and a
+    # batch longer than a chunk is flushed chunk by chunk, numbered without a gap.
+    import yaml
+
+    from runs.executors.base import LogFrame
+    from runs.leases import take_lease
+    from runs.services import create_run
+
+    settings.RUNYARD_LOG_LINE_MAX_BYTES = 100
+    texts = [b"plain %d\n" % i for i in range(logstore.MAX_CHUNK_LINES + 5)]
+    texts[3:3] = [b"#runyard step=1 loss=0.5\n", b"#runyard step=x\n", b"half ", b"a line\n", b"bar 10%\rbar 90%\n",
+                  b"caf\xc3\xa9 \xff\n", b"x" * 150 + b"\n", b"#runyard step=2 loss=0.25 acc=1\n", b"\n"]
+    frames = [LogFrame(cursor=i + 1, time=1000.0 + i / 3, stream=i % 2 if i < 3 else 0, data=text)
+              for i, text in enumerate(texts)]
+    stored = {}
+    for way in ("one by one", "batched"):
+        run = create_run(user=alice, source=yaml.safe_dump({"name": way, "image": "runyard/busybox:latest",
+                                                            "run": [{"command": "true"}]}), executor="local")
+        assert take_lease(run.pk, "collector")
+        writer = logstore.LogWriter(Run.objects.get(pk=run.pk), "collector")
+        if way == "batched":
+            writer.add_frames(frames[:7])
+            writer.add_frames(frames[7:])
+        else:
+            for frame in frames:
+                writer.add(frame)
+                if writer.due():
+                    writer.flush()
+        writer.flush()
+        run = Run.objects.get(pk=run.pk)
+        stored[way] = ([(line["n"], line["t"], line["stream"], line["text"]) for line in all_lines(run)],
+                       run.log_lines, run.log_cursor, run.reports_malformed, run.metrics_last,
+                       {key: metrics.columns(run, key) for key in metrics.keys(run)})
+    assert stored["batched"] == stored["one by one"]
+    lines, count, cursor, malformed, last, points = stored["batched"]
+    assert count == len(lines) == len(texts) - 3 and cursor == len(texts) and malformed == 1
+    assert [line[3] for line in lines[:9]] == ["plain 0", "plain 1", "plain 2", "#runyard step=x", "half a line",
+                                               "bar 90%", "café \ufffd", "x" * 100 + "… [truncated 50 bytes]", ""]
+    assert last == {"loss": 0.25, "acc": 1.0} and points["loss"][0] == [1, 2]

@@ -5,7 +5,7 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from runs.spec import keeps_alive
 
@@ -39,16 +39,28 @@ class Placement:
     ran: bool = False  # it ended after its main process started: its log and exit code are kept
 
 
-@dataclass(frozen=True)
-class LogFrame:
+class LogFrame(NamedTuple):
     """One piece of output as the executor recorded it: usually a whole line with
     its newline, or part of a long line. `cursor` is the position just after it,
-    which `follow_logs(cursor=...)` resumes from."""
+    which `follow_logs(cursor=...)` resumes from. (A tuple: a collector makes one
+    a line.)"""
 
     cursor: int
     time: float
     stream: int
     data: bytes
+
+
+def log_batches(executor, run, cursor: int) -> Iterator[list[LogFrame] | None]:
+    """The executor's frames after `cursor` in lists of what was read at once (None
+    about once a second while there is nothing new): its follow_log_batches where it
+    has one, else its follow_logs a frame at a time."""
+    batches = getattr(executor, "follow_log_batches", None)
+    if batches is not None:
+        yield from batches(run, cursor)
+        return
+    for frame in executor.follow_logs(run, cursor):
+        yield None if frame is None else [frame]
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,10 @@ _relay_ready: set[str] = set()
 # docker-init (tini) sends the signals it gets to the main process's whole group: the
 # user's commands get SIGTERM and Ctrl-C's SIGINT themselves (base.run_script).
 SIGNAL_THE_GROUP = {"TINI_KILL_PROCESS_GROUP": "1"}
-READ_AHEAD_FRAMES = 50_000
+READ_AHEAD_BYTES = 8 << 20  # of the log read but not yet taken by the collector
+READ_BLOCK_BYTES = 1 << 16
+# After a short read, the log reader waits this long: what comes meanwhile is read at once.
+GATHER_SECONDS = 0.003
 STREAM_OF_FRAME = {1: 0, 2: 1}  # docker's frame types: 1 stdout, 2 stderr
 # The engine's own copy of a run's output is capped: Runyard stores every line
 # itself, and the collector reads well within the cap. The `local` driver: its
@@ -85,7 +88,7 @@ class LogPosition:
 
     def __init__(self, since: int = 0, count: int = 0):
         self.since, self.count, self.skip = since, count, 0
-        self.recent: deque[int] = deque()  # whole seconds of the entries counted
+        self.recent: dict[int, int] = {}  # whole second -> entries counted in it
 
     @classmethod
     def decode(cls, cursor: int) -> "LogPosition":
@@ -106,13 +109,12 @@ class LogPosition:
             self.skip -= 1
         if second >= self.since:  # a later follow from `since` returns it again
             self.count += 1
-            self.recent.append(second)
+            self.recent[second] = self.recent.get(second, 0) + 1
         if not replayed and second - self.MARGIN_SECONDS > self.since:
             # Move the resume point up; count again only what lies at or after it.
             self.since = second - self.MARGIN_SECONDS
-            while self.recent and self.recent[0] < self.since:
-                self.recent.popleft()
-            self.count = sum(1 for s in self.recent if s >= self.since)
+            self.recent = {s: n for s, n in self.recent.items() if s >= self.since}
+            self.count = sum(self.recent.values())
         return not replayed
 
     def __str__(self) -> str:
@@ -325,7 +327,20 @@ class DockerExecutor:
         return _ChunkReader(chunks)
 
     def follow_logs(self, run, cursor: int) -> Iterator[LogFrame | None]:
-        """Every log entry in order, from `cursor` on (see LogPosition).
+        """Every log entry in order, from `cursor` on, a frame at a time (follow_log_batches)."""
+        batches = self.follow_log_batches(run, cursor)
+        try:
+            for batch in batches:
+                if batch is None:
+                    yield None
+                else:
+                    yield from batch
+        finally:
+            batches.close()
+
+    def follow_log_batches(self, run, cursor: int) -> Iterator[list[LogFrame] | None]:
+        """Every log entry in order, from `cursor` on (see LogPosition), in lists of
+        what was read at once, each frame with the cursor just after it.
 
         The engine keeps only the newest entries (the log is capped, log_config) and
         ends a follow when it rotates the file, so a read resumes by time: from a
@@ -342,8 +357,8 @@ class DockerExecutor:
             # the whole file; a read begun after the stop is complete.
             ended_before_read = container.status not in ("running", "created", "restarting", "paused")
             try:
-                for frame in self._read_logs(run, container.id, position):
-                    yield frame
+                for batch in self._read_logs(run, container.id, position):
+                    yield batch
             except StreamBroke as exc:
                 log.warning("run %s: log stream broke (%s), reading on from %s", run.pk, exc, position)
                 time.sleep(1)
@@ -351,8 +366,9 @@ class DockerExecutor:
             if ended_before_read:
                 return
 
-    def _read_logs(self, run, container_id: str, start: "LogPosition") -> Iterator[LogFrame | None]:
-        """One follow from `start`; `start` is advanced past every entry yielded."""
+    def _read_logs(self, run, container_id: str, start: "LogPosition") -> Iterator[list[LogFrame] | None]:
+        """One follow from `start`, in lists of frames; `start` is advanced past every
+        entry yielded."""
         client = self.new_client()  # a connection of its own, held for as long as the run lasts
         params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"}
         if start.since:
@@ -365,25 +381,23 @@ class DockerExecutor:
         except NotFound:
             client.close()
             raise ExecutorError("container disappeared") from None
-        # The engine sends a frame per line: a reader thread parses them into a
-        # deque and this generator takes whatever has piled up at each wake-up.
-        frames: deque = deque()
+        # The engine sends a frame per line, each in an HTTP chunk of its own: a reader
+        # thread reads the body in blocks, as much as has come, into a deque, and this
+        # generator cuts the frames out of whatever has piled up at each wake-up.
+        blocks: deque = deque()
+        added, taken = [0], [0]  # bytes put in `blocks` (by the reader), and taken out (here)
         arrived = threading.Event()
         outcome: list = []
 
         def read() -> None:
-            raw = response.raw
             try:
                 client.api._disable_socket_timeout(client.api._get_raw_response_socket(response))
-                while True:
-                    header = raw.read(8)
-                    if len(header) < 8:
-                        break
-                    kind, length = struct.unpack(">BxxxL", header)
-                    frames.append((kind, raw.read(length)))
+                for block in _body_blocks(response):
+                    blocks.append(block)
+                    added[0] += len(block)
                     if not arrived.is_set():
                         arrived.set()
-                    while len(frames) > READ_AHEAD_FRAMES:  # the database is behind: wait for it
+                    while added[0] - taken[0] > READ_AHEAD_BYTES:  # the database is behind: wait for it
                         time.sleep(0.01)
             except Exception as exc:  # the reader dies with the connection; say why
                 outcome.append(exc)
@@ -394,7 +408,7 @@ class DockerExecutor:
         reader = threading.Thread(target=read, name=f"logs-run-{run.pk}", daemon=True)
         reader.start()
         start.restart()
-        repeats = _RepeatFilter()
+        cutter = _FrameCutter(start)
         try:
             while True:
                 if not arrived.wait(1.0):
@@ -402,17 +416,12 @@ class DockerExecutor:
                     continue
                 arrived.clear()
                 finished = bool(outcome)  # read before draining: nothing can follow the end
-                while frames:
-                    kind, data = frames.popleft()
-                    stamp, _, text = data.partition(b" ")
-                    stream = STREAM_OF_FRAME.get(kind, 0)
-                    if repeats.seen(stream, stamp, text):
-                        continue  # the engine sent it again (it does, following across a rotation)
-                    if not start.take(_docker_second(stamp)):
-                        continue  # read before this follow began
-                    if not _is_piece(text) and not text.endswith(b"\n"):
-                        text += b"\n"
-                    yield LogFrame(cursor=start.encode(), time=_docker_time(stamp), stream=stream, data=text)
+                while blocks:
+                    block = blocks.popleft()
+                    taken[0] += len(block)
+                    batch = cutter.frames(block)
+                    if batch:
+                        yield batch
                 if finished:
                     if outcome[0] is not None:
                         raise StreamBroke(outcome[0])
@@ -670,16 +679,20 @@ class _RepeatFilter:
     the same as the entry just passed is the line going on, not a repeat."""
 
     def __init__(self):
-        self.last: dict[int, tuple[int, list[bytes]]] = {}
+        self.last_at: dict[int, int] = {}  # per stream, the stamp (ns) of the last entry passed on
+        self.texts: dict[int, list[bytes]] = {}  # and the entries passed on with that stamp
 
     def seen(self, stream: int, stamp: bytes, text: bytes) -> bool:
-        at = _docker_nanoseconds(stamp)
-        last_at, texts = self.last.get(stream, (-1, []))
+        return self.seen_at(stream, _docker_nanoseconds(stamp), text)
+
+    def seen_at(self, stream: int, at: int, text: bytes) -> bool:
+        last_at = self.last_at.get(stream, -1)
         if at < last_at:
             return True
         if at > last_at:
-            self.last[stream] = (at, [text])
+            self.last_at[stream], self.texts[stream] = at, [text]
             return False
+        texts = self.texts[stream]
         if text in texts and not (_is_piece(text) and texts[-1] == text):
             return True
         texts.append(text)
@@ -689,6 +702,147 @@ class _RepeatFilter:
 def _is_piece(text: bytes) -> bool:
     """A piece of a longer line: exactly the engine's piece size, not ended."""
     return len(text) == ENGINE_PIECE_BYTES and not text.endswith(b"\n")
+
+
+def _body_blocks(response) -> Iterator[bytes]:
+    """The body of a streamed response as it comes, in blocks of whatever has arrived
+    (up to READ_BLOCK_BYTES): one read of the socket for many of the engine's small
+    chunks, where reading through the HTTP client costs several calls a chunk."""
+    inner = getattr(response.raw, "_fp", None)  # http.client's response, under urllib3's
+    buffered = getattr(inner, "fp", None)
+    if not (getattr(inner, "chunked", False) and inner.chunk_left is None and hasattr(buffered, "read1")):
+        # Not a chunked body untouched yet: the client reads it its own way.
+        while block := response.raw.read1(READ_BLOCK_BYTES):
+            yield block
+        return
+    body = _Dechunker()
+    while not body.ended:
+        raw = buffered.read1(READ_BLOCK_BYTES)
+        if not raw:
+            return  # the engine ended the follow (it does on rotating its file): read on from here
+        block = body.feed(raw)
+        if block:
+            yield block
+        if len(raw) < READ_BLOCK_BYTES // 4:
+            time.sleep(GATHER_SECONDS)  # a trickle: let more come, for one read of it all
+
+
+class _Dechunker:
+    """The data of an HTTP/1.1 chunked body (RFC 9112 §7.1), from its bytes as they
+    come, cut anywhere. Trailers after the last chunk are not read."""
+
+    def __init__(self):
+        self.rest = b""  # a chunk's size line not yet whole
+        self.need = 0  # bytes of the current chunk still to come, with its closing CRLF
+        self.ended = False
+
+    def feed(self, raw: bytes) -> bytes:
+        buf = self.rest + raw if self.rest else raw
+        end = len(buf)
+        pos, need = 0, self.need
+        out = []
+        while True:
+            if need:
+                if end - pos >= need:
+                    if need > 2:
+                        out.append(buf[pos:pos + need - 2])
+                    pos += need
+                    need = 0
+                else:
+                    if need > 2 and pos < end:
+                        out.append(buf[pos:pos + min(end - pos, need - 2)])
+                    need -= end - pos
+                    pos = end
+                    break
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            size = int(buf[pos:eol].split(b";", 1)[0], 16)
+            pos = eol + 2
+            if size == 0:
+                self.ended = True
+                break
+            need = size + 2
+        self.rest, self.need = buf[pos:] if not self.ended else b"", need
+        if len(self.rest) > 4096:
+            raise StreamBroke("a chunk's size line is longer than 4 KiB")
+        return b"".join(out)
+
+
+class _FrameCutter:
+    """Log frames out of the body of a logs request (the engine's multiplexed stream:
+    an 8-byte header, then `stamp text`), block by block, each a LogFrame with the
+    cursor after it; what a follow returned before (_RepeatFilter, LogPosition) is
+    left out."""
+
+    def __init__(self, position: "LogPosition"):
+        self.position = position
+        self.repeats = _RepeatFilter()
+        self.rest = b""
+
+    def frames(self, block: bytes) -> list[LogFrame]:
+        buf = self.rest + block if self.rest else block
+        end = len(buf)
+        pos = 0
+        out = []
+        position, unpack, stream_of, is_piece = self.position, _FRAME_HEADER.unpack_from, STREAM_OF_FRAME.get, _is_piece
+        repeats = self.repeats
+        last_at, texts_at = repeats.last_at, repeats.texts
+        seconds_of, scale = _seconds_cache.get, _FRACTION_SCALE
+        count_bits, count_max, margin = LogPosition.COUNT_BITS, (1 << LogPosition.COUNT_BITS) - 1, LogPosition.MARGIN_SECONDS
+        while end - pos >= 8:
+            kind, length = unpack(buf, pos)
+            after = pos + 8 + length
+            if after > end:
+                break
+            stamp, _, text = buf[pos + 8:after].partition(b" ")
+            pos = after
+            stream = stream_of(kind, 0)
+            # The usual stamp, 2026-11-25T22:05:29.123456789Z, of a second seen before:
+            # as _docker_stamp reads it, without the calls.
+            second = seconds_of(stamp[:19])
+            fraction = stamp[20:-1]
+            if (second is not None and 0 < len(fraction) <= 9 and stamp[19:20] == b"." and stamp[-1:] == b"Z"
+                    and fraction.isdigit()):
+                part = int(fraction) * scale[len(fraction)]
+                nanoseconds, at = second * 1_000_000_000 + part, second + part / 1e9
+            else:
+                second, nanoseconds, at = _docker_stamp(stamp)
+            if nanoseconds > last_at.get(stream, -1):  # the usual entry: later than the last (_RepeatFilter)
+                last_at[stream], texts_at[stream] = nanoseconds, [text]
+            elif repeats.seen_at(stream, nanoseconds, text):
+                continue  # the engine sent it again (it does, following across a rotation)
+            since = position.since
+            if position.skip or second < since or second - margin > since:
+                if not position.take(second):
+                    continue  # read before this follow began
+            else:  # LogPosition.take of an entry within the resume stretch, not a replay
+                position.count += 1
+                recent = position.recent
+                recent[second] = recent.get(second, 0) + 1
+            if not text.endswith(b"\n") and not is_piece(text):
+                text += b"\n"
+            out.append(LogFrame((position.since << count_bits) | min(position.count + position.skip, count_max),
+                                at, stream, text))
+        self.rest = buf[pos:]
+        return out
+
+
+_FRACTION_SCALE = [10 ** (9 - digits) for digits in range(10)]  # RFC 3339 "nano" drops trailing zeros
+_FRAME_HEADER = struct.Struct(">BxxxL")
+
+
+def _docker_stamp(stamp: bytes) -> tuple[int, int, float]:
+    """A docker timestamp's whole second, nanoseconds and unix time (as _docker_second,
+    _docker_nanoseconds and _docker_time), read once."""
+    whole, _, fraction = stamp.rstrip(b"Z").partition(b".")
+    seconds = _seconds_cache.get(whole)
+    if seconds is None:
+        at = _docker_time(whole)
+        seconds = int(at)
+    digits = fraction[:9].ljust(9, b"0")  # RFC 3339 "nano" drops trailing zeros
+    nanoseconds = seconds * 1_000_000_000 + (int(digits) if digits.isdigit() else 0)
+    return seconds, nanoseconds, seconds + (float(b"0." + fraction) if fraction.isdigit() else 0.0)
 
 
 def _docker_nanoseconds(stamp: bytes) -> int:

@@ -31,7 +31,12 @@ def seeded_run(ctx, count: int):
     from runs.metrics import metric_chunk
     from runs.models import MetricChunk, ResourcePreset, Run
 
+    from django.utils import timezone
+
     name = f"bench-metric-read-{count}"
+    # A finished docker run whose container is gone: nothing for the reconciler to do.
+    settled = {"executor": "docker", "log_complete": True, "container_removed_at": timezone.now()}
+    Run.objects.filter(name=name, team=ctx.team, container_removed_at__isnull=True).update(**settled)
     run = Run.objects.filter(name=name, team=ctx.team).first()
     if run is not None:
         chunks = MetricChunk.objects.filter(run=run)
@@ -40,7 +45,7 @@ def seeded_run(ctx, count: int):
         chunks.delete()  # stored before chunks had summaries: stored again as they are now
     else:
         run = Run.objects.create(name=name, owner=ctx.user, team=ctx.team, status="completed", spec={},
-                                 preset=ResourcePreset.objects.order_by("pk").first())
+                                 preset=ResourcePreset.objects.order_by("pk").first(), **settled)
     spike, dip = spike_steps(count)
     now = time.time()
     batch = []

@@ -99,5 +99,6 @@ def read_row(run_id: int) -> Row:
     chunk_id = LogChunk.objects.filter(run=run).order_by("-first_line").values_list("pk", flat=True).first()
     floor = timed(lambda: LogChunk.objects.get(pk=chunk_id).lines)
     ours = timed(lambda: logstore.read_lines(run, after=run.log_lines - 1000, limit=1000))
+    # Not a row of issue 11's table: a page of the log should come within 50 ms.
     return Row("log-read", f"last 1,000 of {run.log_lines:,} lines", floor, ours, "one chunk row by key",
-               max_ratio=2.0)
+               max_seconds=0.05)

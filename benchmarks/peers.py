@@ -141,7 +141,7 @@ def main() -> int:
 
         call_command("migrate", verbosity=0)
     else:
-        connection.creation.create_test_db(verbosity=0, keepdb=True)
+        connection.creation.create_test_db(verbosity=0, keepdb=True, serialize=False)  # a seeded database is large
     ctx = bench_context(scale)
     python = mlflow_venv()
     store = ctx.mlflow_store = mlflow_store(connection)

@@ -106,6 +106,15 @@ def docker_engine():
         container.remove(force=True)
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(request, settings):
+    """Every persona's password takes half a second to hash with the real hasher, and most
+    tests make two or three: hashing is not what they test. A test that signs in through
+    Chromium keeps the real hashers: the console it signs in to is another process."""
+    if "chromium" not in request.fixturenames:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def defaults(db):
     from decimal import Decimal

@@ -48,13 +48,6 @@ ADMINS = {"tina", "root"}
 OUTSIDERS = {"charlie", "otto", "remy"}
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(request, settings):
-    # The console in a browser test is another process, with the real hashers.
-    if "browser" not in request.fixturenames:
-        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def expected(persona: str, action: str) -> str:
     """allowed, refused (a teammate whose role forbids it: 403), hidden (404) or anonymous (401)."""
     if persona == "dora":

@@ -28,12 +28,6 @@ RUN_FIELDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The personas' passwords take a third of a second each to hash; access is tested here, not hashing.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def spec(name="api-test", **extra) -> dict:
     return {"name": name, "image": BUSYBOX, "run": [{"command": "echo hi"}], **extra}
 

@@ -38,11 +38,6 @@ from tests.test_live import ORIGIN, collect, session_cookie
 from tests.test_terminal import Conversation, running
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture(params=["docker", "local"])
 def executor(request, engine):
     if request.param == "docker":

@@ -6,7 +6,6 @@ bench's: benchmarks/lists.py.)
 No worker: these tests run in one transaction never committed, so runs stay as made.
 """
 
-import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -14,11 +13,6 @@ from django.test.utils import CaptureQueriesContext
 from runs.models import Run, Status, Team
 from tests.conftest import Api
 from tests.test_api import launch
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def grow(template: Run, count: int, **fields) -> list[Run]:

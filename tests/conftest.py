@@ -35,9 +35,14 @@ pytest_plugins = ["tests.swarm_lab"]
 def _flush_again_after_a_deadlock():
     """A transactional test ends by emptying the tables (Django's flush). A worker still
     finishing that test's run may hold a row lock then, and PostgreSQL may pick the flush as
-    a deadlock's victim: the flush is tried again, as the worker's side would be."""
+    a deadlock's victim; or the worker stores a last log chunk between the flush's delete of
+    the chunks and its delete of the runs, and the deferred foreign key fails at the commit.
+    Either way the flush is tried again, as the worker's side would be."""
     from django.core.management.commands import flush
-    from django.db.utils import OperationalError
+    from django.db.utils import IntegrityError, OperationalError
+
+    def raced(cause):
+        return isinstance(cause, IntegrityError) or (isinstance(cause, OperationalError) and "deadlock" in str(cause))
 
     handle = flush.Command.handle
 
@@ -47,7 +52,7 @@ def _flush_again_after_a_deadlock():
                 return handle(self, **options)
             except Exception as exc:  # CommandError wraps the database's error
                 cause = exc.__cause__ or exc
-                if attempt == 2 or not (isinstance(cause, OperationalError) and "deadlock" in str(cause)):
+                if attempt == 2 or not raced(cause):
                     raise
                 time.sleep(0.5)
 
@@ -109,9 +114,10 @@ def docker_engine():
 @pytest.fixture(autouse=True)
 def fast_password_hashing(request, settings):
     """Every persona's password takes half a second to hash with the real hasher, and most
-    tests make two or three: hashing is not what they test. A test that signs in through
-    Chromium keeps the real hashers: the console it signs in to is another process."""
-    if "chromium" not in request.fixturenames:
+    tests make two or three: hashing is not what they test. Browsers are signed in with a
+    session made here (sign_in). A test marked `real_passwords` signs in through the
+    console's own form, in another process: it keeps the real hashers."""
+    if not request.node.get_closest_marker("real_passwords"):
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
@@ -379,7 +385,11 @@ def chromium():
     """Debian's Chromium, driven by Playwright (its own browser download does not work here)."""
     if not Path("/usr/bin/chromium").exists():
         missing("Chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # Playwright's assertions wait 5 s by default: a page on a loaded two-core machine
+    # (the worker, Daphne, PostgreSQL and the run's containers beside it) can take longer.
+    expect.set_options(timeout=15_000)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -406,14 +416,21 @@ class Browser:
 
 
 def sign_in(chromium, console_url, user, *, width=1280, height=900) -> Browser:
+    """A browser context holding a session for `user`, made as Django's test client makes
+    one (the sign-in form itself is tested in test_pages), on the console's home page."""
+    from django.conf import settings as django_settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
     context = chromium.new_context(viewport={"width": width, "height": height}, base_url=console_url)
+    context.add_cookies([{
+        "name": django_settings.SESSION_COOKIE_NAME, "value": client.cookies[django_settings.SESSION_COOKIE_NAME].value,
+        "url": console_url, "httpOnly": True, "sameSite": "Lax",
+    }])
     page = context.new_page()
     page.set_default_timeout(20000)
-    page.goto(console_url + "/accounts/login/")
-    page.get_by_label("Username").fill(user.username)
-    page.get_by_label("Password").fill("pw-" + user.username)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(console_url + "/")
+    page.goto(console_url + "/")
     return Browser(page, console_url)
 
 

@@ -143,6 +143,7 @@ def test_pages_fit_a_phone(chromium, console_url, alice, engine, width):
         phone.page.context.close()
 
 
+@pytest.mark.real_passwords
 def test_the_login_page_and_keyboard_sign_in(chromium, console_url, alice, engine):
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()

@@ -30,7 +30,7 @@ from tests.conftest import BUSYBOX, wait_for
 
 # Bounded so the whole suite keeps to its time on two cores (about 40 operations);
 # RUNYARD_SCHEMA_EXAMPLES=100 for a deeper search by hand.
-EXAMPLES_PER_OPERATION = int(os.environ.get("RUNYARD_SCHEMA_EXAMPLES", "12"))
+EXAMPLES_PER_OPERATION = int(os.environ.get("RUNYARD_SCHEMA_EXAMPLES", "6"))
 
 
 def run_validator():

@@ -237,3 +237,26 @@ def test_staff_register_a_cluster_and_bad_settings_are_refused_by_field(tina, de
     assert Cluster.objects.get(name="gpu").node_engines == {"n1": "tcp://10.0.0.11:2376"}
     # A team admin who is not staff does not see clusters at all.
     assert signed_in(tina).get("/admin/runs/cluster/").status_code == 403
+
+
+def test_the_nav_offers_usage_and_admin_to_admins_and_staff_only(alice, tina):
+    """A member sees neither link; a team admin sees both, Usage for their first team
+    by name; staff who administer no team see Admin alone."""
+    import re
+
+    from tests.conftest import _user
+
+    otto = _user("otto", "speech", role="admin")
+    Team.objects.get_or_create(name="aardvark")
+    Membership.objects.create(user=otto, team=Team.objects.get(name="aardvark"), role="admin")
+    staff = get_user_model().objects.create_user("stella", password="pw-stella", is_staff=True)
+    Membership.objects.create(user=staff, team=Team.objects.get(name="vision"), role="member")
+
+    def nav(user) -> list[str]:
+        page = signed_in(user).get("/").content.decode()
+        return re.findall(r'<a href="([^"]+)">(?:Usage|Admin)</a>', page)
+
+    assert nav(alice) == []
+    assert nav(tina) == ["/teams/vision/usage/", "/admin/"]
+    assert nav(otto) == ["/teams/aardvark/usage/", "/admin/"]
+    assert nav(staff) == ["/admin/"]

@@ -64,13 +64,14 @@ def start_run(run_id: int) -> None:
 
 
 def _start(run_id: int, heartbeat: LeaseHeartbeat) -> str:
-    run = Run.objects.get(pk=run_id)
-    if run.status == Status.PENDING and not run.submitted_at:
+    status, submitted_at = Run.objects.values_list("status", "submitted_at").get(pk=run_id)
+    if status == Status.PENDING and not submitted_at:
         if not slots.admit(run_id):
             return NOTHING
-    elif run.status not in (Status.INITIALIZING, Status.PENDING):
+    elif status not in (Status.INITIALIZING, Status.PENDING):
         return NOTHING
-    run = Run.objects.select_related("preset").get(pk=run_id)
+    # Read after the admission, in one query with what the start reads of it.
+    run = Run.objects.select_related("preset", "team", "cluster").get(pk=run_id)
     executor = executor_for(run)
     try:
         env = _resolve_env(run)

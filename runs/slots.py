@@ -57,18 +57,19 @@ class SlotPlan:
 def plan_slots() -> SlotPlan:
     """Which pending runs fit now, and why the others wait. Reads only."""
     waiting = Run.objects.filter(status=Status.PENDING, submitted_at__isnull=True).order_by("pk")
-    pending = list(waiting.values_list("pk", "team_id"))
+    pending = list(waiting.values_list("pk", "team_id", "executor"))
     plan = SlotPlan()
     if not pending:
         return plan
-    on_clusters = set(waiting.filter(executor=SWARM).values_list("pk", flat=True))
+    on_clusters = {run_id for run_id, _, executor in pending if executor == SWARM}
     holding = Run.objects.filter(Q(status__in=HOLDS_SLOT) | Q(status=Status.PENDING, submitted_at__isnull=False))
-    live = Counter(holding.values_list("team_id", flat=True))
-    engine_live = holding.exclude(executor=SWARM).count()
-    teams = {t.pk: t for t in Team.objects.filter(pk__in={team_id for _, team_id in pending})
+    held = list(holding.values_list("team_id", "executor"))
+    live = Counter(team_id for team_id, _ in held)
+    engine_live = sum(1 for _, executor in held if executor != SWARM)
+    teams = {t.pk: t for t in Team.objects.filter(pk__in={team_id for _, team_id, _ in pending})
              .only("pk", "name", "max_running", "credit_limit")}
     queues: dict[int, deque[int]] = defaultdict(deque)
-    for run_id, team_id in pending:
+    for run_id, team_id, _ in pending:
         queues[team_id].append(run_id)
     # A team that has used its credits starts nothing until an admin raises the limit.
     for team_id, queue in queues.items():
@@ -109,12 +110,12 @@ def admit(run_id: int) -> bool:
     """pending → initializing if the run fits now; else it stays pending, saying why."""
     with transaction.atomic():
         _lock_slots()
-        if not Run.objects.filter(pk=run_id, status=Status.PENDING).exists():
+        executor = Run.objects.filter(pk=run_id, status=Status.PENDING).values_list("executor", flat=True).first()
+        if executor is None:
             return False
         plan = plan_slots()
         if run_id in plan.admitted:
-            run = Run.objects.get(pk=run_id)
-            if run.executor == SWARM:
+            if executor == SWARM:
                 # Handed to its cluster; it stays pending until a node has room (runs.engine).
                 return bool(Run.objects.filter(pk=run_id, status=Status.PENDING, submitted_at__isnull=True).update(
                     submitted_at=timezone.now(), status_reason="waiting: handed to the cluster"))

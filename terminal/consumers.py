@@ -200,7 +200,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         if len(data) > MAX_INPUT_BYTES:
             return await self._warn(f"input of more than {MAX_INPUT_BYTES} bytes in one frame is dropped")
-        await sync_to_async(self.session.write, thread_sensitive=False)(data)
+        # Keystrokes are handled one message at a time: what a thread still sends is
+        # sent before the next message's bytes go.
+        rest = self.session.write_now(data)
+        if rest:
+            await sync_to_async(self.session.write, thread_sensitive=False)(rest)
 
     async def _control(self, text: str) -> None:
         if len(text) > MAX_CONTROL_BYTES:

@@ -101,6 +101,17 @@ class TerminalSession:
             if self.listener is listener:
                 self.listener, self.detached_at = None, time.monotonic()
 
+    def write_now(self, data: bytes) -> bytes:
+        """Send what the terminal takes at once (called from the event loop: a keystroke
+        then echoes without a hop through a thread); returns the rest, for write()."""
+        send_now = getattr(self.terminal, "write_now", None)
+        if self.ended or send_now is None:
+            return data
+        try:
+            return data[send_now(data):]
+        except OSError:
+            return data  # write() meets it too, and lets it go
+
     def write(self, data: bytes) -> None:
         if not self.ended:
             try:

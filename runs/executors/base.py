@@ -173,7 +173,9 @@ class Terminal(Protocol):
         """The next output; b"" once the terminal has ended."""
 
     def write(self, data: bytes) -> bytes:
-        """Send keystrokes; returns what to show the one typing (an attach's echo), else b""."""
+        """Send keystrokes; returns what to show the one typing (an attach's echo), else b"".
+        A terminal may also have `write_now(data) -> int`: send, from an event loop, what
+        goes without waiting, and say how many bytes went (write() sends the rest)."""
 
     def resize(self, cols: int, rows: int) -> None: ...
 

@@ -949,6 +949,16 @@ class DockerTerminal:
     def _exactly(self, size: int) -> bytes:
         return recv_exactly(self.sock, size)
 
+    def write_now(self, data: bytes) -> int:
+        """A shell's keystrokes, sent from the caller's event loop as far as the socket
+        takes them without waiting: how many bytes went (write() sends the rest)."""
+        if self.keyboard is not None:
+            return 0  # an attach gathers typed lines and echoes them: write()
+        try:
+            return self.sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError, ValueError):  # ValueError: a TLS socket takes no flags
+            return 0
+
     def write(self, data: bytes) -> bytes:
         if self.keyboard is None:
             self.sock.sendall(data)

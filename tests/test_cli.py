@@ -221,3 +221,19 @@ def test_it_needs_only_the_standard_library():
     )
     result = subprocess.run([sys.executable, "-c", probe, str(ROOT)], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_welcome_gives_the_first_admin_the_default_team(db, defaults, settings, tmp_path):
+    from io import StringIO
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from runs.models import Membership
+
+    settings.VAR_DIR = tmp_path
+    call_command("welcome", stdout=StringIO())
+    admin = get_user_model().objects.get(username="admin")
+    assert list(Membership.objects.filter(user=admin).values_list("team__name", "role")) == [("default", "admin")]
+    call_command("welcome", stdout=StringIO())
+    assert Membership.objects.count() == 1

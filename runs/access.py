@@ -104,13 +104,18 @@ def readable_team_ids(user) -> set[int]:
     return set(readable_teams(user).values_list("pk", flat=True))
 
 
-def administered_team_ids(user) -> set[int]:
-    """The teams whose admin page the user may manage in /admin/ (by membership:
-    superusers are staff and keep Django's own permissions there)."""
+def administering(user) -> QuerySet[Membership]:
+    """The user's memberships that administer their team (by role: superusers are staff
+    and keep Django's own permissions in /admin/)."""
     if not is_present(user):
-        return set()
+        return Membership.objects.none()
     roles = [role for role, actions in ALLOWED.items() if Action.ADMINISTER in actions]
-    return set(Membership.objects.filter(user=user, role__in=roles).values_list("team_id", flat=True))
+    return Membership.objects.filter(user=user, role__in=roles)
+
+
+def administered_team_ids(user) -> set[int]:
+    """The teams whose admin page the user may manage in /admin/."""
+    return set(administering(user).values_list("team_id", flat=True))
 
 
 def memberships(user) -> QuerySet[Membership]:

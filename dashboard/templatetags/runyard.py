@@ -69,14 +69,9 @@ def stall_trigger(run) -> str:
 def usage_team(user) -> str:
     """The first team, by name, that the user administers (its usage page is in the
     nav), or "": one query, on every page."""
-    from runs.access import ALLOWED, Action, is_present
-    from runs.models import Membership
+    from runs.access import administering
 
-    if not is_present(user):
-        return ""
-    roles = [role for role, actions in ALLOWED.items() if Action.ADMINISTER in actions]
-    names = Membership.objects.filter(user=user, role__in=roles).order_by("team__name")
-    return names.values_list("team__name", flat=True).first() or ""
+    return administering(user).order_by("team__name").values_list("team__name", flat=True).first() or ""
 
 
 @register.simple_tag

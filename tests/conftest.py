@@ -111,6 +111,10 @@ def docker_engine():
         container.remove(force=True)
 
 
+# What the tests hash the personas' passwords with (fast_password_hashing).
+FAST_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(request, settings):
     """Every persona's password takes half a second to hash with the real hasher, and most
@@ -118,7 +122,7 @@ def fast_password_hashing(request, settings):
     session made here (sign_in). A test marked `real_passwords` signs in through the
     console's own form, in another process: it keeps the real hashers."""
     if not request.node.get_closest_marker("real_passwords"):
-        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+        settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from runs.lifecycle import transition
 from runs.models import ApiToken, DatasetVersion, LogChunk, Membership, ResourcePreset, Run, RunFile, Team, TeamSecret
 from runs.spec import parse_spec
 from runs.team_secrets import set_secret
-from tests.conftest import BUSYBOX, _user, in_thread, make_defaults, wait_for
+from tests.conftest import BUSYBOX, FAST_HASHERS, _user, in_thread, make_defaults, wait_for
 from tests.test_live import ORIGIN, session_cookie
 from tests.test_reproducible import tar_gz
 
@@ -140,7 +140,7 @@ def world_once(django_db_setup, django_db_blocker):
     from django.db import transaction
     from django.test.utils import override_settings
 
-    with django_db_blocker.unblock(), override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+    with django_db_blocker.unblock(), override_settings(PASSWORD_HASHERS=FAST_HASHERS):
         outer = transaction.atomic()
         outer.__enter__()
         try:

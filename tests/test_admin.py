@@ -1,6 +1,7 @@
 """/admin/ for staff and team admins (SPEC §5): a team admin manages their own
 team's members, runs, datasets and secrets, and sees nothing of other teams."""
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -9,7 +10,7 @@ from django.test import Client
 
 from runs.models import Membership, Run, Team, TeamSecret
 from runs.services import create_run
-from tests.conftest import BUSYBOX, Api, sign_in
+from tests.conftest import BUSYBOX, Api, _user, sign_in
 
 
 def make_run(user, name: str) -> Run:
@@ -242,10 +243,6 @@ def test_staff_register_a_cluster_and_bad_settings_are_refused_by_field(tina, de
 def test_the_nav_offers_usage_and_admin_to_admins_and_staff_only(alice, tina):
     """A member sees neither link; a team admin sees both, Usage for their first team
     by name; staff who administer no team see Admin alone."""
-    import re
-
-    from tests.conftest import _user
-
     otto = _user("otto", "speech", role="admin")
     Team.objects.get_or_create(name="aardvark")
     Membership.objects.create(user=otto, team=Team.objects.get(name="aardvark"), role="admin")

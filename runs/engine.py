@@ -9,7 +9,6 @@ import logging
 import time
 import uuid
 
-from django.db import connection
 from django.db.models import F, IntegerField, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -420,15 +419,3 @@ def _remove_orphans() -> int:
             executor.remove(Run(pk=run_id))
             removed += 1
     return removed
-
-
-def close_db_after(func):
-    """Tasks run in long-lived threads: give each one fresh database connections."""
-
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        finally:
-            connection.close()
-
-    return wrapper

@@ -21,37 +21,61 @@ import time
 
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from runs import engine, slots
 
 log = logging.getLogger(__name__)
 
 
+# A thread of the embedded default's pools keeps its database connection from one job
+# to the next (a new connection to PostgreSQL costs a start more than its admission),
+# and closes it once no job came for this long.
+POOL_IDLE_CLOSE_SECONDS = 5.0
+_pool_thread = threading.local()
+
+
+def close_db_after(func):
+    """Tasks run in long-lived threads: a Celery worker's get fresh database connections
+    each task; a pool thread of the embedded default keeps a usable one for its next job
+    (as Django keeps a request thread's, CONN_MAX_AGE) and closes it when idle (DaemonPool)."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if getattr(_pool_thread, "keeps_connection", False):
+                connection.close_if_unusable_or_obsolete()
+            else:
+                connection.close()
+
+    return wrapper
+
+
 @shared_task(name="runs.tasks.start")
 def start(run_id: int) -> None:
-    engine.close_db_after(engine.start_run)(run_id)
+    close_db_after(engine.start_run)(run_id)
 
 
 @shared_task(name="runs.tasks.collect")
 def collect(run_id: int) -> None:
-    engine.close_db_after(engine.collect_run)(run_id)
+    close_db_after(engine.collect_run)(run_id)
 
 
 @shared_task(name="runs.tasks.stop")
 def stop(run_id: int) -> None:
-    engine.close_db_after(engine.stop_run)(run_id)
+    close_db_after(engine.stop_run)(run_id)
 
 
 @shared_task(name="runs.tasks.dispatch")
 def dispatch() -> int:
     """Start the pending runs that fit now (a slot just freed)."""
-    return engine.close_db_after(slots.dispatch)()
+    return close_db_after(slots.dispatch)()
 
 
 @shared_task(name="runs.tasks.reconcile")
 def reconcile() -> dict:
-    return engine.close_db_after(engine.reconcile_runs)()
+    return close_db_after(engine.reconcile_runs)()
 
 
 TASKS = {"start": start, "collect": collect, "stop": stop}
@@ -108,8 +132,13 @@ class DaemonPool:
         self.jobs.put((fn, args))
 
     def _work(self) -> None:
+        _pool_thread.keeps_connection = True
         while True:
-            fn, args = self.jobs.get()
+            try:
+                fn, args = self.jobs.get(timeout=POOL_IDLE_CLOSE_SECONDS)
+            except queue.Empty:
+                connection.close()  # idle: no connection held for nothing
+                fn, args = self.jobs.get()
             try:
                 fn(*args)
             except Exception:

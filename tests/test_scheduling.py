@@ -360,3 +360,38 @@ def test_a_full_installation_gives_a_freed_slot_to_the_team_holding_fewest(alice
     finally:
         small.stop()
         engine.start()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_embedded_pool_thread_keeps_its_database_connection_between_jobs_and_closes_it_when_idle(monkeypatch):
+    # A start in the embedded default pays no new connection to PostgreSQL, and an
+    # idle console holds none.
+    from django.db import connection
+
+    from runs import tasks
+
+    if connection.vendor != "postgresql":
+        pytest.skip("a connection is kept where CONN_MAX_AGE keeps it: PostgreSQL's DATABASE_URL")
+    monkeypatch.setattr(tasks, "POOL_IDLE_CLOSE_SECONDS", 1.0)
+    pool = tasks.DaemonPool(1, "test-pool")
+    backends: list[int] = []
+    done = threading.Event()
+
+    def job() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backends.append(cursor.fetchone()[0])
+        if len(backends) == 2:
+            done.set()
+
+    for _ in range(2):
+        pool.submit(tasks.close_db_after(job))
+    assert done.wait(30)
+    assert backends[0] == backends[1]
+
+    def still_connected() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [backends[0]])
+            return cursor.fetchone()[0] == 1
+
+    assert wait_until(lambda: not still_connected(), timeout=15)

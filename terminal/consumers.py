@@ -36,11 +36,11 @@ import math
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from dashboard.consumers import DirectDispatch
 from runs import access
 from runs.executors import executor_for
 from runs.executors.base import TERMINAL_MODES, ExecutorError
@@ -62,7 +62,7 @@ MIN_SIZE = 2  # Docker ignores a resize to 1 cell, and a 1-cell terminal shows n
 DEFAULT_SIZE = (80, 24)
 
 
-class TerminalConsumer(AsyncWebsocketConsumer):
+class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
     session = None
 
     async def connect(self):
@@ -125,16 +125,6 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if ended:
             self.outbox.put_nowait(None)
         self.pump = asyncio.create_task(self._pump())
-
-    async def dispatch(self, message):
-        """As Channels' own, without its close_old_connections before every message: that
-        is a hop through the thread sync code shares, most of a keystroke's time here
-        (0.8 ms of a 3 ms echo). This consumer reads the database only through
-        database_sync_to_async, which closes stale connections in its own thread."""
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
 
     async def _refuse(self, code: int, detail: str) -> None:
         await self.send(text_data=json.dumps({"type": "error", "detail": detail}))

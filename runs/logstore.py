@@ -146,7 +146,12 @@ class LogWriter:
                 self.add(frame)
                 lines, append = self.lines, self.lines.append
             elif data.startswith(report_start):
-                self._store(at, stream, data[:-1].decode("ascii"), size, cut=False)
+                text = data[:-1].decode("ascii")
+                plain = reports.plain_metrics(text, self.metric_keys, self.metric_keys_max)
+                if plain is None:
+                    self._store(at, stream, text, size, cut=False)
+                else:
+                    self._take_metrics(at, *plain)
             else:
                 append([round(at, 6), stream, data[:-1].decode("ascii")])
                 self.line_bytes += size
@@ -197,7 +202,13 @@ class LogWriter:
             self.summary_changed = True
         if new_keys:
             self.metric_keys |= new_keys
-        points, step = self.points, report.step
+        self._take_metrics(at, report.step, metrics)
+        if report.progress is not None:
+            self.progress_samples = reports.add_progress_sample(self.progress_samples, at, report.progress)
+            self.progress_changed = True
+
+    def _take_metrics(self, at: float, step: int | None, metrics: dict[str, float]) -> None:
+        points = self.points
         for key, value in metrics.items():
             series = points.get(key)
             if series is None:
@@ -205,9 +216,6 @@ class LogWriter:
             series.append((step, value, at))
         self.metrics_last.update(metrics)
         self.point_count += len(metrics)
-        if report.progress is not None:
-            self.progress_samples = reports.add_progress_sample(self.progress_samples, at, report.progress)
-            self.progress_changed = True
 
     def add_system_metrics(self, at: float, metrics: dict[str, float]) -> None:
         """A reading of what the run uses (runs.system_metrics), stored with the next flush."""

@@ -90,6 +90,43 @@ def parse(text: str, max_metrics: int | None = None) -> Report:
     return report
 
 
+# The usual report, `#runyard step=10 loss=0.31 acc=0.9`: a step and plain numbers;
+# most often a single one.
+_PLAIN_ONE = re.compile(r"#runyard step=(\d{1,18}) ([A-Za-z0-9_./-]{1,100})=([-+.0-9eE]{1,40})")
+_PLAIN = re.compile(r"#runyard step=(\d{1,18})((?: [A-Za-z0-9_./-]{1,100}=[-+.0-9eE]{1,40})+)")
+
+
+def plain_metrics(text: str, known: set[str], max_metrics: int) -> tuple[int, dict[str, float]] | None:
+    """The step and metrics of the usual report, when every name in it is in `known`
+    (names the run reported before, so good ones) and every value a finite number:
+    what parse() would give, without its checks. None for any other line: parse()
+    then reads it, and says what is wrong, if anything is. `text` is ASCII."""
+    one = _PLAIN_ONE.fullmatch(text)
+    if one is not None:
+        step, name, value = one.groups()
+        pairs = [(name, value)]
+    else:
+        match = _PLAIN.fullmatch(text)
+        if match is None:
+            return None
+        step = match[1]
+        pairs = [pair.partition("=")[::2] for pair in match[2][1:].split(" ")]
+    metrics = {}
+    for name, value in pairs:
+        if name not in known:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            return None
+        metrics[name] = number
+    if len(metrics) != len(pairs) or len(metrics) > max_metrics:  # a name twice, or more than the cap
+        return None
+    return int(step), metrics
+
+
 def parse_summary(text: str, max_keys: int | None = None) -> dict[str, float | str]:
     """`{"best_acc": 0.93, "arch": "resnet50"}`: names as metric names, values
     finite numbers or text (true/false count as text, so nothing is guessed)."""

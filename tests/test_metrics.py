@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runs import metrics, reports
 from runs.services import create_run
@@ -40,6 +42,37 @@ def test_it_parses_a_report_line():
     assert report.metrics == {"train/loss": 0.25, "acc": 0.9}
     assert reports.is_report("#runyard progress=1") and not reports.is_report("#runyardx=1")
     assert not reports.is_report("  #runyard x=1")
+
+
+# Pieces of report lines, good and bad: the quick reading of the usual report must
+# agree with the full parser wherever it answers.
+_TOKENS = st.sampled_from([
+    "step=7", "step=0", "step=-1", "step=1.5", "step=99999999999999999999", "loss=0.25", "loss=1e-3", "loss=1e999",
+    "loss=nan", "loss=inf", "loss=1_0", "loss=+.5", "loss=-", "loss=1e", "acc=9e-1", "acc=", "new=1", "sys/cpu=1",
+    "progress=0.5", "l%ss=1", "loss", "", " ", "\t", "summary", "x=1",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(tokens=st.lists(_TOKENS, max_size=5), cap=st.integers(min_value=1, max_value=3))
+def test_the_quick_reading_of_a_usual_report_agrees_with_the_parser(tokens, cap):
+    line = " ".join(["#runyard", *tokens])
+    quick = reports.plain_metrics(line, {"loss", "acc", "x"}, cap)
+    if quick is None:
+        return  # the parser reads it in full
+    report = reports.parse(line, max_metrics=cap)  # never Malformed where the quick reading answered
+    assert quick == (report.step, report.metrics) and report.progress is None and not report.summary
+
+
+def test_the_usual_report_is_read_quickly_and_anything_else_in_full():
+    known = {"loss", "acc"}
+    assert reports.plain_metrics("#runyard step=10 loss=0.25", known, 10) == (10, {"loss": 0.25})
+    assert reports.plain_metrics("#runyard step=3 loss=1 acc=9e-1", known, 10) == (3, {"loss": 1.0, "acc": 0.9})
+    for line in ("#runyard step=10 fresh=1",  # a name not reported before: checked in full
+                 "#runyard step=1 loss=1 loss=2", "#runyard step=1 loss=1e999", "#runyard loss=1",
+                 "#runyard step=1 loss=1 progress=0.5", "#runyard step=1  loss=1"):
+        assert reports.plain_metrics(line, known, 10) is None, line
+    assert reports.plain_metrics("#runyard step=1 loss=1 acc=2", known, 1) is None  # past the cap
 
 
 @pytest.mark.parametrize("line, problem", [

@@ -797,6 +797,10 @@ class _FrameCutter:
         last_at, texts_at = repeats.last_at, repeats.texts
         seconds_of, scale = _seconds_cache.get, _FRACTION_SCALE
         count_bits, count_max, margin = LogPosition.COUNT_BITS, (1 << LogPosition.COUNT_BITS) - 1, LogPosition.MARGIN_SECONDS
+        append, new_frame = out.append, tuple.__new__  # a LogFrame without its Python-level __new__
+        # The position's fields as locals (LogPosition.take for the usual entry, inline);
+        # put back before a call of take() and at the end.
+        since, count, skip, recent = position.since, position.count, position.skip, position.recent
         while end - pos >= 8:
             kind, length = unpack(buf, pos)
             after = pos + 8 + length
@@ -819,18 +823,20 @@ class _FrameCutter:
                 last_at[stream], texts_at[stream] = nanoseconds, [text]
             elif repeats.seen_at(stream, nanoseconds, text):
                 continue  # the engine sent it again (it does, following across a rotation)
-            since = position.since
-            if position.skip or second < since or second - margin > since:
-                if not position.take(second):
+            if skip or second < since or second - margin > since:
+                position.count = count
+                taken = position.take(second)
+                since, count, skip, recent = position.since, position.count, position.skip, position.recent
+                if not taken:
                     continue  # read before this follow began
             else:  # LogPosition.take of an entry within the resume stretch, not a replay
-                position.count += 1
-                recent = position.recent
+                count += 1
                 recent[second] = recent.get(second, 0) + 1
             if not text.endswith(b"\n") and not is_piece(text):
                 text += b"\n"
-            out.append(LogFrame((position.since << count_bits) | min(position.count + position.skip, count_max),
-                                at, stream, text))
+            read = count + skip
+            append(new_frame(LogFrame, ((since << count_bits) | (read if read < count_max else count_max), at, stream, text)))
+        position.count = count
         self.rest = buf[pos:]
         return out
 

@@ -238,6 +238,11 @@ class Run(models.Model):
             models.Index(fields=["team", "-id"], name="run_team_newest"),
             models.Index(fields=["team", "status", "-id"], name="run_team_status_newest"),
             models.Index(fields=["owner", "-id"], name="run_owner_newest"),
+            # The reconciler's rounds, every few seconds: the runs whose container is still
+            # there (the live ones, and finished ones not cleaned up yet), a few among a
+            # million, not a scan of them all.
+            models.Index(fields=["status"], condition=models.Q(container_removed_at__isnull=True),
+                         name="run_container_kept"),
         ]
 
     def __str__(self):

@@ -1,3 +1,4 @@
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -34,3 +35,8 @@ if settings.RUNYARD_TASKS_IN_PROCESS:
     from runs.tasks import in_process_pool  # noqa: E402
 
     in_process_pool()
+
+# What starting up made lives as long as the process: the cyclic garbage collector sets
+# it apart, and its full passes scan only what came after. A full pass over the whole
+# heap stopped this event loop for up to 250 ms (a live log's p99, on this 2-core machine).
+gc.freeze()

@@ -1,3 +1,4 @@
+import gc
 import os
 
 from celery import Celery
@@ -12,5 +13,8 @@ app.autodiscover_tasks()
 
 @worker_ready.connect
 def reconcile_on_start(sender, **kwargs):
+    # Set apart from the cyclic garbage collector what starting up made (as asgi.py does):
+    # a full pass then does not stop the collectors' threads for a scan of every module.
+    gc.freeze()
     # A worker that starts after a crash picks orphaned runs up at once, not at the next beat.
     sender.app.send_task("runs.tasks.reconcile")

@@ -22,7 +22,8 @@ def runs_for_user(user, *, statuses=(), tag="", q="", owner="", before_id=None, 
     by id, the status within a team, trigrams of the name and of the tags on
     PostgreSQL), so a page reads about its own rows. `unread`: more fields the caller
     never reads, besides NEVER_LISTED."""
-    runs = visible_runs(user).select_related("owner", "team", "preset", "cluster").defer(*NEVER_LISTED, *_owner_unlisted(), *unread)
+    runs = visible_runs(user).select_related("owner", "team", "preset", "cluster")
+    runs = runs.defer(*NEVER_LISTED, *_owner_unlisted(), *unread)
     runs = runs.order_by(order, "-pk") if order is not None else runs.order_by("-pk")
     if statuses:
         runs = runs.filter(status__in=statuses)

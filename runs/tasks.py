@@ -36,9 +36,10 @@ _pool_thread = threading.local()
 
 
 def close_db_after(func):
-    """Tasks run in long-lived threads: a Celery worker's get fresh database connections
-    each task; a pool thread of the embedded default keeps a usable one for its next job
-    (as Django keeps a request thread's, CONN_MAX_AGE) and closes it when idle (DaemonPool)."""
+    """Tasks run in long-lived threads. A Celery worker's thread gets a fresh database
+    connection for each task; a pool thread of the embedded default keeps a usable one for
+    its next job (as Django keeps a request thread's, CONN_MAX_AGE) and closes it when idle
+    (DaemonPool)."""
 
     def wrapper(*args, **kwargs):
         try:

@@ -112,7 +112,10 @@ def embedded_env(var_dir, port: int) -> dict:
 
 
 def start_console(env: dict, port: int, log_file):
-    """Daphne as `make run` starts it, in a process group of its own (Ctrl-C signals the group)."""
+    """Daphne as `make run` starts it from a terminal, in a process group of its own (Ctrl-C
+    signals the group). With SIGINT at its default, as in a terminal's foreground: a test
+    run started in the background (`nohup ... &`) hands its children SIGINT ignored, and a
+    console started so never hears Ctrl-C (two CI runs of this stop failed on that)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -120,7 +123,10 @@ def start_console(env: dict, port: int, log_file):
     from django.conf import settings
 
     daphne = Path(sys.executable).parent / "daphne"
-    return subprocess.Popen([str(daphne), "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+    command = [str(daphne), "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"]
+    as_in_a_terminal = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "os.execv(sys.argv[1], sys.argv[1:])")
+    return subprocess.Popen([sys.executable, "-c", as_in_a_terminal, *command],
                             cwd=settings.BASE_DIR, env=env, stdout=log_file, stderr=log_file, process_group=0)
 
 

@@ -1,9 +1,5 @@
 import gc
-import logging
 import os
-import sys
-import threading
-import time
 
 from django.core.asgi import get_asgi_application
 
@@ -44,24 +40,3 @@ if settings.RUNYARD_TASKS_IN_PROCESS:
 # it apart, and its full passes scan only what came after. A full pass over the whole
 # heap stopped this event loop for up to 250 ms (a live log's p99, on this 2-core machine).
 gc.freeze()
-
-# Ctrl-C on `make run` (SIGINT), or SIGTERM, ends the console within a few seconds,
-# whatever a request's thread is still doing: at exit the interpreter waits for asgiref's
-# threads to finish their work (a wait on SQLite's lock can last 30 s). Nothing is lost:
-# the in-process tasks are taken up again at the next start, as after a crash (runs.tasks).
-EXIT_GRACE_SECONDS = 5.0
-
-
-def _exit_soon() -> None:
-    def exit_now() -> None:
-        time.sleep(EXIT_GRACE_SECONDS)
-        logging.getLogger(__name__).warning("still busy %.0f s after the stop began: exiting now", EXIT_GRACE_SECONDS)
-        os._exit(0)
-
-    threading.Thread(target=exit_now, name="exit-after-grace", daemon=True).start()
-
-
-if "twisted.internet.reactor" in sys.modules:  # served by Daphne (its reactor is installed before this loads)
-    from twisted.internet import reactor  # noqa: E402
-
-    reactor.addSystemEventTrigger("before", "shutdown", _exit_soon)

@@ -1,5 +1,7 @@
 """Reads of runs, always scoped to what the user who asks may see (runs.access)."""
 
+import functools
+
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet, Subquery
 
@@ -42,9 +44,10 @@ def runs_for_user(user, *, statuses=(), tag="", q="", owner="", before_id=None, 
     return runs[:limit]
 
 
-def _owner_unlisted() -> list[str]:
+@functools.cache
+def _owner_unlisted() -> tuple[str, ...]:
     """Of a run's owner a list shows the name only: the rest of the user's row is left
     in the database (fifty users a page, each with a password hash and two dates)."""
     User = get_user_model()
     kept = {User._meta.pk.name, User.USERNAME_FIELD}
-    return [f"owner__{field.name}" for field in User._meta.concrete_fields if field.name not in kept]
+    return tuple(f"owner__{field.name}" for field in User._meta.concrete_fields if field.name not in kept)

@@ -76,25 +76,61 @@ def log_config() -> dict:
 # newline that is shorter ends its line.
 ENGINE_PIECE_BYTES = 16 * 1024
 
+# A run's commands wait at a gate, a line on the main process's stdin, until its
+# collector has attached to their output (follow_log_batches): output read as the
+# process writes it costs the engine a small part of what reading its log back does,
+# entry by entry (about 2 against 14 CPU-seconds for a million lines). Past the gate
+# the script leaves a mark, so a later collector knows not to open it again.
+GATE_LABEL, GATE_STDIN = "runyard.gate", "stdin"
+BEGAN_FILE = "began"
+GATE_SCRIPT = f'IFS= read -r runyard_gate || :\n: 2>/dev/null >"$RUNYARD_DIR/{BEGAN_FILE}"\n'
+# What an entry of the `local` driver's file takes beyond its text (its time, stream,
+# framing; about 30 bytes): an attach estimates the engine's log size with it.
+ENTRY_BYTES = 40
+# What the engine may have logged beyond what an attach read: its buffer for each of
+# the attach's streams (1 MB each), and the sockets' between.
+ATTACH_SLACK_BYTES = 4 << 20
+
 
 class LogPosition:
     """Where a read of a container's log stands: `count` entries read of those at or
     after the whole second `since` (0: from the first entry), in the order the logs
     API returns them. Packed into one integer for Run.log_cursor; a cursor from
-    before (a plain count) decodes to since=0 and means the same."""
+    before (a plain count) decodes to since=0 and means the same.
+
+    An attach (AttachedEntries) counts each stream's entries from the first instead,
+    since its output carries no time: ATTACH_BIT, then the stdout count, then the
+    stderr count. A follow from such a cursor reads from the first entry and passes
+    over the first so many of each stream (`stored`), the two streams' entries being
+    in the logs API's order a little otherwise than the attach had them; it counts
+    plainly once it is past them all."""
 
     COUNT_BITS = 24
     MARGIN_SECONDS = 2  # how far behind the newest entry the resume point stays
+    ATTACH_BIT = 1 << 62
+    STREAM_BITS = 31
 
-    def __init__(self, since: int = 0, count: int = 0):
+    def __init__(self, since: int = 0, count: int = 0, stored: tuple[int, int] | None = None):
         self.since, self.count, self.skip = since, count, 0
         self.recent: dict[int, int] = {}  # whole second -> entries counted in it
+        # From an attach cursor: each stream's entries stored already, and passed so far.
+        self.stored, self.passed = (list(stored), [0, 0]) if stored and any(stored) else (None, [0, 0])
 
     @classmethod
     def decode(cls, cursor: int) -> "LogPosition":
+        if cursor & cls.ATTACH_BIT:
+            mask = (1 << cls.STREAM_BITS) - 1
+            return cls(stored=((cursor >> cls.STREAM_BITS) & mask, cursor & mask))
         return cls(cursor >> cls.COUNT_BITS, cursor & ((1 << cls.COUNT_BITS) - 1))
 
+    @classmethod
+    def attached(cls, stdout: int, stderr: int) -> int:
+        """The cursor after `stdout` and `stderr` entries of each stream (0 for none)."""
+        return cls.ATTACH_BIT | (stdout << cls.STREAM_BITS) | stderr if stdout or stderr else 0
+
     def encode(self) -> int:
+        if self.stored is not None:
+            return self.attached(*(max(stored, passed) for stored, passed in zip(self.stored, self.passed)))
         return (self.since << self.COUNT_BITS) | min(self.count + self.skip, (1 << self.COUNT_BITS) - 1)
 
     def restart(self) -> None:
@@ -102,15 +138,20 @@ class LogPosition:
         self.skip, self.count = self.skip + self.count, 0
         self.recent.clear()
 
-    def take(self, second: int) -> bool:
+    def take(self, second: int, stream: int = 0) -> bool:
         """Count the next entry of the follow; False if it was read before (a replay)."""
         replayed = self.skip > 0
         if replayed:
             self.skip -= 1
+        elif self.stored is not None:  # since is 0 meanwhile: every entry is counted
+            self.passed[stream] += 1
+            replayed = self.passed[stream] <= self.stored[stream]
+            if self.passed[0] >= self.stored[0] and self.passed[1] >= self.stored[1]:
+                self.stored = None  # past all that the attach stored: a plain count from here
         if second >= self.since:  # a later follow from `since` returns it again
             self.count += 1
             self.recent[second] = self.recent.get(second, 0) + 1
-        if not replayed and second - self.MARGIN_SECONDS > self.since:
+        if not replayed and self.stored is None and second - self.MARGIN_SECONDS > self.since:
             # Move the resume point up; count again only what lies at or after it.
             self.since = second - self.MARGIN_SECONDS
             self.recent = {s: n for s, n in self.recent.items() if s >= self.since}
@@ -118,6 +159,8 @@ class LogPosition:
         return not replayed
 
     def __str__(self) -> str:
+        if self.stored is not None:
+            return f"stdout entry {max(self.stored[0], self.passed[0])}, stderr entry {max(self.stored[1], self.passed[1])}"
         return f"entry {self.count + self.skip} from second {self.since}"
 
 
@@ -231,7 +274,7 @@ class DockerExecutor:
         # A list, not a dict keyed by volume: two paths may import the same content (one volume).
         mounts = [f"{self._reporter_volume(run)}:{REPORTER_DIR}:ro"]
         mounts += [f"{self._import_volume(run, item)}:{item.path.rstrip('/') or '/'}:ro" for item in imports]
-        script = script_for(run.spec)
+        script = GATE_SCRIPT + script_for(run.spec)
         memory = f"{limits.memory_mb}m"
         api = self.client.api
         try:
@@ -242,7 +285,7 @@ class DockerExecutor:
                 image=run.image_digest or run.image,
                 command=["/bin/sh", "-c", script],
                 name=self.container_name(run),
-                labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk)},
+                labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk), GATE_LABEL: GATE_STDIN},
                 environment={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR, **SIGNAL_THE_GROUP},
                 stdin_open=True,  # for an attach; never closed (stdin_once off), so a read waits for one
                 tty=False,
@@ -349,6 +392,10 @@ class DockerExecutor:
         """Every log entry in order, from `cursor` on (see LogPosition), in lists of
         what was read at once, each frame with the cursor just after it.
 
+        A run that waits at its gate (GATE_SCRIPT) is read through an attach to its
+        main process, as its output comes (_read_attached). Every other read, and
+        one that an attach hands on, follows the engine's log.
+
         The engine keeps only the newest entries (the log is capped, log_config) and
         ends a follow when it rotates the file, so a read resumes by time: from a
         whole second a little behind the last entry read, skipping the entries of
@@ -356,26 +403,149 @@ class DockerExecutor:
         stdout and stderr entries can be written slightly out of time order.
         """
         position = LogPosition.decode(cursor)
-        while True:
-            container = self._container(run)
-            if container is None:
-                raise ExecutorError("container disappeared")
-            # The engine may end a follow when the container stops before it sent
-            # the whole file; a read begun after the stop is complete.
-            ended_before_read = container.status not in ("running", "created", "restarting", "paused")
-            try:
-                for batch in self._read_logs(run, container.id, position):
-                    yield batch
-            except StreamBroke as exc:
-                log.warning("run %s: log stream broke (%s), reading on from %s", run.pk, exc, position)
-                time.sleep(1)
-                continue
-            if ended_before_read:
-                return
+        held = None  # an attach that holds the run's output until the follow has the log open
+        if cursor == 0:
+            attachment = self._attach_at_gate(run)
+            if attachment is not None:
+                entries = _AttachedEntries()
+                try:
+                    ended = yield from self._read_attached(run, attachment, entries)
+                except BaseException:
+                    attachment.close()
+                    raise
+                if ended:
+                    attachment.close()
+                    return
+                if attachment.holding:
+                    held = attachment
+                else:
+                    attachment.close()
+                position = LogPosition.decode(LogPosition.attached(*entries.counts))
+                log.info("run %s: following the engine's log from %s", run.pk, position)
+        try:
+            while True:
+                container = self._container(run)
+                if container is None:
+                    raise ExecutorError("container disappeared")
+                # The engine may end a follow when the container stops before it sent
+                # the whole file; a read begun after the stop is complete.
+                ended_before_read = container.status not in ("running", "created", "restarting", "paused")
+                try:
+                    for batch in self._read_logs(run, container.id, position, opened=held.close if held else None):
+                        yield batch
+                except StreamBroke as exc:
+                    log.warning("run %s: log stream broke (%s), reading on from %s", run.pk, exc, position)
+                    time.sleep(1)
+                    continue
+                if ended_before_read:
+                    return
+        finally:
+            if held is not None:
+                held.close()
 
-    def _read_logs(self, run, container_id: str, start: "LogPosition") -> Iterator[list[LogFrame] | None]:
+    def _attach_at_gate(self, run) -> "_Attachment | None":
+        """For a run whose container waits at its gate: an attach to its main process,
+        made before the gate is opened, so that it sees all of the output. None for
+        any other (the gate opened before, a container from before gates, stopped)."""
+        container = self._container(run)
+        if container is None or container.status != "running" or container.labels.get(GATE_LABEL) != GATE_STDIN:
+            return None
+        client = self.new_client()  # a connection of its own, held for as long as the run lasts
+        api = client.api
+        try:
+            began = api.head(api._url("/containers/{0}/archive", container.id), params={"path": f"{RUNYARD_DIR}/{BEGAN_FILE}"})
+            if began.status_code == 200:
+                client.close()  # an earlier collector opened it: the engine's log has all since
+                return None
+            sock = api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            attachment = _Attachment(client, sock, container.id)
+            attachment.raw.sendall(b"\n")  # the gate's line
+            return attachment
+        except (APIError, DockerException, OSError) as exc:
+            log.warning("run %s: could not attach to its output (%s): following its log", run.pk, exc)
+            client.close()
+            return None
+
+    def _read_attached(self, run, attachment: "_Attachment", entries: "_AttachedEntries"):
+        """The run's output through `attachment`, in lists of frames as _read_logs gives
+        them. Returns True once the output ended with the container; False where the
+        engine's log must take over from `entries.counts`: the attach broke, or the
+        engine's log grew so near its cap that it would soon drop its first entries,
+        which a follow from the counts reads past (then the attachment is left
+        `holding` the run's output until the follow has the log open)."""
+        container_id = attachment.container_id
+        log_bytes = _log_cap_bytes(self.client.api.inspect_container(container_id))
+        blocks: deque = deque()
+        added, taken = [0], [0]
+        arrived = threading.Event()
+        outcome: list = []  # "ended", "capped", or the exception the reader died of
+
+        def read() -> None:
+            estimated = 0  # of the engine's log, written as this reads
+            try:
+                while not attachment.closed:
+                    block = attachment.raw.recv(READ_BLOCK_BYTES)
+                    if not block:
+                        outcome.append("ended")
+                        return
+                    blocks.append((block, time.time()))
+                    added[0] += len(block)
+                    arrived.set()
+                    estimated += len(block) + ENTRY_BYTES * block.count(b"\n")
+                    if estimated > log_bytes:
+                        attachment.holding = True  # read no further: the run's output waits
+                        outcome.append("capped")
+                        return
+                    while added[0] - taken[0] > READ_AHEAD_BYTES and not attachment.closed:
+                        time.sleep(0.01)  # the database is behind: the run's output waits for it
+            except Exception as exc:  # the reader dies with the connection; say why
+                outcome.append(exc)
+            finally:
+                outcome.append(None)
+                arrived.set()
+
+        threading.Thread(target=read, name=f"attach-run-{run.pk}", daemon=True).start()
+        while True:
+            if not arrived.wait(1.0):
+                yield None
+                continue
+            arrived.clear()
+            finished = bool(outcome)  # read before draining: nothing can follow the end
+            while blocks:
+                block, at = blocks.popleft()
+                taken[0] += len(block)
+                batch = entries.frames(block, at)
+                if batch:
+                    yield batch
+            if finished:
+                break
+        if outcome[0] == "ended" and not entries.rest and self._stopped(container_id):
+            batch = entries.end(time.time())  # the engine ends an unended line at the end too
+            if batch:
+                yield batch
+            return True
+        if outcome[0] not in ("ended", "capped"):
+            log.warning("run %s: its attach broke (%s)", run.pk, outcome[0])
+        return False
+
+    def _stopped(self, container_id: str, patience: float = 5.0) -> bool:
+        """Whether the container has stopped, waiting up to `patience` seconds: its
+        output ends a moment before the engine marks it stopped."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                if not self.client.api.inspect_container(container_id)["State"]["Running"]:
+                    return True
+            except NotFound:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+    def _read_logs(self, run, container_id: str, start: "LogPosition", opened=None) -> Iterator[list[LogFrame] | None]:
         """One follow from `start`, in lists of frames; `start` is advanced past every
-        entry yielded."""
+        entry yielded. `opened` is called once the engine sends the log: it has its
+        files open then."""
         client = self.new_client()  # a connection of its own, held for as long as the run lasts
         params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"}
         if start.since:
@@ -425,6 +595,9 @@ class DockerExecutor:
                 finished = bool(outcome)  # read before draining: nothing can follow the end
                 while blocks:
                     block = blocks.popleft()
+                    if opened is not None:
+                        opened()
+                        opened = None
                     taken[0] += len(block)
                     batch = cutter.frames(block)
                     if batch:
@@ -776,6 +949,122 @@ class _Dechunker:
         return b"".join(out)
 
 
+class _Attachment:
+    """An attach to a run's main process for its output: the engine's client, the
+    socket, and whether the output is held (read no further) for a follow to come."""
+
+    def __init__(self, client, sock, container_id: str):
+        self.client, self.sock, self.container_id = client, sock, container_id
+        self.raw = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
+        self.raw.settimeout(None)
+        self.holding = False
+        self.closed = False
+
+    def close(self) -> None:
+        """Detach (the engine then lets the run's output go on without it); again: nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.raw.shutdown(socket.SHUT_RDWR)  # wakes the reader's recv
+        for close in (self.sock.close, self.client.close):
+            with contextlib.suppress(OSError):
+                close()
+
+
+class _AttachedEntries:
+    """The entries of the engine's log, out of an attach's output (the multiplexed
+    stream: an 8-byte header, then a piece of output as the process wrote it), cut
+    as the engine cuts its log: a line each, a line longer than ENGINE_PIECE_BYTES
+    in pieces of that size, and at the end what is left unended. So each frame's
+    cursor, the count of each stream's entries so far (LogPosition.attached), is
+    also a place in the engine's log that a follow can go on from."""
+
+    def __init__(self):
+        self.rest = b""  # a multiplexed frame not yet whole
+        self.open = [b"", b""]  # per stream, a line begun, shorter than a piece
+        self.counts = [0, 0]  # per stream, the entries so far
+
+    def frames(self, block: bytes, at: float) -> list[LogFrame]:
+        buf = self.rest + block if self.rest else block
+        end, pos = len(buf), 0
+        out: list[LogFrame] = []
+        unpack, stream_of = _FRAME_HEADER.unpack_from, STREAM_OF_FRAME.get
+        stream, parts = 0, []  # consecutive pieces of one stream are cut as one
+        while end - pos >= 8:
+            kind, length = unpack(buf, pos)
+            after = pos + 8 + length
+            if after > end:
+                break
+            this = stream_of(kind, 0)
+            if this != stream and parts:
+                self._cut(stream, parts, at, out)
+                parts = []
+            stream = this
+            parts.append(buf[pos + 8:after])
+            pos = after
+        if parts:
+            self._cut(stream, parts, at, out)
+        self.rest = buf[pos:]
+        return out
+
+    def _cut(self, stream: int, parts: list[bytes], at: float, out: list) -> None:
+        data = b"".join(parts) if len(parts) > 1 else parts[0]
+        if self.open[stream]:
+            data = self.open[stream] + data
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        other = self.counts[1 - stream]
+        step, base = (1 << LogPosition.STREAM_BITS, LogPosition.ATTACH_BIT | other) if stream == 0 else (
+            1, LogPosition.ATTACH_BIT | (other << LogPosition.STREAM_BITS))
+        count = self.counts[stream]
+        new_frame = tuple.__new__  # a LogFrame without its Python-level __new__
+        piece = ENGINE_PIECE_BYTES
+        if len(data) < piece:  # the usual: no line long enough to be cut
+            out.extend([new_frame(LogFrame, (base + (count + n) * step, at, stream, line + b"\n"))
+                        for n, line in enumerate(lines, 1)])
+            count += len(lines)
+        else:
+            for line in lines:
+                whole = len(line) - len(line) % piece
+                for start in range(0, whole, piece):
+                    count += 1
+                    out.append(new_frame(LogFrame, (base + count * step, at, stream, line[start:start + piece])))
+                count += 1
+                out.append(new_frame(LogFrame, (base + count * step, at, stream, line[whole:] + b"\n")))
+            while len(tail) >= piece:
+                count += 1
+                out.append(new_frame(LogFrame, (base + count * step, at, stream, tail[:piece])))
+                tail = tail[piece:]
+        self.open[stream] = tail
+        self.counts[stream] = count
+
+    def end(self, at: float) -> list[LogFrame]:
+        """The lines left unended when the output ended: an entry each, as the engine makes them."""
+        out = []
+        for stream in (0, 1):
+            if self.open[stream]:
+                self.counts[stream] += 1
+                out.append(LogFrame(LogPosition.attached(*self.counts), at, stream, self.open[stream] + b"\n"))
+                self.open[stream] = b""
+        return out
+
+
+def _log_cap_bytes(attrs: dict) -> int:
+    """How much of a container's log an attach may read with the engine surely still
+    keeping its first entry: all its files but the one being written (log_config),
+    less what the engine may hold for the attach meanwhile (ATTACH_SLACK_BYTES)."""
+    config = (attrs.get("HostConfig", {}).get("LogConfig") or {}).get("Config") or {}
+    size, files = config.get("max-size", ""), config.get("max-file", "")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    try:
+        size_bytes = int(size[:-1]) * units[size[-1].lower()] if size[-1:].isalpha() else int(size)
+        kept = max(int(files) - 1, 1) * size_bytes
+    except (ValueError, KeyError):
+        kept = max(settings.RUNYARD_DOCKER_LOG_MAX_FILES - 1, 1) * (settings.RUNYARD_DOCKER_LOG_MAX_SIZE_MB << 20)
+    return kept - ATTACH_SLACK_BYTES
+
+
 class _FrameCutter:
     """Log frames out of the body of a logs request (the engine's multiplexed stream:
     an 8-byte header, then `stamp text`), block by block, each a LogFrame with the
@@ -801,6 +1090,7 @@ class _FrameCutter:
         # The position's fields as locals (LogPosition.take for the usual entry, inline);
         # put back before a call of take() and at the end.
         since, count, skip, recent = position.since, position.count, position.skip, position.recent
+        owing = position.stored is not None  # passing over what an attach stored (LogPosition)
         while end - pos >= 8:
             kind, length = unpack(buf, pos)
             after = pos + 8 + length
@@ -823,19 +1113,24 @@ class _FrameCutter:
                 last_at[stream], texts_at[stream] = nanoseconds, [text]
             elif repeats.seen_at(stream, nanoseconds, text):
                 continue  # the engine sent it again (it does, following across a rotation)
-            if skip or second < since or second - margin > since:
+            if skip or owing or second < since or second - margin > since:
                 position.count = count
-                taken = position.take(second)
+                taken = position.take(second, stream)
                 since, count, skip, recent = position.since, position.count, position.skip, position.recent
+                owing = position.stored is not None
                 if not taken:
-                    continue  # read before this follow began
+                    continue  # read before this follow began, or stored from an attach
             else:  # LogPosition.take of an entry within the resume stretch, not a replay
                 count += 1
                 recent[second] = recent.get(second, 0) + 1
             if not text.endswith(b"\n") and not is_piece(text):
                 text += b"\n"
-            read = count + skip
-            append(new_frame(LogFrame, ((since << count_bits) | (read if read < count_max else count_max), at, stream, text)))
+            if owing:
+                cursor = position.encode()
+            else:
+                read = count + skip
+                cursor = (since << count_bits) | (read if read < count_max else count_max)
+            append(new_frame(LogFrame, (cursor, at, stream, text)))
         position.count = count
         self.rest = buf[pos:]
         return out

@@ -8,6 +8,7 @@ its row (runs.leases); the reconciler hands expired leases on.
 import logging
 import time
 import uuid
+from datetime import timedelta
 
 from django.db.models import F, IntegerField, Q, Value
 from django.db.models.functions import Coalesce
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 RENEW_EVERY_SECONDS = 5.0
 MAIN_EXIT_CHECK_SECONDS = 1.0
 PLACEMENT_CHECK_SECONDS = 0.5
+# A Docker run's commands wait at a gate for its collector (runs.executors.docker);
+# one whose collector has not come this long after the start (every collector busy,
+# say) is let through by the reconciler: its output waits in the engine's log.
+GATE_PATIENCE_SECONDS = 3.0
 
 
 def _new_owner(kind: str) -> str:
@@ -378,6 +383,7 @@ def reconcile_runs() -> dict[str, int]:
     for run_id in Run.objects.filter(lease_free, status=Status.PENDING, submitted_at__isnull=False).values_list("pk", flat=True):
         enqueue("start", run_id, on_commit=False)
         counts["start"] += 1
+    counts["gates_opened"] = _open_gates(lease_free)
     for run_id in Run.objects.filter(lease_free, status__in=[Status.RUNNING, Status.STOPPING]).values_list("pk", flat=True):
         enqueue("collect", run_id, on_commit=False)
         counts["collect"] += 1
@@ -397,6 +403,30 @@ def reconcile_runs() -> dict[str, int]:
     # Terminal sessions of a console that was killed are ended on record, not left open.
     counts["terminals_lost"] = end_sessions_of_lost_consoles()
     return counts
+
+
+def _open_gates(lease_free: Q) -> int:
+    """Let the commands of runs whose collector has not come begin without it. Under
+    the run's lease, so that no collector attaches and opens the gate meanwhile (a
+    second opening would be a line on the run's stdin)."""
+    opened = 0
+    since = timezone.now() - timedelta(seconds=GATE_PATIENCE_SECONDS)
+    for run in Run.objects.filter(lease_free, status=Status.RUNNING, started_at__lt=since).select_related("cluster"):
+        executor = executor_for(run)
+        if not hasattr(executor, "open_gate"):
+            continue
+        owner = _new_owner("gate")
+        if not take_lease(run.pk, owner):
+            continue
+        try:
+            if executor.open_gate(run):
+                log.info("run %s: no collector came, its commands begin without one", run.pk)
+                opened += 1
+        except Exception:  # its engine is away: tried again next round
+            log.warning("run %s: could not open its gate", run.pk, exc_info=True)
+        finally:
+            release_lease(run.pk, owner)
+    return opened
 
 
 def _remove_orphans() -> int:

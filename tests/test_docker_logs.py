@@ -1,12 +1,14 @@
 """The run container's own Docker log is capped, and following it still stores every
-line exactly once when the engine rotates and drops its files."""
+line exactly once when the engine rotates and drops its files. A run is read through
+an attach to its main process, entry for entry as the engine logs it, and the
+engine's log takes over from an attach's cursor without a gap or a line twice."""
 
 import struct
 
 import pytest
 
 from runs.executors.base import Limits
-from runs.executors.docker import DockerExecutor, LogPosition, _Dechunker, _docker_time, _FrameCutter
+from runs.executors.docker import DockerExecutor, LogPosition, _AttachedEntries, _Dechunker, _docker_time, _FrameCutter
 from runs.services import create_run
 from tests.conftest import BUSYBOX, TEST_INSTANCE, wait_for
 
@@ -111,3 +113,106 @@ def test_frames_cut_across_read_blocks_are_the_same_as_read_whole():
     resumed.position.restart()
     again = [entry for entry in entries if int(_docker_time(entry[8:].split(b" ")[0])) >= resumed.position.since]
     assert [frame.data for frame in resumed.frames(b"".join(again))] == [frame.data for frame in whole[10:]]
+
+
+# stdout and stderr interleaved, a line of 40,000 bytes (three pieces in the engine's
+# log), one of exactly 16 KiB (a piece and an empty end), and no newline at the end.
+MIXED = ("i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo out-$i; echo err-$i >&2; done; "
+         "head -c 40000 /dev/zero | tr '\\0' x; echo; head -c 16384 /dev/zero | tr '\\0' y; echo; printf tail")
+
+
+def _started(alice, command: str) -> tuple:
+    # Not dispatched (this test's transaction never commits): the test is the collector.
+    source = {"name": "mixed", "image": BUSYBOX, "resources": {"preset": "tiny"}, "run": [{"command": command}]}
+    run = create_run(user=alice, source=source, executor="docker")
+    executor = DockerExecutor(TEST_INSTANCE)
+    executor.prepare(run)
+    executor.start(run, {}, Limits(cpus=1, memory_mb=64), [])
+    return run, executor
+
+
+def _frames(executor, run, cursor: int) -> list:
+    return [frame for frame in executor.follow_logs(run, cursor) if frame is not None]
+
+
+def _by_stream(frames, stream: int) -> list[bytes]:
+    return [frame.data for frame in frames if frame.stream == stream]
+
+
+def test_a_run_is_read_through_an_attach_entry_for_entry_as_the_engine_logs_it(alice, db, defaults, docker_engine):
+    run, executor = _started(alice, MIXED)
+    try:
+        attached = _frames(executor, run, 0)  # the run waits at its gate for this read
+        assert all(frame.cursor & LogPosition.ATTACH_BIT for frame in attached)
+        # Read again from the start: the gate is open now, so this follows the engine's log.
+        logged = _frames(executor, run, 0)
+        assert not any(frame.cursor & LogPosition.ATTACH_BIT for frame in logged)
+        for stream in (0, 1):
+            assert _by_stream(attached, stream) == _by_stream(logged, stream)
+        out = _by_stream(attached, 0)
+        assert out[:2] == [b"out-1\n", b"out-2\n"] and len(out) == 3000 + 3 + 2 + 1
+        assert out[-6:] == [b"x" * 16384, b"x" * 16384, b"x" * (40000 - 32768) + b"\n", b"y" * 16384, b"\n", b"tail\n"]
+        assert _by_stream(attached, 1) == [b"err-%d\n" % i for i in range(1, 3001)]
+        # From the cursor of any attached frame, the engine's log goes on with exactly
+        # what came after it, in each stream.
+        for cut in (0, 1, 999, 3000, 5999, len(attached) - 4, len(attached) - 2):
+            rest = _frames(executor, run, attached[cut].cursor)
+            for stream in (0, 1):
+                assert _by_stream(attached[:cut + 1], stream) + _by_stream(rest, stream) == _by_stream(logged, stream), cut
+    finally:
+        executor.remove(run)
+
+
+def test_an_attach_near_the_log_cap_hands_over_to_the_engine_log(alice, db, defaults, docker_engine, settings):
+    # A log of 2 files of 5 MB keeps its first entry for about 1 MB of reading by an
+    # attach (_log_cap_bytes); this run prints about 3 MB, as fast as it can.
+    settings.RUNYARD_DOCKER_LOG_MAX_SIZE_MB = 5
+    settings.RUNYARD_DOCKER_LOG_MAX_FILES = 2
+    count = 30_000
+    run, executor = _started(alice, f"awk 'BEGIN {{ for (i = 1; i <= {count}; i++) "
+                                    f"printf \"line-%d-%s\\n\", i, \"{'p' * 90}\" }}'")
+    try:
+        frames = _frames(executor, run, 0)
+        assert frames[0].cursor & LogPosition.ATTACH_BIT and not frames[-1].cursor & LogPosition.ATTACH_BIT
+        numbers = [int(frame.data.split(b"-")[1]) for frame in frames]
+        assert numbers == list(range(1, count + 1)), f"{count - len(set(numbers))} missing, {len(numbers) - len(set(numbers))} twice"
+    finally:
+        executor.remove(run)
+
+
+def test_a_second_reader_does_not_open_the_gate_again(alice, db, defaults, docker_engine):
+    # The gate is a line on the run's stdin. A collector that opened it and died before
+    # storing a line leaves the cursor at 0: the next one must not send the run a line
+    # of its own (here it would answer the program's read with an empty one).
+    run, executor = _started(alice, 'IFS= read -r first; echo "first=[$first]"')
+    try:
+        first = executor.follow_logs(run, 0)
+        assert next(first) is None  # attached, the gate opened; the program waits for input
+        first.close()
+        second = executor.follow_logs(run, 0)
+        terminal = executor.open_terminal(run, "attach", 80, 24)
+        try:
+            terminal.write(b"hello\r")
+        finally:
+            terminal.close()
+        assert [frame.data for frame in second if frame is not None] == [b"first=[hello]\n"]
+    finally:
+        executor.remove(run)
+
+
+@pytest.mark.parametrize("block_size", [1, 5, 8, 9, 100, 4096, 1 << 20])
+def test_attached_output_cut_anywhere_gives_the_same_entries(block_size):
+    # An attach's stream: an 8-byte header, then a piece of output as the process wrote
+    # it; a line may lie across pieces, and the two streams' pieces alternate.
+    writes = [(1, b"a\nb"), (1, b"c\n"), (2, b"e1\ne"), (1, b"\n\nlong-" + b"z" * 20000), (2, b"2\n"),
+              (1, b"z" * 13000 + b"\nend"), (2, b"w" * 16384), (2, b"\n")]
+    wire = b"".join(struct.pack(">BxxxL", kind, len(data)) + data for kind, data in writes)
+    entries = _AttachedEntries()
+    frames = []
+    for at in range(0, len(wire), block_size):
+        frames += entries.frames(wire[at:at + block_size], 1.0)
+    frames += entries.end(2.0)
+    assert _by_stream(frames, 0) == [b"a\n", b"bc\n", b"\n", b"\n", b"long-" + b"z" * 16379, b"z" * 16384, b"z" * (20000 + 13000 - 16379 - 16384) + b"\n", b"end\n"]
+    assert _by_stream(frames, 1) == [b"e1\n", b"e2\n", b"w" * 16384, b"\n"]
+    assert frames[-1].cursor == LogPosition.attached(8, 4)
+    assert [LogPosition.decode(frame.cursor).stored for frame in frames[:2]] == [[1, 0], [2, 0]]

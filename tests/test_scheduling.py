@@ -22,9 +22,10 @@ import yaml
 from django.conf import settings
 from django.test import Client
 
+from runs.executors.docker import DockerExecutor
 from runs.models import Run, RunEvent, RunFile, Team
 from runs.services import create_run, terminate_run
-from tests.conftest import BUSYBOX, ROOT, Api, Worker, wait_for, wait_until
+from tests.conftest import BUSYBOX, ROOT, TEST_INSTANCE, Api, Worker, wait_for, wait_until
 from tests.test_engine import container_left, launch, log_texts, statuses, wait_for_log
 
 LEASE_SECONDS = 6  # RUNYARD_COLLECTOR_LEASE_SECONDS in worker_env
@@ -239,6 +240,13 @@ def test_a_terminate_is_served_while_every_collector_thread_is_busy(alice, engin
             wait_for_log(run, "up")
         uncollected = launch(alice, "docker", command, termination_grace="3s")
         wait_for(uncollected.pk, "running")
+        # No collector is free to attach: its commands still begin, within a reconcile
+        # round (they wait at the gate for GATE_PATIENCE_SECONDS), their output kept by the engine.
+        container = docker_engine.containers.get(DockerExecutor(TEST_INSTANCE).container_name(uncollected))
+        deadline = time.monotonic() + 30
+        while b"up" not in container.logs():
+            assert time.monotonic() < deadline, "the run's commands never began"
+            time.sleep(0.2)
 
         for run in (collected[0], uncollected):
             assert Api(alice).post(f"/runs/{run.pk}/terminate").status_code == 202

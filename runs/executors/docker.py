@@ -281,13 +281,12 @@ class DockerExecutor:
             # Created straight away: a retried start finds its container by the name's conflict.
             # The low-level call: the models' create reads the new container back (a second
             # round trip on every start) for nothing a start needs.
-            container_id = api.create_container(
+            config = api.create_container_config(
                 image=run.image_digest or run.image,
                 command=["/bin/sh", "-c", script],
-                name=self.container_name(run),
                 labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk), GATE_LABEL: GATE_STDIN},
                 environment={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR, **SIGNAL_THE_GROUP},
-                stdin_open=True,  # for an attach; never closed (stdin_once off), so a read waits for one
+                stdin_open=True,  # for an attach (and the gate): a read waits for a line
                 tty=False,
                 host_config=api.create_host_config(
                     init=True,
@@ -303,7 +302,11 @@ class DockerExecutor:
                     binds=mounts,
                     log_config=log_config(),
                 ),
-            )["Id"]
+            )
+            # docker-py turns StdinOnce on with stdin_open: the end of any attach with an
+            # input (a collector's, a terminal's) would then close the run's stdin for good.
+            config["StdinOnce"] = False
+            container_id = api.create_container_from_config(config, name=self.container_name(run))["Id"]
             fresh = True
         except ImageNotFound:
             raise ExecutorError(f"image not found: {run.image}") from None
@@ -465,6 +468,16 @@ class DockerExecutor:
             log.warning("run %s: could not attach to its output (%s): following its log", run.pk, exc)
             client.close()
             return None
+
+    def open_gate(self, run) -> bool:
+        """Let a run that waits at its gate begin with no collector attached (none came;
+        its output waits in the engine's log for the one that comes). The caller holds
+        the run's lease: no collector opens the gate meanwhile. True if it was waiting."""
+        attachment = self._attach_at_gate(run)
+        if attachment is None:
+            return False
+        attachment.close()
+        return True
 
     def _read_attached(self, run, attachment: "_Attachment", entries: "_AttachedEntries"):
         """The run's output through `attachment`, in lists of frames as _read_logs gives

@@ -461,7 +461,7 @@ class DockerExecutor:
                 client.close()  # an earlier collector opened it: the engine's log has all since
                 return None
             sock = api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            attachment = _Attachment(client, sock, container.id)
+            attachment = _Attachment(client, sock, container.id, _log_cap_bytes(container.attrs))
             attachment.raw.sendall(b"\n")  # the gate's line
             return attachment
         except (APIError, DockerException, OSError) as exc:
@@ -486,8 +486,7 @@ class DockerExecutor:
         engine's log grew so near its cap that it would soon drop its first entries,
         which a follow from the counts reads past (then the attachment is left
         `holding` the run's output until the follow has the log open)."""
-        container_id = attachment.container_id
-        log_bytes = _log_cap_bytes(self.client.api.inspect_container(container_id))
+        container_id, log_bytes = attachment.container_id, attachment.log_bytes
         blocks: deque = deque()
         added, taken = [0], [0]
         arrived = threading.Event()
@@ -964,10 +963,11 @@ class _Dechunker:
 
 class _Attachment:
     """An attach to a run's main process for its output: the engine's client, the
-    socket, and whether the output is held (read no further) for a follow to come."""
+    socket, how much of the output it may read (_log_cap_bytes), and whether the
+    output is held (read no further) for a follow to come."""
 
-    def __init__(self, client, sock, container_id: str):
-        self.client, self.sock, self.container_id = client, sock, container_id
+    def __init__(self, client, sock, container_id: str, log_bytes: int):
+        self.client, self.sock, self.container_id, self.log_bytes = client, sock, container_id, log_bytes
         self.raw = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
         self.raw.settimeout(None)
         self.holding = False

@@ -136,6 +136,7 @@ class LogWriter:
             self.first_unflushed_at = frames[0].time or 0.0
         plain_max = self.line_cap if not self.mask else -1  # with secrets, every line is masked in add()
         lines, pending, append = self.lines, self.pending, self.lines.append
+        points, metrics_last, metric_keys = self.points, self.metrics_last, self.metric_keys
         report_start = reports.PREFIX.encode()
         for index, frame in enumerate(frames):
             cursor, at, stream, data = frame
@@ -145,20 +146,29 @@ class LogWriter:
                     or not data.isascii()):
                 self.add(frame)
                 lines, append = self.lines, self.lines.append
-            elif data.startswith(report_start):
-                text = data[:-1].decode("ascii")
-                plain = reports.plain_metrics(text, self.metric_keys, self.metric_keys_max)
-                if plain is None:
-                    self._store(at, stream, text, size, cut=False)
-                else:
-                    self._take_metrics(at, *plain)
-            else:
+            elif not data.startswith(report_start):
                 append([round(at, 6), stream, data[:-1].decode("ascii")])
                 self.line_bytes += size
+            elif (one := reports.plain_metric(data, metric_keys)) is not None:
+                step, key, value = one  # the commonest report, one metric: _take_metrics, inline
+                series = points.get(key)
+                if series is None:
+                    series = points[key] = []
+                series.append((step, value, at))
+                metrics_last[key] = value
+                self.point_count += 1
+            else:
+                text = data[:-1].decode("ascii")
+                plain = reports.plain_metrics(text, metric_keys, self.metric_keys_max)
+                if plain is None:
+                    self._store(at, stream, text, size, cut=False)
+                    metric_keys = self.metric_keys  # a report may add names
+                else:
+                    self._take_metrics(at, *plain)
             if (len(lines) >= MAX_CHUNK_LINES or self.point_count >= MAX_CHUNK_POINTS
                     or self.line_bytes >= MAX_CHUNK_BYTES):
                 self.flush()
-                lines, append = self.lines, self.lines.append
+                lines, append, points = self.lines, self.lines.append, self.points
                 if index + 1 < len(frames):
                     self.first_unflushed_at = frames[index + 1].time or 0.0
 

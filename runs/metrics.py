@@ -34,10 +34,11 @@ def _unpack(typecode: str, data) -> array:
 
 def metric_chunk(run_id: int, key: str, points: list[tuple]) -> MetricChunk:
     """A row holding (step or None, value, unix time) points of one metric."""
-    steps, values, times = zip(*points) if points else ((), (), ())
+    # A column at a time: zip(*points) would unpack every point as an argument.
+    steps = [point[0] for point in points]
     if None in steps:
         steps = [NO_STEP if step is None else step for step in steps]
-    steps, values, times = array("q", steps), array("d", values), array("d", times)
+    steps, values, times = array("q", steps), array("d", [point[1] for point in points]), array("d", [point[2] for point in points])
     chunk = MetricChunk(run_id=run_id, key=key, count=len(values),
                         steps=_packed(steps), values=_packed(values), times=_packed(times))
     _summarise(chunk, steps, values, times)

@@ -96,6 +96,26 @@ _PLAIN_ONE = re.compile(r"#runyard step=(\d{1,18}) ([A-Za-z0-9_./-]{1,100})=([-+
 _PLAIN = re.compile(r"#runyard step=(\d{1,18})((?: [A-Za-z0-9_./-]{1,100}=[-+.0-9eE]{1,40})+)")
 
 
+_PLAIN_ONE_LINE = re.compile(_PLAIN_ONE.pattern.encode() + rb"\n")
+
+
+def plain_metric(line: bytes, known: set[str]) -> tuple[int, str, float] | None:
+    """The step, name and value of the commonest report, one metric, as a line of
+    output comes (ASCII, one newline at its end): what plain_metrics reads of it,
+    without the text or a dict."""
+    one = _PLAIN_ONE_LINE.fullmatch(line)
+    if one is None:
+        return None
+    name = one[2].decode()
+    try:
+        value = float(one[3])
+    except ValueError:
+        return None
+    if name not in known or value - value != 0.0:  # not finite: inf - inf and nan - nan are nan
+        return None
+    return int(one[1]), name, value
+
+
 def plain_metrics(text: str, known: set[str], max_metrics: int) -> tuple[int, dict[str, float]] | None:
     """The step and metrics of the usual report, when every name in it is in `known`
     (names the run reported before, so good ones) and every value a finite number:

@@ -57,11 +57,17 @@ _TOKENS = st.sampled_from([
 @given(tokens=st.lists(_TOKENS, max_size=5), cap=st.integers(min_value=1, max_value=3))
 def test_the_quick_reading_of_a_usual_report_agrees_with_the_parser(tokens, cap):
     line = " ".join(["#runyard", *tokens])
-    quick = reports.plain_metrics(line, {"loss", "acc", "x"}, cap)
+    known = {"loss", "acc", "x"}
+    one = reports.plain_metric(line.encode() + b"\n", known)  # the one-metric reading, of the output as it comes
+    quick = reports.plain_metrics(line, known, cap)
     if quick is None:
+        assert one is None
         return  # the parser reads it in full
     report = reports.parse(line, max_metrics=cap)  # never Malformed where the quick reading answered
     assert quick == (report.step, report.metrics) and report.progress is None and not report.summary
+    if one is not None:
+        step, name, value = one
+        assert (step, {name: value}) == quick
 
 
 def test_the_usual_report_is_read_quickly_and_anything_else_in_full():

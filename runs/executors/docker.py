@@ -1033,7 +1033,7 @@ class _AttachedEntries:
         count = self.counts[stream]
         new_frame = tuple.__new__  # a LogFrame without its Python-level __new__
         piece = ENGINE_PIECE_BYTES
-        if len(data) < piece:  # the usual: no line long enough to be cut
+        if len(tail) < piece and (len(data) < piece or max(map(len, lines), default=0) < piece):  # the usual: no line to cut
             out.extend([new_frame(LogFrame, (base + (count + n) * step, at, stream, line + b"\n"))
                         for n, line in enumerate(lines, 1)])
             count += len(lines)

@@ -138,18 +138,21 @@ class LogWriter:
         lines, pending, append = self.lines, self.pending, self.lines.append
         points, metrics_last, metric_keys = self.points, self.metrics_last, self.metric_keys
         report_start = reports.PREFIX.encode()
+        plain_metric = reports.plain_metric
+        # Whether any frame may hold a \r or a byte past ASCII: asked of them all at once.
+        clean = len(frames) > 1 and (blob := b"".join([frame[3] for frame in frames])).isascii() and b"\r" not in blob
+        cursor = self.cursor
         for index, frame in enumerate(frames):
             cursor, at, stream, data = frame
             size = len(data) - 1
-            self.cursor = cursor
-            if (size > plain_max or not data.endswith(b"\n") or stream in pending or b"\r" in data
-                    or not data.isascii()):
+            if (size > plain_max or not data.endswith(b"\n") or (pending and stream in pending)
+                    or not (clean or (data.isascii() and b"\r" not in data))):
                 self.add(frame)
                 lines, append = self.lines, self.lines.append
             elif not data.startswith(report_start):
                 append([round(at, 6), stream, data[:-1].decode("ascii")])
                 self.line_bytes += size
-            elif (one := reports.plain_metric(data, metric_keys)) is not None:
+            elif (one := plain_metric(data, metric_keys)) is not None:
                 step, key, value = one  # the commonest report, one metric: _take_metrics, inline
                 series = points.get(key)
                 if series is None:
@@ -162,15 +165,16 @@ class LogWriter:
                 plain = reports.plain_metrics(text, metric_keys, self.metric_keys_max)
                 if plain is None:
                     self._store(at, stream, text, size, cut=False)
-                    metric_keys = self.metric_keys  # a report may add names
                 else:
                     self._take_metrics(at, *plain)
             if (len(lines) >= MAX_CHUNK_LINES or self.point_count >= MAX_CHUNK_POINTS
                     or self.line_bytes >= MAX_CHUNK_BYTES):
+                self.cursor = cursor
                 self.flush()
                 lines, append, points = self.lines, self.lines.append, self.points
                 if index + 1 < len(frames):
                     self.first_unflushed_at = frames[index + 1].time or 0.0
+        self.cursor = cursor
 
     def _append(self, at: float, stream: int, text: str, cut_off: int = 0) -> None:
         text = collapse_carriage_returns(text)

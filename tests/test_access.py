@@ -638,7 +638,7 @@ def test_a_member_removed_mid_stream_stops_receiving(alice, bob, engine):
     from tests.test_engine import launch
 
     bob_cookie, alice_cookie = session_cookie(bob), session_cookie(alice)
-    run = launch(alice, "local", "i=0; while [ $i -lt 150 ]; do i=$((i+1)); echo line-$i; sleep 0.1; done")
+    run = launch(alice, "local", "i=0; while [ $i -lt 150 ]; do i=$((i+1)); echo line-$i; sleep 0.05; done")
 
     async def watch():
         bobs_log, connected, _ = await connect(f"/ws/runs/{run.pk}/logs/?after=0", bob_cookie)

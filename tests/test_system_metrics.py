@@ -13,7 +13,7 @@ from runs import metrics, reports
 from runs.leases import take_lease
 from runs.logstore import LogWriter
 from runs.models import Run
-from tests.conftest import EXECUTORS, Api, use_executor, wait_for
+from tests.conftest import EXECUTORS, Api, use_executor, wait_for, wait_until
 from tests.test_engine import launch
 
 FINAL = {"completed", "failed", "terminated"}
@@ -75,7 +75,9 @@ def test_a_run_holding_100_mib_shows_it(alice, executor):
 
 
 def test_no_reading_is_doubled_across_a_worker_crash(alice, engine, docker_engine, celery_worker):
-    run = launch(alice, "docker", "sleep 20")
+    # Runs until the test has seen the new collector's readings (it then touches /finish),
+    # not for a fixed time that must outlast the lease changing hands on a loaded machine.
+    run = launch(alice, "docker", "while [ ! -e /finish ]; do sleep 0.2; done")
     wait_until_readings(run, 2)
     celery_worker.kill()
     try:
@@ -83,6 +85,10 @@ def test_no_reading_is_doubled_across_a_worker_crash(alice, engine, docker_engin
     finally:
         celery_worker.start()
     restarted = time.time()
+    wait_until(lambda: any(at > restarted for _, _, at in metrics.points(run, MEMORY)), 90,
+               "a reading by the new collector")
+    container = docker_engine.containers.get(Run.objects.get(pk=run.pk).container_id)
+    assert container.exec_run(["busybox", "touch", "/finish"]).exit_code == 0
     run = wait_for(run.pk, FINAL, timeout=120, removed=True)
     assert run.status == "completed", run.status_reason
     times = [at for _, _, at in metrics.points(run, MEMORY)]

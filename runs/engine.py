@@ -143,6 +143,7 @@ def collect_run(run_id: int) -> None:
     owner = _new_owner("collect")
     if not take_lease(run_id, owner):
         return
+    writer = None
     try:
         run = Run.objects.select_related("preset").get(pk=run_id)
         if run.container_removed_at:
@@ -158,7 +159,8 @@ def collect_run(run_id: int) -> None:
             executor.stop(run, _remaining_grace(run))
         if run.status == Status.IDLE and executor.exists(run):
             return  # nothing to collect until someone terminates it
-        writer = LogWriter(run, owner, mask=team_secrets.values_to_mask(run))
+        # Full chunks are stored by the writer's own thread while this one reads on.
+        writer = LogWriter(run, owner, mask=team_secrets.values_to_mask(run), background=True)
         watch_main_exit = run.status == Status.RUNNING and keeps_alive(run.spec)
         sampler = SystemSampler(executor, run)  # its CPU and memory, stored with the lines
         renewed = checked = time.monotonic()
@@ -174,7 +176,7 @@ def collect_run(run_id: int) -> None:
                     if reading is not None:
                         writer.add_system_metrics(*reading)
                 if writer.due():
-                    writer.flush()
+                    writer.flush(wait=False)
                     renewed = time.monotonic()
                 elif time.monotonic() - renewed > RENEW_EVERY_SECONDS:
                     renew_lease(run_id, owner)
@@ -200,6 +202,8 @@ def collect_run(run_id: int) -> None:
     except LeaseLost:
         log.info("run %s: another collector took over", run_id)
     finally:
+        if writer is not None:
+            writer.close()
         release_lease(run_id, owner)
 
 

@@ -8,11 +8,12 @@ can neither skip nor double a line.
 """
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Iterator
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import F
 
 from runs import reports, team_secrets
@@ -57,8 +58,10 @@ class LogWriter:
     from a cut line.
     """
 
-    def __init__(self, run: Run, owner: str, mask: list[str] = ()):
+    def __init__(self, run: Run, owner: str, mask: list[str] = (), background: bool = False):
         self.run_id = run.pk
+        self.background = background  # full chunks stored by a flusher thread (flush)
+        self._flusher: _Flusher | None = None
         self.mask = sorted(set(mask), key=len, reverse=True)  # secret values: never stored
         self.owner = owner
         self.stored_lines = run.log_lines
@@ -170,7 +173,7 @@ class LogWriter:
             if (len(lines) >= MAX_CHUNK_LINES or self.point_count >= MAX_CHUNK_POINTS
                     or self.line_bytes >= MAX_CHUNK_BYTES):
                 self.cursor = cursor
-                self.flush()
+                self.flush(wait=False)
                 lines, append, points = self.lines, self.lines.append, self.points
                 if index + 1 < len(frames):
                     self.first_unflushed_at = frames[index + 1].time or 0.0
@@ -255,72 +258,161 @@ class LogWriter:
             self._append(at, stream, text, cut_off)
         self.pending.clear()
 
-    def flush(self) -> None:
-        """Store what was added, with the cursor after it, in one transaction."""
+    def flush(self, wait: bool = True) -> None:
+        """Store what was added, with the cursor after it, in one transaction.
+
+        wait=False, for a writer made with `background` on: the transaction is left to
+        its flusher thread (one at a time, in order) while the caller reads on, and
+        a failure there (LeaseLost) is raised by the next flush. wait=True returns
+        once everything added so far is stored."""
         # The collector flushes as soon as due(): a chunk never passes the reader's bound.
         assert len(self.lines) <= CHUNK_LINES_BOUND
+        batch = self._take_batch()
+        if wait or not self.background:
+            if self._flusher is not None:
+                self._flusher.drain()
+            self._store_batch(batch)
+            return
+        if self._flusher is None:
+            self._flusher = _Flusher(self._store_batch, self.run_id)
+        self._flusher.submit(batch)
+
+    def close(self) -> None:
+        """End the flusher thread, if there is one, once what it holds is stored or has failed."""
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
+
+    def _take_batch(self) -> dict:
+        """What a flush stores, taken out of the writer (which goes on empty)."""
         reported = {}
         if self.progress_changed:
-            reported = {"progress": self.progress_samples[-1][1], "progress_samples": self.progress_samples}
+            reported = {"progress": self.progress_samples[-1][1], "progress_samples": list(self.progress_samples)}
         if self.summary_changed:
-            reported["summary"] = self.summary
+            reported["summary"] = dict(self.summary)
         if self.points:
-            reported["metrics_last"] = self.metrics_last
+            reported["metrics_last"] = dict(self.metrics_last)
         if self.malformed:
             reported["reports_malformed"] = F("reports_malformed") + self.malformed
         pending = {
             str(k): [at, team_secrets.mask(text, self.mask), cut_off] for k, (at, text, cut_off) in self.pending.items()
         }
-        with transaction.atomic():
-            advanced = Run.objects.filter(pk=self.run_id, log_lines=self.stored_lines, lease_owner=self.owner).update(
-                log_lines=self.stored_lines + len(self.lines),
-                log_cursor=self.cursor,
-                log_pending=pending,
-                lease_until=lease_expiry(),
-                **reported,
-            )
-            if not advanced:
-                raise LeaseLost(self.run_id)
-            if self.lines:
-                LogChunk.objects.create(
-                    run_id=self.run_id, first_line=self.stored_lines + 1, line_count=len(self.lines), lines=self.lines
-                )
-            own = {key: points for key, points in self.points.items() if not is_system_key(key)}
-            if own:
-                MetricChunk.objects.bulk_create(metric_chunk(self.run_id, key, points) for key, points in own.items())
-            opened = self._store_system_points()
-        self.open_chunks.update(opened)
+        batch = {"after": self.stored_lines, "lines": self.lines, "points": self.points, "cursor": self.cursor,
+                 "pending": pending, "reported": reported,
+                 "progress": reported["progress_samples"] if self.progress_changed else None}
         self.stored_lines += len(self.lines)
-        if self.lines:
-            announce_log(self.run_id, self.stored_lines)
-        if self.progress_changed:
-            announce_progress(self.run_id, self.team_id, self.progress_samples)
         self.lines, self.points, self.point_count, self.line_bytes = [], {}, 0, 0
         self.malformed = 0
         self.progress_changed = False
         self.summary_changed = False
         self.first_unflushed_at = None
         self.flushed_at = time.monotonic()
+        return batch
 
+    def _store_batch(self, batch: dict) -> None:
+        after, lines, points = batch["after"], batch["lines"], batch["points"]
+        with transaction.atomic():
+            advanced = Run.objects.filter(pk=self.run_id, log_lines=after, lease_owner=self.owner).update(
+                log_lines=after + len(lines),
+                log_cursor=batch["cursor"],
+                log_pending=batch["pending"],
+                lease_until=lease_expiry(),
+                **batch["reported"],
+            )
+            if not advanced:
+                raise LeaseLost(self.run_id)
+            if lines:
+                LogChunk.objects.create(run_id=self.run_id, first_line=after + 1, line_count=len(lines), lines=lines)
+            own = {key: series for key, series in points.items() if not is_system_key(key)}
+            if own:
+                MetricChunk.objects.bulk_create(metric_chunk(self.run_id, key, series) for key, series in own.items())
+            opened = self._store_system_points(points)
+        self.open_chunks.update(opened)
+        if lines:
+            announce_log(self.run_id, after + len(lines))
+        if batch["progress"] is not None:
+            announce_progress(self.run_id, self.team_id, batch["progress"])
 
-    def _store_system_points(self) -> dict[str, MetricChunk]:
+    def _store_system_points(self, points: dict) -> dict[str, MetricChunk]:
         """Add the system readings to each key's open chunk, or begin one where it is
         full (or this writer has none: a new collector never writes into its
         predecessor's). The chunks as stored, for open_chunks once committed."""
         stored = {}
-        for key, points in self.points.items():
+        for key, series in points.items():
             if not is_system_key(key):
                 continue
             chunk = self.open_chunks.get(key)
-            if chunk is not None and chunk.count + len(points) <= SYSTEM_CHUNK_POINTS:
+            if chunk is not None and chunk.count + len(series) <= SYSTEM_CHUNK_POINTS:
                 chunk = extended(MetricChunk(pk=chunk.pk, run_id=chunk.run_id, key=key, count=chunk.count,
-                                             steps=chunk.steps, values=chunk.values, times=chunk.times), points)
+                                             steps=chunk.steps, values=chunk.values, times=chunk.times), series)
                 chunk.save(update_fields=["count", "steps", "values", "times"])
             else:
-                chunk = metric_chunk(self.run_id, key, points)
+                chunk = metric_chunk(self.run_id, key, series)
                 chunk.save()
             stored[key] = chunk
         return stored
+
+
+class _Flusher:
+    """A thread that stores a writer's batches (LogWriter._store_batch) in order, one
+    at a time, while the collector goes on reading: the database's round trips and
+    its work leave the collector's path. At most one batch waits or is stored at
+    once; a failure is kept and raised to the writer by every later call."""
+
+    def __init__(self, store, run_id: int):
+        self.store = store
+        self.changed = threading.Condition()
+        self.batch: dict | None = None
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name=f"flush-run-{run_id}", daemon=True)
+        self.thread.start()
+
+    def submit(self, batch: dict) -> None:
+        with self.changed:
+            while self.batch is not None and self.error is None:
+                self.changed.wait()
+            self._raise()
+            self.batch = batch
+            self.changed.notify_all()
+
+    def drain(self) -> None:
+        with self.changed:
+            while self.batch is not None and self.error is None:
+                self.changed.wait()
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()
+        self.thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self.changed:
+                    while self.batch is None and not self.stopping:
+                        self.changed.wait()
+                    if self.batch is None:
+                        return
+                    batch = self.batch
+                try:
+                    self.store(batch)
+                except BaseException as exc:  # the writer's to raise, in its own thread
+                    with self.changed:
+                        self.error = exc
+                        self.changed.notify_all()
+                    return
+                with self.changed:
+                    self.batch = None
+                    self.changed.notify_all()
+        finally:
+            connections.close_all()  # this thread's own
 
 
 def _pending_entry(stored: list) -> list:

@@ -546,9 +546,12 @@ class DockerExecutor:
         deadline = time.monotonic() + patience
         while True:
             try:
-                if not self.client.api.inspect_container(container_id)["State"]["Running"]:
-                    return True
+                state = self.client.api.inspect_container(container_id)["State"]
             except NotFound:
+                state = {"Status": "removing"}
+            if state.get("Status") == "removing":  # removed from outside: its end is no exit of its own
+                raise ExecutorError("container disappeared")
+            if not state.get("Running"):
                 return True
             if time.monotonic() > deadline:
                 return False

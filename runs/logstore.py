@@ -325,7 +325,10 @@ class LogWriter:
                 LogChunk.objects.create(run_id=self.run_id, first_line=after + 1, line_count=len(lines), lines=lines)
             own = {key: series for key, series in points.items() if not is_system_key(key)}
             if own:
-                MetricChunk.objects.bulk_create(metric_chunk(self.run_id, key, series) for key, series in own.items())
+                # A statement a row: Django inserts several rows at once through arrays
+                # (UNNEST), which psycopg quotes value by value, slowly for these bytes.
+                MetricChunk.objects.bulk_create((metric_chunk(self.run_id, key, series) for key, series in own.items()),
+                                                batch_size=1)
             opened = self._store_system_points(points)
         self.open_chunks.update(opened)
         if lines:

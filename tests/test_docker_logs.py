@@ -4,6 +4,7 @@ an attach to its main process, entry for entry as the engine logs it, and the
 engine's log takes over from an attach's cursor without a gap or a line twice."""
 
 import struct
+import time
 
 import pytest
 
@@ -191,11 +192,16 @@ def test_a_second_reader_does_not_open_the_gate_again(alice, db, defaults, docke
         first.close()
         second = executor.follow_logs(run, 0)
         terminal = executor.open_terminal(run, "attach", 80, 24)
+        printed, deadline = [], time.monotonic() + 60
         try:
             terminal.write(b"hello\r")
+            for frame in second:  # a frame, or None every second while there is none
+                assert time.monotonic() < deadline, f"the run printed {printed} and no more"
+                if frame is not None:
+                    printed.append(frame.data)
         finally:
-            terminal.close()
-        assert [frame.data for frame in second if frame is not None] == [b"first=[hello]\n"]
+            terminal.close()  # once the run has ended: the line typed was surely taken
+        assert printed == [b"first=[hello]\n"]
     finally:
         executor.remove(run)
 

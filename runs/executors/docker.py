@@ -456,8 +456,7 @@ class DockerExecutor:
         client = self.new_client()  # a connection of its own, held for as long as the run lasts
         api = client.api
         try:
-            began = api.head(api._url("/containers/{0}/archive", container.id), params={"path": f"{RUNYARD_DIR}/{BEGAN_FILE}"})
-            if began.status_code == 200:
+            if self.gate_opened(container.id):
                 client.close()  # an earlier collector opened it: the engine's log has all since
                 return None
             sock = api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
@@ -476,7 +475,25 @@ class DockerExecutor:
         attachment = self._attach_at_gate(run)
         if attachment is None:
             return False
-        attachment.close()
+        try:
+            # Detached at once, the engine may drop the line it has not passed on yet.
+            self._await_gate_opened(attachment.container_id)
+        finally:
+            attachment.close()
+        return True
+
+    def gate_opened(self, container_id: str) -> bool:
+        """Whether the run's script is past its gate (it left BEGAN_FILE)."""
+        api = self.client.api
+        began = api.head(api._url("/containers/{0}/archive", container_id), params={"path": f"{RUNYARD_DIR}/{BEGAN_FILE}"})
+        return began.status_code == 200
+
+    def _await_gate_opened(self, container_id: str, patience: float = 5.0) -> bool:
+        deadline = time.monotonic() + patience
+        while not self.gate_opened(container_id):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
         return True
 
     def _read_attached(self, run, attachment: "_Attachment", entries: "_AttachedEntries"):

@@ -33,6 +33,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
@@ -88,7 +89,16 @@ class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
         self.outbox: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.listener = lambda data: loop.call_soon_threadsafe(self.outbox.put_nowait, data)
+        on_loop = threading.get_ident()
+
+        def listener(data):
+            # A shell is read on this loop (TerminalSession.start); an attach on a thread.
+            if threading.get_ident() == on_loop:
+                self.outbox.put_nowait(data)
+            else:
+                loop.call_soon_threadsafe(self.outbox.put_nowait, data)
+
+        self.listener = listener
         wanted = query.get("session", [""])[0]
         session = find_session(wanted, run_id=run.pk, user_id=user.pk) if wanted else None
         resumed = session is not None
@@ -100,7 +110,7 @@ class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
                     session_id = new_session_id()
                     record_id = await database_sync_to_async(audit.record_opened)(session_id, run, user, mode)
                     session = open_session(terminal, run_id=run.pk, user_id=user.pk, mode=mode,
-                                           session_id=session_id, record_id=record_id)
+                                           session_id=session_id, record_id=record_id, loop=loop)
             except TooManySessions as exc:
                 await database_sync_to_async(audit.record_refused)(run, user, mode, str(exc))
                 return await self._refuse(4429, str(exc))

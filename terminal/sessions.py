@@ -20,9 +20,11 @@ killed outright ends nothing: its records are ended by the reconciler once the
 process stops saying it is alive (terminal.consoles; the reaper says it).
 """
 
+import asyncio
 import atexit
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -62,21 +64,58 @@ class TerminalSession:
         self.listener: Callable[[bytes | None], None] | None = None  # None: the end
         self.detached_at: float | None = None
         self.ended = False
+        self.watched = None  # the socket the loop reads, while it does (start)
         self.reader = threading.Thread(target=self._read, name=f"terminal-run-{run_id}", daemon=True)
 
-    def start(self) -> None:
-        self.reader.start()
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Read what the terminal prints. While the socket that opened it is attached,
+        on that socket's `loop`, where the terminal lets a loop watch it (a shell's
+        plain socket): its echo then reaches the socket with no hop between threads.
+        Otherwise, and from the first detach on, on a thread of its own, which reads
+        on whatever becomes of that loop."""
+        if loop is not None:
+            self.watched = getattr(self.terminal, "watch_socket", lambda: None)()
+        if self.watched is None:
+            self.reader.start()
+            return
+        self.loop = loop
+        loop.add_reader(self.watched.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        """On the loop: what the shell printed, as far as it has come."""
+        try:
+            data = self.watched.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._show(data)
+            return
+        self._unwatch()
+        self._show(b"")
+        # Ending it waits on the engine and the database: not on the loop.
+        threading.Thread(target=self._finish, name=f"terminal-end-{self.run_id}", daemon=True).start()
+
+    def _unwatch(self) -> None:
+        """Stop reading on the loop (called on it)."""
+        self.loop.remove_reader(self.watched.fileno())
+        self.watched.close()
+        self.watched = None
 
     def _read(self) -> None:
         while True:
             data = self.terminal.read()
             self._show(data)
             if not data:
-                _forget(self)
-                self.terminal.close()
-                self.record_end()
-                connections.close_all()  # this thread's own, opened by record_end
+                self._finish()
                 return
+
+    def _finish(self) -> None:
+        _forget(self)
+        self.terminal.close()
+        self.record_end()
+        connections.close_all()  # this thread's own, opened by record_end
 
     def _show(self, data: bytes) -> None:
         """Keep it in the scrollback and pass it on; b"" is the end."""
@@ -97,9 +136,14 @@ class TerminalSession:
             return bytes(self.scrollback), self.ended
 
     def detach(self, listener) -> None:
+        """The listener's socket has gone (called on its loop)."""
         with self.lock:
-            if self.listener is listener:
-                self.listener, self.detached_at = None, time.monotonic()
+            if self.listener is not listener:
+                return
+            self.listener, self.detached_at = None, time.monotonic()
+        if self.watched is not None:  # read on from a thread (start)
+            self._unwatch()
+            self.reader.start()
 
     def write_now(self, data: bytes) -> bytes:
         """Send what the terminal takes at once (called from the event loop: a keystroke
@@ -190,12 +234,13 @@ def session_slot(user_id: int) -> Iterator[None]:
 
 
 def open_session(terminal, *, run_id: int, user_id: int, mode: str, session_id: str = "",
-                 record_id: int | None = None) -> TerminalSession:
-    """A session for an open terminal; `session_id` and `record_id` when its record is written already."""
+                 record_id: int | None = None, loop: asyncio.AbstractEventLoop | None = None) -> TerminalSession:
+    """A session for an open terminal; `session_id` and `record_id` when its record is written
+    already; `loop`: the server's event loop, to read the terminal on (TerminalSession.start)."""
     session = TerminalSession(terminal, run_id=run_id, user_id=user_id, mode=mode, session_id=session_id, record_id=record_id)
     with _sessions_lock:
         _sessions[session.id] = session
-    session.start()
+    session.start(loop)
     _start_reaper()
     return session
 

@@ -24,6 +24,7 @@ import logging
 import math
 import secrets
 import socket
+import ssl
 import struct
 import tarfile
 import threading
@@ -1282,6 +1283,16 @@ class DockerTerminal:
 
     def _exactly(self, size: int) -> bytes:
         return recv_exactly(self.sock, size)
+
+    def watch_socket(self) -> socket.socket | None:
+        """A shell's output, for an event loop to read as it comes (terminal.sessions):
+        a duplicate of its plain socket, read with MSG_DONTWAIT. The duplicate is the
+        loop's to close, after it stops watching, so close() here never pulls a file
+        number from under the loop. None for an attach (framed output, read by a
+        thread) and for a TLS socket (which buffers what the loop cannot see)."""
+        if self.keyboard is not None or isinstance(self.sock, ssl.SSLSocket) or not isinstance(self.sock, socket.socket):
+            return None
+        return self.sock.dup()
 
     def write_now(self, data: bytes) -> int:
         """A shell's keystrokes, sent from the caller's event loop as far as the socket

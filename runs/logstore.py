@@ -144,6 +144,9 @@ class LogWriter:
         plain_metric = reports.plain_metric
         # Whether any frame may hold a \r or a byte past ASCII: asked of them all at once.
         clean = len(frames) > 1 and (blob := b"".join([frame[3] for frame in frames])).isascii() and b"\r" not in blob
+        if (clean and not pending and plain_max >= 0 and blob.startswith(report_start)
+                and self._take_plain_reports(frames, blob)):
+            return
         cursor = self.cursor
         for index, frame in enumerate(frames):
             cursor, at, stream, data = frame
@@ -178,6 +181,33 @@ class LogWriter:
                 if index + 1 < len(frames):
                     self.first_unflushed_at = frames[index + 1].time or 0.0
         self.cursor = cursor
+
+    def _take_plain_reports(self, frames: list[LogFrame], blob: bytes) -> bool:
+        """A batch of whole lines that are all the commonest report of one known metric
+        (reports.plain_metric_lines), taken as add_frames takes them one by one,
+        flushing where a chunk fills; False, taking nothing, for any other batch."""
+        if blob.count(b"\n") != len(frames) or not all([frame[3].endswith(b"\n") for frame in frames]):
+            return False  # a frame that is not one whole line
+        if self.line_cap < reports.PLAIN_ONE_MAX_BYTES and max([len(frame[3]) for frame in frames]) > self.line_cap + 1:
+            return False  # a line past the cap: cut, and so no report
+        read = reports.plain_metric_lines(blob, self.metric_keys)
+        if read is None:
+            return False
+        key, steps, values = read
+        times = [frame[1] for frame in frames]
+        start, count = 0, len(frames)
+        while start < count:
+            stop = min(count, start + max(1, MAX_CHUNK_POINTS - self.point_count))
+            self.points.setdefault(key, []).extend(zip(steps[start:stop], values[start:stop], times[start:stop]))
+            self.point_count += stop - start
+            self.metrics_last[key] = values[stop - 1]
+            self.cursor = frames[stop - 1][0]
+            if self.point_count >= MAX_CHUNK_POINTS:
+                self.flush(wait=False)
+                if stop < count:
+                    self.first_unflushed_at = frames[stop][1] or 0.0
+            start = stop
+        return True
 
     def _append(self, at: float, stream: int, text: str, cut_off: int = 0) -> None:
         text = collapse_carriage_returns(text)

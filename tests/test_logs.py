@@ -121,6 +121,8 @@ def test_a_batch_of_frames_stores_what_frames_one_by_one_store(alice, settings):
     texts = [b"plain %d\n" % i for i in range(logstore.MAX_CHUNK_LINES + 5)]
     texts[3:3] = [b"#runyard step=1 loss=0.5\n", b"#runyard step=x\n", b"half ", b"a line\n", b"bar 10%\rbar 90%\n",
                   b"caf\xc3\xa9 \xff\n", b"x" * 150 + b"\n", b"#runyard step=2 loss=0.25 acc=1\n", b"\n"]
+    # And a run of one metric's usual reports longer than a chunk, read at once (reports.plain_metric_lines).
+    texts += [b"#runyard step=%d loss=%d\n" % (step, step % 7) for step in range(3, logstore.MAX_CHUNK_POINTS + 10)]
     frames = [LogFrame(cursor=i + 1, time=1000.0 + i / 3, stream=i % 2 if i < 3 else 0, data=text)
               for i, text in enumerate(texts)]
     stored = {}
@@ -130,8 +132,9 @@ def test_a_batch_of_frames_stores_what_frames_one_by_one_store(alice, settings):
         assert take_lease(run.pk, "collector")
         writer = logstore.LogWriter(Run.objects.get(pk=run.pk), "collector")
         if way == "batched":
-            writer.add_frames(frames[:7])
-            writer.add_frames(frames[7:])
+            reports_from = len(frames) - logstore.MAX_CHUNK_POINTS - 7
+            for batch in (frames[:7], frames[7:reports_from], frames[reports_from:]):
+                writer.add_frames(batch)
         else:
             for frame in frames:
                 writer.add(frame)
@@ -144,7 +147,10 @@ def test_a_batch_of_frames_stores_what_frames_one_by_one_store(alice, settings):
                        {key: metrics.columns(run, key) for key in metrics.keys(run)})
     assert stored["batched"] == stored["one by one"]
     lines, count, cursor, malformed, last, points = stored["batched"]
-    assert count == len(lines) == len(texts) - 3 and cursor == len(texts) and malformed == 1
+    reported = logstore.MAX_CHUNK_POINTS + 7
+    assert count == len(lines) == len(texts) - 3 - reported and cursor == len(texts) and malformed == 1
     assert [line[3] for line in lines[:9]] == ["plain 0", "plain 1", "plain 2", "#runyard step=x", "half a line",
                                                "bar 90%", "café \ufffd", "x" * 100 + "… [truncated 50 bytes]", ""]
-    assert last == {"loss": 0.25, "acc": 1.0} and points["loss"][0] == [1, 2]
+    assert last == {"loss": float((logstore.MAX_CHUNK_POINTS + 9) % 7), "acc": 1.0}
+    assert points["loss"][0] == [1, 2, *range(3, logstore.MAX_CHUNK_POINTS + 10)]
+    assert points["loss"][1][2:] == [float(step % 7) for step in range(3, logstore.MAX_CHUNK_POINTS + 10)]

@@ -70,6 +70,22 @@ def test_the_quick_reading_of_a_usual_report_agrees_with_the_parser(tokens, cap)
         assert (step, {name: value}) == quick
 
 
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.lists(_TOKENS, max_size=3), min_size=1, max_size=6))
+def test_a_run_of_usual_reports_is_read_at_once_as_line_by_line(lines):
+    # The collector reads a batch of reports in one go (plain_metric_lines) only where
+    # each line alone would give the same step, name and value (plain_metric).
+    texts = [" ".join(["#runyard", *tokens]).encode() + b"\n" for tokens in lines]
+    known = {"loss", "acc", "x"}
+    at_once = reports.plain_metric_lines(b"".join(texts), known)
+    one_by_one = [reports.plain_metric(text, known) for text in texts]
+    if at_once is not None:
+        name, steps, values = at_once
+        assert one_by_one == [(step, name, value) for step, value in zip(steps, values)]
+    elif all(one_by_one) and len({one[1] for one in one_by_one}) == 1:
+        raise AssertionError(f"{texts} are all one metric's usual reports, and were not read at once")
+
+
 def test_the_usual_report_is_read_quickly_and_anything_else_in_full():
     known = {"loss", "acc"}
     assert reports.plain_metrics("#runyard step=10 loss=0.25", known, 10) == (10, {"loss": 0.25})

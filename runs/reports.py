@@ -116,8 +116,10 @@ def plain_metric(line: bytes, known: set[str]) -> tuple[int, str, float] | None:
     return int(one[1]), name, value
 
 
-# A run of such lines, each whole: what plain_metric_lines reads at once.
-_PLAIN_ONE_LINES = re.compile(rb"(?:" + _PLAIN_ONE.pattern.encode() + rb"\n)+")
+# A run of such lines, each whole, all of one metric (the name matched again by reference).
+_PLAIN_ONE_LINES = re.compile(
+    rb"#runyard step=\d{1,18} (?P<name>[A-Za-z0-9_./-]{1,100})=[-+.0-9eE]{1,40}\n"
+    rb"(?:#runyard step=\d{1,18} (?P=name)=[-+.0-9eE]{1,40}\n)*")
 PLAIN_ONE_MAX_BYTES = len("#runyard step= =\n") + 18 + 100 + 40  # the longest line _PLAIN_ONE takes
 
 
@@ -126,21 +128,21 @@ def plain_metric_lines(lines: bytes, known: set[str]) -> tuple[str, list[int], l
     one is the commonest report of one and the same known metric with a finite value:
     its name, and the steps and values in order. None where any line is not, or a
     value is no number: each line is then read alone. A collector's batch of reports
-    is read here by two passes of a regex over its bytes, not line by line in Python."""
-    if _PLAIN_ONE_LINES.fullmatch(lines) is None:
+    is read here by a regex and a few passes over its bytes, not line by line in Python."""
+    whole = _PLAIN_ONE_LINES.fullmatch(lines)
+    if whole is None or (name := whole["name"].decode()) not in known:
         return None
-    found = _PLAIN_ONE_LINE.findall(lines)
-    name = found[0][1]
-    if any(line[1] != name for line in found) or (name := name.decode()) not in known:
-        return None
+    # Each line is "#runyard step=S NAME=V\n": made "S\nV\n", the fields are every other piece.
+    fields = lines.replace(b" " + whole["name"] + b"=", b"\n").replace(PREFIX.encode() + b" step=", b"").split(b"\n")
+    fields.pop()  # what follows the last newline
     try:
-        values = [float(line[2]) for line in found]
+        values = list(map(float, fields[1::2]))
     except ValueError:
         return None
     total = sum(values)
     if total - total != 0.0:  # an inf or a nan among them (or a sum past the largest float: read alone)
         return None
-    return name, [int(line[0]) for line in found], values
+    return name, list(map(int, fields[0::2])), values
 
 
 def plain_metrics(text: str, known: set[str], max_metrics: int) -> tuple[int, dict[str, float]] | None:

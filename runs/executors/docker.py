@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from functools import cached_property
+from itertools import repeat
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -1046,19 +1047,26 @@ class _AttachedEntries:
         data = b"".join(parts) if len(parts) > 1 else parts[0]
         if self.open[stream]:
             data = self.open[stream] + data
-        lines = data.split(b"\n")
-        tail = lines.pop()
         other = self.counts[1 - stream]
         step, base = (1 << LogPosition.STREAM_BITS, LogPosition.ATTACH_BIT | other) if stream == 0 else (
             1, LogPosition.ATTACH_BIT | (other << LogPosition.STREAM_BITS))
         count = self.counts[stream]
         new_frame = tuple.__new__  # a LogFrame without its Python-level __new__
         piece = ENGINE_PIECE_BYTES
-        if len(tail) < piece and (len(data) < piece or max(map(len, lines), default=0) < piece):  # the usual: no line to cut
-            out.extend([new_frame(LogFrame, (base + (count + n) * step, at, stream, line + b"\n"))
-                        for n, line in enumerate(lines, 1)])
+        if b"\r" not in data:
+            # Lines with their newlines, as the frames hold them (splitlines also splits at \r).
+            lines = data.splitlines(keepends=True)
+            tail = lines.pop() if lines and not data.endswith(b"\n") else b""
+        else:
+            lines = [line + b"\n" for line in data.split(b"\n")]
+            tail = lines.pop()[:-1]
+        if len(tail) < piece and (len(data) < piece or max(map(len, lines), default=0) <= piece):  # the usual: no line to cut
+            # Built in C: the frames' cursors counted up by `step`, the time and stream of each the same.
+            cursors = range(base + (count + 1) * step, base + (count + len(lines) + 1) * step, step)
+            out.extend(map(new_frame, repeat(LogFrame), zip(cursors, repeat(at), repeat(stream), lines)))
             count += len(lines)
         else:
+            lines = [line[:-1] for line in lines]
             for line in lines:
                 whole = len(line) - len(line) % piece
                 for start in range(0, whole, piece):

@@ -1,5 +1,5 @@
 """Writes the terminal session records (terminal.models): called by the consumer when a
-session opens, resumes or is refused, and by the session's reader thread when it ends.
+session opens, resumes or is refused, and by the session (in a thread) when it ends.
 A record that cannot be written is logged, never a reason to refuse or break a terminal."""
 
 import logging

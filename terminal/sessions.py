@@ -1,7 +1,9 @@
 """Terminal sessions that outlive a dropped connection, and never outlive their welcome.
 
 A session owns a terminal inside a run (runs.executors: a shell exec'd in the
-container, or an attach) and a thread that reads it. What the terminal prints
+container, or an attach) and reads it: a shell on the event loop of the socket
+that opened it while that socket is attached (TerminalSession.start), anything
+else, and a shell once dropped, on a thread of its own. What the terminal prints
 is kept in a scrollback buffer. When the browser's websocket drops, the session
 waits RUNYARD_TERMINAL_KEEP_SECONDS for it to come back with the session id:
 it then gets the scrollback and carries on in the same shell. Sessions live in
@@ -14,8 +16,8 @@ kills its processes (Terminal.close), not just the connection to them. A user
 holds at most RUNYARD_TERMINAL_MAX_SESSIONS sessions at once, in this process.
 
 Each session is on record (terminal.models.TerminalSessionRecord, written by
-terminal.audit): one record however often it is resumed, ended by the reader thread
-once the terminal has ended, with how it ended and a shell's exit code. A process
+terminal.audit): one record however often it is resumed, ended by the session (off the
+event loop) once the terminal has ended, with how it ended and a shell's exit code. A process
 killed outright ends nothing: its records are ended by the reconciler once the
 process stops saying it is alive (terminal.consoles; the reaper says it).
 """

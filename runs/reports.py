@@ -92,8 +92,12 @@ def parse(text: str, max_metrics: int | None = None) -> Report:
 
 # The usual report, `#runyard step=10 loss=0.31 acc=0.9`: a step and plain numbers;
 # most often a single one.
-_PLAIN_ONE = re.compile(r"#runyard step=(\d{1,18}) ([A-Za-z0-9_./-]{1,100})=([-+.0-9eE]{1,40})")
-_PLAIN = re.compile(r"#runyard step=(\d{1,18})((?: [A-Za-z0-9_./-]{1,100}=[-+.0-9eE]{1,40})+)")
+_STEP_DIGITS, _NAME_CHARS, _NUMBER_CHARS = 18, 100, 40  # the longest of each these readings take
+_STEP = rf"\d{{1,{_STEP_DIGITS}}}"
+_NAME = rf"[A-Za-z0-9_./-]{{1,{_NAME_CHARS}}}"
+_NUMBER = rf"[-+.0-9eE]{{1,{_NUMBER_CHARS}}}"
+_PLAIN_ONE = re.compile(rf"#runyard step=({_STEP}) ({_NAME})=({_NUMBER})")
+_PLAIN = re.compile(rf"#runyard step=({_STEP})((?: {_NAME}={_NUMBER})+)")
 
 
 _PLAIN_ONE_LINE = re.compile(_PLAIN_ONE.pattern.encode() + rb"\n")
@@ -118,9 +122,8 @@ def plain_metric(line: bytes, known: set[str]) -> tuple[int, str, float] | None:
 
 # A run of such lines, each whole, all of one metric (the name matched again by reference).
 _PLAIN_ONE_LINES = re.compile(
-    rb"#runyard step=\d{1,18} (?P<name>[A-Za-z0-9_./-]{1,100})=[-+.0-9eE]{1,40}\n"
-    rb"(?:#runyard step=\d{1,18} (?P=name)=[-+.0-9eE]{1,40}\n)*")
-PLAIN_ONE_MAX_BYTES = len("#runyard step= =\n") + 18 + 100 + 40  # the longest line _PLAIN_ONE takes
+    rf"#runyard step={_STEP} (?P<name>{_NAME})={_NUMBER}\n(?:#runyard step={_STEP} (?P=name)={_NUMBER}\n)*".encode())
+PLAIN_ONE_MAX_BYTES = len("#runyard step= =\n") + _STEP_DIGITS + _NAME_CHARS + _NUMBER_CHARS  # the longest line _PLAIN_ONE takes
 
 
 def plain_metric_lines(lines: bytes, known: set[str]) -> tuple[str, list[int], list[float]] | None:

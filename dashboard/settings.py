@@ -7,6 +7,7 @@ REDIS_URL switch to PostgreSQL, Celery workers and channels-redis.
 
 import os
 import re
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -186,11 +187,21 @@ CELERY_BEAT_SCHEDULE = {
 RUNYARD_NODE_LOST_SECONDS = env_int("RUNYARD_NODE_LOST_SECONDS", RUNYARD_RECONCILE_SECONDS, 1)
 
 if REDIS_URL:
-    # A consumer waits for its next message in a blocking read of 5 s (channels-redis);
+    # A consumer waits for its next message in a blocking read of 5 s (channels-redis).
     # redis-py 8 gives up on any read after 5 s unless told otherwise, which ended every
-    # websocket that had been quiet for about 6 s.
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                  "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]}}}
+    # websocket that had been quiet for about 6 s; so the channel layer's sockets have
+    # no timeout. Nor may they have one: with a timeout, redis-py sends each command
+    # through asyncio.wait_for, which on Python 3.11 can swallow a cancellation that
+    # lands as the send finishes, and a consumer's cancelled receive then waits on
+    # Redis for good (one in a few closes of a socket still connecting to Redis).
+    # A dead Redis is found by TCP keepalive instead: about a minute.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [{
+        "address": REDIS_URL,
+        "socket_timeout": None,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "socket_keepalive_options": {socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 3},
+    }]}}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

@@ -138,3 +138,43 @@ def test_an_idle_runs_socket_stays_open_and_hears_the_next_change(alice, engine)
     run_id, message = in_thread(idle_then_launch)
     assert (message["type"], message["run"]) == ("status", run_id)
     wait_for(run_id, "completed", removed=True)
+
+
+def test_a_consumer_cancelled_while_it_waits_on_redis_always_ends():
+    """A websocket's consumer waits for its next message in the channel layer's
+    receive; when the socket closes, that wait is cancelled and must end, or the
+    consumer (and its Redis connection) lives on for good, and a test's event loop
+    never closes. The cancel is sent at 60 moments across the first 18 ms, while the
+    receive connects to Redis, sends its commands and blocks."""
+    import asyncio
+
+    from channels.layers import channel_layers
+
+    if "channels_redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        import pytest
+
+        pytest.skip("the embedded default's channel layer lives in memory")
+    layer = channel_layers.make_backend("default")  # its own pools: a hang stays here
+
+    async def cancel_after(delay: float) -> bool:
+        receiving = asyncio.ensure_future(layer.receive(await layer.new_channel()))
+        await asyncio.sleep(delay)
+        receiving.cancel()
+        done, _ = await asyncio.wait([receiving], timeout=10)
+        return bool(done)
+
+    def each_moment():
+        hung = []
+        for i in range(60):
+            loop = asyncio.new_event_loop()
+            try:
+                if not loop.run_until_complete(cancel_after(i * 0.0003)):
+                    hung.append(round(i * 0.3, 1))
+            finally:
+                loop.close()  # a hung receive is left pending, not waited for
+        return hung
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(each_moment).result() == [], "a cancelled receive went on waiting (ms after it began)"

@@ -1341,7 +1341,9 @@ class DockerTerminal:
             try:
                 self.kill_shell()
             except (APIError, DockerException, OSError) as exc:  # the container is stopping, say
-                log.warning("could not end the shell of exec %s: %s", self.exec_id, exc)
+                # 409: the container is not running, and its shells ended with it.
+                if getattr(exc, "status_code", None) != 409:
+                    log.warning("could not end the shell of exec %s: %s", self.exec_id, exc)
             if self.ended_with is None:
                 self.ended_with = self._exec_exit_code()
         try:

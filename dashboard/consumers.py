@@ -205,8 +205,11 @@ class RunLogsConsumer(SignedInConsumer):
                     await self.send_json({"type": "end", "status": ended})
                     return
                 try:
-                    await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
-                except asyncio.TimeoutError:
+                    # Not asyncio.wait_for: on Python 3.11 it drops a cancel that comes as
+                    # the wake does, and the pump of a closed socket would poll on for good.
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self.wake.wait()
+                except TimeoutError:
                     pass
                 self.wake.clear()
         except asyncio.CancelledError:

@@ -511,7 +511,8 @@ class PortConsumer(AsyncWebsocketConsumer):
         try:  # tell the app, as a browser would; an app that reads nothing more is not waited for
             sendable = isinstance(code, int) and (1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999)
             going = code if sendable else 1001  # 1005, 1006: the browser went without saying
-            await asyncio.wait_for(self.upstream.write(frame(CLOSE, close_payload(going))), 5)
+            async with asyncio.timeout(5):  # not wait_for, which may drop a cancel (Python 3.11)
+                await self.upstream.write(frame(CLOSE, close_payload(going)))
         except (OSError, TimeoutError):
             pass
         await self.upstream.aclose()

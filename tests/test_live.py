@@ -178,3 +178,30 @@ def test_a_consumer_cancelled_while_it_waits_on_redis_always_ends():
 
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(each_moment).result() == [], "a cancelled receive went on waiting (ms after it began)"
+
+
+def test_a_closed_log_sockets_reader_stops_even_as_a_line_wakes_it(transactional_db, alice):
+    """A log socket's pump waits for the next flush's wake (or 2 s) and is cancelled
+    when the socket closes. A wake that comes in the same moment as the close must not
+    keep it going: it would read the database every 2 s for as long as the run lives."""
+    import asyncio
+
+    from tests.test_access import quiet_run
+
+    run = quiet_run(alice, "awake")  # pending and queued nowhere: its log stays as it is
+    cookie = session_cookie(alice)
+
+    async def close_as_woken():
+        socket = WebsocketCommunicator(application, f"/ws/runs/{run.pk}/logs/?after=0", headers=[ORIGIN, (b"cookie", cookie)])
+        assert (await socket.connect(timeout=10))[0]
+        await asyncio.sleep(0.5)  # it has read what there is, and waits
+        (pump,) = [task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "RunLogsConsumer._pump"]
+        consumer = pump.get_coro().cr_frame.f_locals["self"]
+        consumer.wake.set()  # a flush's wake and the close's cancel, in one step of the loop
+        pump.cancel()
+        await asyncio.sleep(0.3)
+        going_on = not pump.done()
+        await socket.disconnect()
+        return going_on
+
+    assert in_thread(close_as_woken) is False

@@ -1,6 +1,11 @@
 """Websockets (SPEC §5): live log lines and status changes, checked against the
 session user and the Origin, over the real channel layer (Redis) and worker."""
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
@@ -146,13 +151,7 @@ def test_a_consumer_cancelled_while_it_waits_on_redis_always_ends():
     consumer (and its Redis connection) lives on for good, and a test's event loop
     never closes. The cancel is sent at 60 moments across the first 18 ms, while the
     receive connects to Redis, sends its commands and blocks."""
-    import asyncio
-
-    from channels.layers import channel_layers
-
     if "channels_redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
-        import pytest
-
         pytest.skip("the embedded default's channel layer lives in memory")
     layer = channel_layers.make_backend("default")  # its own pools: a hang stays here
 
@@ -174,8 +173,6 @@ def test_a_consumer_cancelled_while_it_waits_on_redis_always_ends():
                 loop.close()  # a hung receive is left pending, not waited for
         return hung
 
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(each_moment).result() == [], "a cancelled receive went on waiting (ms after it began)"
 
@@ -184,9 +181,7 @@ def test_a_closed_log_sockets_reader_stops_even_as_a_line_wakes_it(transactional
     """A log socket's pump waits for the next flush's wake (or 2 s) and is cancelled
     when the socket closes. A wake that comes in the same moment as the close must not
     keep it going: it would read the database every 2 s for as long as the run lives."""
-    import asyncio
-
-    from tests.test_access import quiet_run
+    from tests.test_access import quiet_run  # here: test_access imports this module
 
     run = quiet_run(alice, "awake")  # pending and queued nowhere: its log stays as it is
     cookie = session_cookie(alice)

@@ -97,7 +97,10 @@ def store_file(run: Run, path: str, content: bytes) -> RunFile:
     return RunFile.objects.create(run=run, path=path, storage_name=name, size=len(content), sha256=hashlib.sha256(content).hexdigest())
 
 
-def make_world() -> World:
+def make_world(vision_cap: int | None = None) -> World:
+    """Two teams, their members in every role, and vision's runs, files and secrets.
+    `vision_cap`: vision's max_running, set before its runs exist (a worker left by an
+    earlier test starts a pending run as soon as a finished one frees its slot)."""
     users = {
         "alice": _user("alice", "vision"),
         "bob": _user("bob", "vision"),
@@ -108,6 +111,8 @@ def make_world() -> World:
         "remy": _user("remy", "vision"),
         "dora": _user("dora", "vision"),
     }
+    if vision_cap is not None:
+        Team.objects.filter(name="vision").update(max_running=vision_cap)
     root = get_user_model().objects.create_superuser("root", password="pw-root")
     root.token = ApiToken.issue(root)[1]
     users["root"] = root
@@ -577,9 +582,8 @@ async def first_control(socket) -> tuple:
 
 @pytest.mark.parametrize("persona", PERSONAS)
 def test_the_websockets_give_each_persona_what_its_role_allows(transactional_db, defaults, persona):
-    world = make_world()
     # The run must stay pending (no shell yet) even where an earlier test left a worker running.
-    Team.objects.filter(name="vision").update(max_running=0)
+    world = make_world(vision_cap=0)
     cookie = session_cookie(world.users[persona]) if persona != "dora" else _inactive_cookie(world.users["dora"])
     run_id = world.run.pk
 

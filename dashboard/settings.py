@@ -288,7 +288,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"runs": {"handlers": ["console"], "level": env_str("RUNYARD_LOG_LEVEL", "INFO")}},
+    # Each app's own logger (the terminal's and the pages' INFO lines had no handler), kept
+    # from the root logger's, which Daphne and Celery set up too: a line is printed once.
+    "loggers": {app: {"handlers": ["console"], "level": env_str("RUNYARD_LOG_LEVEL", "INFO"), "propagate": False}
+                for app in ("runs", "terminal", "dashboard")},
 }
 
 # Size caps (dashboard/body_limit.py, runs/archives.py): a dataset or code upload's

@@ -16,6 +16,7 @@ from dashboard.body_limit import BodyLimitMiddleware, guard_daphne  # noqa: E402
 from dashboard.consumers import RunLogsConsumer, RunsConsumer  # noqa: E402
 from dashboard.ports import WEBSOCKET_ROUTE, PortConsumer, with_ports  # noqa: E402
 from terminal.consumers import TerminalConsumer  # noqa: E402
+from terminal.lane import expose_protocol  # noqa: E402
 
 websockets = URLRouter([
     path("ws/runs/", RunsConsumer.as_asgi()),
@@ -27,7 +28,8 @@ guard_daphne()  # request bodies over their cap are dropped as they arrive
 application = ProtocolTypeRouter({
     "http": BodyLimitMiddleware(with_ports(django_asgi_app)),
     # Origin must be one of ALLOWED_HOSTS: another site cannot ride the user's session.
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(websockets)),
+    # Outermost: the Daphne connection, for the terminal's keystroke lane (terminal.lane).
+    "websocket": expose_protocol(AllowedHostsOriginValidator(AuthMiddlewareStack(websockets))),
 })
 
 if settings.RUNYARD_TASKS_IN_PROCESS:

@@ -246,6 +246,13 @@ class Recheck:
         self._value: Any = None
         self._read_at: float | None = None
 
+    def fresh(self) -> Any:
+        """The answer while it is fresh, without reading; None once it is due again
+        (value() reads it then)."""
+        if self._read_at is None or time.monotonic() - self._read_at >= self._seconds:
+            return None
+        return self._value
+
     async def value(self) -> Any:
         from channels.db import database_sync_to_async
 

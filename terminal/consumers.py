@@ -22,6 +22,10 @@ terminals (in this console process); one more is refused with 4429, and on recor
 
 Every session is recorded (terminal.audit): opened, resumed, how it ended.
 
+Under Daphne, keystrokes and what the terminal prints take the keystroke lane
+(terminal.lane) when nothing else is in line: the same order, the same checks,
+without the per-message machinery.
+
 Only a signed-in member of the run's team who may change its runs gets a shell
 (viewers may not); another team's run is closed with 4404, like a missing one.
 Access (runs.access) is checked again on input and every second: a user removed
@@ -50,6 +54,7 @@ from runs.live import run_group
 from runs.models import Run, Status
 from runs.request_json import BodyError, decode_json
 from terminal import audit
+from terminal.lane import Lane
 from terminal.models import Ending
 from terminal.sessions import TooManySessions, find_session, new_session_id, open_session, session_slot
 
@@ -65,6 +70,7 @@ DEFAULT_SIZE = (80, 24)
 
 class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
     session = None
+    lane = None
 
     async def connect(self):
         user = self.scope.get("user")
@@ -78,6 +84,7 @@ class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
             return
         query = parse_qs(self.scope.get("query_string", b"").decode())
         mode = query.get("mode", ["shell"])[0]
+        self.lane = Lane.for_scope(self.scope)  # before accepting: it counts every message from the first
         await self.accept()
         if not allowed:
             return await self._refuse(4403, "viewers cannot open a terminal in a run")
@@ -88,15 +95,16 @@ class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
         cols, rows = _size_from_query(query.get("cols", [""])[0], query.get("rows", [""])[0])
 
         self.outbox: asyncio.Queue = asyncio.Queue()
+        self.unsent = 0  # pieces put in the outbox and not yet sent: the lane waits for them
         loop = asyncio.get_running_loop()
         on_loop = threading.get_ident()
 
         def listener(data):
             # A shell is read on this loop (TerminalSession.start); an attach on a thread.
             if threading.get_ident() == on_loop:
-                self.outbox.put_nowait(data)
+                self._output(data)
             else:
-                loop.call_soon_threadsafe(self.outbox.put_nowait, data)
+                loop.call_soon_threadsafe(self._output, data)
 
         self.listener = listener
         wanted = query.get("session", [""])[0]
@@ -133,28 +141,41 @@ class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
         if earlier:
             await self.send(bytes_data=earlier)
         if ended:
-            self.outbox.put_nowait(None)
+            self._output(None)
         self.pump = asyncio.create_task(self._pump())
+        if self.lane is not None:
+            self.lane.open(self._lane_keystrokes)
 
     async def _refuse(self, code: int, detail: str) -> None:
         await self.send(text_data=json.dumps({"type": "error", "detail": detail}))
         await self.close(code=code)
 
+    def _output(self, data: bytes | None) -> None:
+        """What the terminal printed (None: it ended), on the loop: straight out on the
+        lane when nothing is waiting before it, else in line for the pump."""
+        if data is not None and not self.unsent and self.lane is not None and self.lane.send(data):
+            return
+        self.unsent += 1
+        self.outbox.put_nowait(data)
+
     async def _pump(self):
         """What the terminal prints, in frames; several pieces that piled up go as one."""
         while True:
             data = await self.outbox.get()
+            pieces = 1
             while data is not None and not self.outbox.empty() and len(data) < 65536:
                 more = self.outbox.get_nowait()
                 if more is None:
                     self.outbox.put_nowait(None)
                     break
                 data += more
+                pieces += 1
             if data is None:
                 await self.send(text_data=json.dumps({"type": "exit"}))
                 await self.close(code=1000)
                 return
             await self.send(bytes_data=data)
+            self.unsent -= pieces
 
     async def _still_allowed(self) -> bool:
         """False, with the shell ended and the socket closed, once the user may no
@@ -166,6 +187,8 @@ class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
             log.info("closing a terminal in run %s: its user lost access", self.session.run_id)
             if hasattr(self, "pump"):
                 self.pump.cancel()  # its "exit" would come first and say the shell just ended
+            if self.lane is not None:
+                self.lane.close()
             await sync_to_async(self.session.close, thread_sensitive=False)(Ending.ACCESS_LOST)
             await self._refuse(4403, "you no longer have access to a terminal in this run")
         return False
@@ -187,12 +210,28 @@ class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
             self._let_go()
 
     def _let_go(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
         if self.session is not None and hasattr(self, "listener"):
             self.session.detach(self.listener)
         if hasattr(self, "pump"):
             self.pump.cancel()
         if hasattr(self, "watch"):
             self.watch.cancel()
+
+    async def websocket_receive(self, message):
+        try:
+            await super().websocket_receive(message)
+        finally:
+            if self.lane is not None:
+                self.lane.handled()  # the lane may carry keystrokes again once nothing is in line
+
+    def _lane_keystrokes(self, data: bytes) -> bytes:
+        """Keystrokes off the lane, on the loop: sent now when access was confirmed within
+        the second and the shell takes them at once; what is left goes in line, to receive()."""
+        if not self.allowed.fresh() or not self.session.terminal.writable:
+            return data
+        return self.session.write_now(data)
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.session is None or not await self._still_allowed():
@@ -245,6 +284,10 @@ class TerminalConsumer(DirectDispatch, AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         self._let_go()  # the session is kept for a while: the browser may come back
+        if self.lane is not None and self.session is not None:
+            lane = self.lane
+            log.info("terminal %s in run %s closed: the keystroke lane took %d of %d messages in and sent %d frames out",
+                     self.session.id, self.session.run_id, lane.taken, lane.taken + lane.queued, lane.sent)
         if self.session is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

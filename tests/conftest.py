@@ -351,9 +351,10 @@ def wait_until(condition, timeout: float = 60, what: str = "condition"):
 
 
 class ConsoleUrl(str):
-    """The live console's address; `pid` is its Daphne process."""
+    """The live console's address; `pid` is its Daphne process, `log` the file of what it logs."""
 
     pid: int
+    log: Path
 
 
 @pytest.fixture(scope="session")
@@ -375,6 +376,7 @@ def console_url(worker_env, tmp_path_factory):
     )
     url = ConsoleUrl(f"http://127.0.0.1:{port}")
     url.pid = process.pid  # Daphne's, for tests that read its memory
+    url.log = log_path
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -178,3 +178,28 @@ def test_the_lane_frames_output_of_every_size_with_the_length_it_has():
         header = 2 + {126: 2, 127: 8}.get(length, 0)
         stated = length if length < 126 else int.from_bytes(frame[2:header], "big")
         assert stated == size and len(frame) == header + size
+
+
+def test_a_member_removed_from_the_team_loses_a_shell_whose_keys_take_the_lane(alice, bob, engine, docker_engine, console_url):
+    from runs.models import Membership
+    from terminal.models import Ending, TerminalSessionRecord
+
+    run = running(alice, "docker")
+    shell, session_id = opened(console_url, run, alice)
+    for key in b"echo typed-$((3 * 3))\r":  # keystrokes on the lane, as a browser types them
+        shell.sock.sendall(client_frame(bytes([key])))
+        time.sleep(0.005)
+    shell.until(b"typed-9")
+
+    Membership.objects.filter(user=alice, team=run.team).delete()
+    while True:  # typing goes on; the console must notice and end it all the same
+        shell.sock.sendall(client_frame(b"x"))
+        opcode, data = shell.receive()
+        if opcode == 8:
+            break
+    assert int.from_bytes(data[:2], "big") == 4403, data
+    record = wait_until(lambda: TerminalSessionRecord.objects.filter(session_key=session_id, ended_at__isnull=False).first(),
+                        timeout=30, what="the session ended on record")
+    assert record.ended_how == Ending.ACCESS_LOST
+    terminate_run(run, actor=bob)
+    wait_for(run.pk, "terminated")

@@ -13,6 +13,7 @@ from django.contrib.sessions.backends.db import SessionStore
 
 from dashboard.asgi import application
 from tests.conftest import in_thread, wait_for
+from tests.test_access import quiet_run
 from tests.test_engine import launch
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
@@ -181,8 +182,6 @@ def test_a_closed_log_sockets_reader_stops_even_as_a_line_wakes_it(transactional
     """A log socket's pump waits for the next flush's wake (or 2 s) and is cancelled
     when the socket closes. A wake that comes in the same moment as the close must not
     keep it going: it would read the database every 2 s for as long as the run lives."""
-    from tests.test_access import quiet_run  # here: test_access imports this module
-
     run = quiet_run(alice, "awake")  # pending and queued nowhere: its log stays as it is
     cookie = session_cookie(alice)
 

@@ -238,24 +238,27 @@ def accept_for(key: str) -> bytes:
     return base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest())
 
 
-def _masked(data: bytes, mask: bytes) -> bytes:
+def masked(data: bytes, mask: bytes) -> bytes:
+    """`data` XOR its 4-byte mask: masks a client's payload, and unmasks it."""
     if not data:
         return data
     repeated = (mask * (len(data) // 4 + 1))[:len(data)]
     return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(len(data), "big")
 
 
+def frame_head(opcode: int, size: int, *, mask_bit: int) -> bytes:
+    """A final frame's first bytes, up to its mask: opcode and payload length (RFC 6455 §5.2)."""
+    if size < 126:
+        return struct.pack("!BB", 0x80 | opcode, mask_bit | size)
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, size)
+    return struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, size)
+
+
 def frame(opcode: int, payload: bytes) -> bytes:
     """One whole frame from a client: masked, as RFC 6455 requires of one."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
     mask = os.urandom(4)
-    return head + mask + _masked(payload, mask)
+    return frame_head(opcode, len(payload), mask_bit=0x80) + mask + masked(payload, mask)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
@@ -291,14 +294,14 @@ class MessageReader:
                 if length > 125 or not fin:
                     raise ProtocolError("a malformed control frame")
                 payload = await self.stream.readexactly(length)
-                return kind, _masked(payload, mask) if mask else payload
+                return kind, masked(payload, mask) if mask else payload
             if kind not in (CONTINUATION, TEXT, BINARY) or (kind == CONTINUATION) != (self.opcode is not None):
                 raise ProtocolError(f"an unexpected frame (opcode {kind})")
             self.size += length
             if self.size > self.max_bytes:
                 raise ProtocolError(f"a message larger than {self.max_bytes} bytes")
             payload = await self.stream.readexactly(length)
-            self.parts.append(_masked(payload, mask) if mask else payload)
+            self.parts.append(masked(payload, mask) if mask else payload)
             self.opcode = kind if self.opcode is None else self.opcode
             if fin:
                 message = (self.opcode, b"".join(self.parts))

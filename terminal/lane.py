@@ -31,11 +31,13 @@ import functools
 import logging
 import time
 
+from dashboard.port_streams import BINARY, frame_head, masked
+
 log = logging.getLogger(__name__)
 
 SMALL = 125  # the payloads a frame's 7-bit length holds
 SCOPE_KEY = "runyard.websocket_protocol"
-FINAL_BINARY = 0x82  # FIN, no RSV bits, opcode 2
+FINAL_BINARY = 0x80 | BINARY  # FIN, no RSV bits
 MASKED = 0x80
 # What the lane reads of a Daphne WebSocketProtocol (autobahn's state) and of its transport (Twisted's).
 PROTOCOL_READS = ("state", "STATE_OPEN", "send_state", "SEND_STATE_GROUND", "data", "current_frame",
@@ -162,10 +164,8 @@ class Lane:
                 and not transport._tempDataLen and transport.offset == len(transport.dataBuffer)):
             try:
                 written = transport.socket.send(frame)
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # full (BlockingIOError), or broken: Twisted's own write meets it and closes
                 written = 0
-            except OSError:
-                written = 0  # Twisted's own write meets the broken socket and closes the connection
             frame = frame[written:]
         if frame:
             transport.write(frame)
@@ -183,24 +183,11 @@ def small_binary_frames(data: bytes) -> tuple[list[bytes], int]:
         start = at + 6
         if size > SMALL or start + size > end:
             break
-        payloads.append(unmasked(data[start:start + size], data[at + 2:start]))
+        payloads.append(masked(data[start:start + size], data[at + 2:start]))
         at = start + size
     return payloads, at
 
 
-def unmasked(payload: bytes, mask: bytes) -> bytes:
-    size = len(payload)
-    key = (mask * (size // 4 + 1))[:size]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
-
-
 def server_frame(data: bytes) -> bytes:
     """One final, unmasked binary frame (RFC 6455 §5.2)."""
-    size = len(data)
-    if size < 126:
-        head = bytes((FINAL_BINARY, size))
-    elif size < 65536:
-        head = bytes((FINAL_BINARY, 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((FINAL_BINARY, 127)) + size.to_bytes(8, "big")
-    return head + data
+    return frame_head(BINARY, len(data), mask_bit=0) + data

@@ -6,15 +6,15 @@ sees every byte in order. The lane itself is measured by `make bench`
 
 import hashlib
 import json
-import os
 import re
 import time
 import uuid
 
 import pytest
 
+from dashboard.port_streams import BINARY, CLOSE, PING, TEXT, frame
 from runs.services import terminate_run
-from terminal.lane import server_frame, small_binary_frames, unmasked
+from terminal.lane import server_frame, small_binary_frames
 from tests.conftest import wait_for, wait_until
 from tests.test_hostile_clients import RawWebsocket
 from tests.test_live import session_cookie
@@ -26,20 +26,6 @@ def executor(request, engine):
     if request.param == "docker":
         request.getfixturevalue("docker_engine")
     return request.param
-
-
-def client_frame(data: bytes, opcode: int = 2) -> bytes:
-    """A masked client frame, as a browser sends one."""
-    mask = os.urandom(4)
-    size = len(data)
-    head = bytes([0x80 | opcode])
-    if size < 126:
-        head += bytes([0x80 | size])
-    elif size < 65536:
-        head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
-    return head + mask + unmasked(data, mask)
 
 
 def lane_counts(console_url, session_id: str) -> tuple[int, int, int]:
@@ -76,7 +62,7 @@ def test_typed_bytes_reach_the_shell_whole_and_in_order_however_the_frames_come(
     def keys(data: bytes) -> None:  # one frame per key, each in its own write, typed quickly
         nonlocal sent
         for key in data:
-            shell.sock.sendall(client_frame(bytes([key])))
+            shell.sock.sendall(frame(BINARY, bytes([key])))
             time.sleep(0.001)
         sent += data
 
@@ -87,20 +73,20 @@ def test_typed_bytes_reach_the_shell_whole_and_in_order_however_the_frames_come(
 
     keys(typed_lines(3, 40, "a"))
     paste = typed_lines(60, 50, "b")  # 3,000 bytes in one frame: autobahn's way, into Daphne's queue
-    raw(paste, client_frame(paste))
+    raw(paste, frame(BINARY, paste))
     keys(typed_lines(2, 30, "c"))  # behind the paste, in line: never before it
     shell.send(json.dumps({"type": "resize", "cols": 100, "rows": 30}).encode(), text=True)
     keys(typed_lines(2, 30, "d"))
     burst = [b"e%03d" % n for n in range(40)] + [b"\r"]
-    raw(b"".join(burst), *(client_frame(piece) for piece in burst))  # many frames in one read
+    raw(b"".join(burst), *(frame(BINARY, piece) for piece in burst))  # many frames in one read
     split = typed_lines(1, 60, "f")
-    frame = client_frame(split)
-    raw(b"", frame[:5])  # a frame cut in two across reads
+    cut = frame(BINARY, split)
+    raw(b"", cut[:5])  # a frame cut in two across reads
     time.sleep(0.05)
-    raw(split, frame[5:])
-    shell.sock.sendall(client_frame(b"", opcode=9))  # a ping between keystrokes
+    raw(split, cut[5:])
+    shell.sock.sendall(frame(PING, b""))  # a ping between keystrokes
     keys(typed_lines(3, 40, "g"))
-    shell.sock.sendall(client_frame(b"\x04"))  # end of file, at the start of a line: cat is done
+    shell.sock.sendall(frame(BINARY, b"\x04"))  # end of file, at the start of a line: cat is done
 
     expected = hashlib.sha256(sent.replace(b"\r", b"\n")).hexdigest()
     while not (said := re.search(rb"sum-([0-9a-f]{64})", shell.output)):
@@ -141,26 +127,26 @@ def test_a_flood_of_output_reaches_a_slow_reader_whole_and_in_order(alice, execu
 
 
 @pytest.mark.parametrize("data, payloads", [
-    (client_frame(b"a"), [b"a"]),
-    (client_frame(b"a") + client_frame(b"bc") + client_frame(b""), [b"a", b"bc", b""]),
-    (client_frame(b"k" * 125), [b"k" * 125]),
+    (frame(BINARY, b"a"), [b"a"]),
+    (frame(BINARY, b"a") + frame(BINARY, b"bc") + frame(BINARY, b""), [b"a", b"bc", b""]),
+    (frame(BINARY, b"k" * 125), [b"k" * 125]),
 ])
 def test_the_lane_reads_whole_small_binary_frames(data, payloads):
     assert small_binary_frames(data) == (payloads, len(data))
 
 
 def test_the_lane_takes_the_small_frames_a_read_begins_with_and_leaves_the_rest():
-    first, paste, last = client_frame(b"ab"), client_frame(b"p" * 300), client_frame(b"c")
+    first, paste, last = frame(BINARY, b"ab"), frame(BINARY, b"p" * 300), frame(BINARY, b"c")
     assert small_binary_frames(first + paste + last) == ([b"ab"], len(first))
     assert small_binary_frames(first + last[:3]) == ([b"ab"], len(first))  # the second one cut short
 
 
 @pytest.mark.parametrize("data", [
-    client_frame(b"a")[:-1],  # cut short
-    client_frame(b"k" * 126),  # a 16-bit length: more than a keystroke
-    client_frame(b"hi", opcode=1),  # text: a control message
-    client_frame(b"", opcode=9),  # a ping
-    client_frame(b"", opcode=8),  # a close
+    frame(BINARY, b"a")[:-1],  # cut short
+    frame(BINARY, b"k" * 126),  # a 16-bit length: more than a keystroke
+    frame(TEXT, b"hi"),  # text: a control message
+    frame(PING, b""),  # a ping
+    frame(CLOSE, b""),  # a close
     bytes([0x02, 0x81, 0, 0, 0, 0, 0x61]),  # a first fragment (no FIN)
     bytes([0xC2, 0x81, 0, 0, 0, 0, 0x61]),  # RSV1: compressed
     bytes([0x82, 0x01, 0x61]),  # unmasked: a client must mask
@@ -172,12 +158,12 @@ def test_the_lane_leaves_anything_else_to_autobahn(data):
 
 def test_the_lane_frames_output_of_every_size_with_the_length_it_has():
     for size in (0, 1, 125, 126, 65535, 65536, 200_000):
-        frame = server_frame(b"z" * size)
-        assert frame[0] == 0x82
-        length = frame[1]
+        sent = server_frame(b"z" * size)
+        assert sent[0] == 0x82
+        length = sent[1]
         header = 2 + {126: 2, 127: 8}.get(length, 0)
-        stated = length if length < 126 else int.from_bytes(frame[2:header], "big")
-        assert stated == size and len(frame) == header + size
+        stated = length if length < 126 else int.from_bytes(sent[2:header], "big")
+        assert stated == size and len(sent) == header + size
 
 
 def test_a_member_removed_from_the_team_loses_a_shell_whose_keys_take_the_lane(alice, bob, engine, docker_engine, console_url):
@@ -187,13 +173,13 @@ def test_a_member_removed_from_the_team_loses_a_shell_whose_keys_take_the_lane(a
     run = running(alice, "docker")
     shell, session_id = opened(console_url, run, alice)
     for key in b"echo typed-$((3 * 3))\r":  # keystrokes on the lane, as a browser types them
-        shell.sock.sendall(client_frame(bytes([key])))
+        shell.sock.sendall(frame(BINARY, bytes([key])))
         time.sleep(0.005)
     shell.until(b"typed-9")
 
     Membership.objects.filter(user=alice, team=run.team).delete()
     while True:  # typing goes on; the console must notice and end it all the same
-        shell.sock.sendall(client_frame(b"x"))
+        shell.sock.sendall(frame(BINARY, b"x"))
         opcode, data = shell.receive()
         if opcode == 8:
             break

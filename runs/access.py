@@ -246,17 +246,18 @@ class Recheck:
         self._value: Any = None
         self._read_at: float | None = None
 
+    def _due(self) -> bool:
+        return self._read_at is None or time.monotonic() - self._read_at >= self._seconds
+
     def fresh(self) -> Any:
         """The answer while it is fresh, without reading; None once it is due again
         (value() reads it then)."""
-        if self._read_at is None or time.monotonic() - self._read_at >= self._seconds:
-            return None
-        return self._value
+        return None if self._due() else self._value
 
     async def value(self) -> Any:
         from channels.db import database_sync_to_async
 
-        if self._read_at is None or time.monotonic() - self._read_at >= self._seconds:
+        if self._due():
             self._value = await database_sync_to_async(self._read)()
             self._read_at = time.monotonic()
         return self._value

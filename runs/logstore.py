@@ -10,7 +10,9 @@ can neither skip nor double a line.
 import datetime as dt
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -19,8 +21,8 @@ from django.db.models import F
 from runs import reports, team_secrets
 from runs.leases import LeaseLost, lease_expiry, release_lease, renew_lease, take_lease  # noqa: F401 (their old home)
 from runs.live import announce_log, announce_progress
-from runs.executors.base import LogFrame
-from runs.metrics import extended, metric_chunk
+from runs.executors.base import LineRun, LogFrame
+from runs.metrics import extended, metric_chunk_of
 from runs.models import LogChunk, MetricChunk, Run
 from runs.system_metrics import is_system_key
 
@@ -76,7 +78,7 @@ class LogWriter:
         self.lines: list[list] = []
         self.line_bytes = 0
         # Reports taken out of the output since the last flush (runs/reports.py).
-        self.points: dict[str, list] = {}  # metric -> [(step, value, time), ...]
+        self.points: dict[str, tuple[list, list, list]] = {}  # metric -> its steps, values and times
         self.point_count = 0
         self.malformed = 0
         self.metric_keys_max = settings.RUNYARD_METRIC_KEYS_MAX
@@ -127,14 +129,37 @@ class LogWriter:
         else:
             self.pending[frame.stream] = [at, text, cut_off]
 
-    def add_frames(self, frames: list[LogFrame]) -> None:
-        """Frames in order, as add() takes them, flushing whenever a chunk is full.
+    def add_frames(self, batch: list[LogFrame | LineRun]) -> None:
+        """Frames in order, as add() takes them, flushing whenever a chunk is full; a
+        LineRun as its frames one by one.
 
         The common line (whole, plain ASCII, no \r, under the cap, not a report, no
         secrets to mask, nothing half-read before it on its stream) is stored here as
-        it comes; any other goes through add()."""
-        if not frames:
+        it comes, and a LineRun of such lines, or of one metric's usual reports, at
+        once; any other goes through add()."""
+        if not batch:
             return
+        if self.first_unflushed_at is None:
+            self.first_unflushed_at = batch[0].time or 0.0
+        if LineRun not in map(type, batch):
+            self._add_frames(batch)
+            return
+        frames = []
+        for item in batch:
+            if type(item) is not LineRun:
+                frames.append(item)
+                continue
+            if frames:
+                self._add_frames(frames)
+                frames = []
+            if self.first_unflushed_at is None:
+                self.first_unflushed_at = item.time or 0.0
+            if not self._take_line_run(item):
+                self._add_frames(item.frames())
+        if frames:
+            self._add_frames(frames)
+
+    def _add_frames(self, frames: list[LogFrame]) -> None:
         if self.first_unflushed_at is None:
             self.first_unflushed_at = frames[0].time or 0.0
         plain_max = self.line_cap if not self.mask else -1  # with secrets, every line is masked in add()
@@ -162,8 +187,10 @@ class LogWriter:
                 step, key, value = one  # the commonest report, one metric: _take_metrics, inline
                 series = points.get(key)
                 if series is None:
-                    series = points[key] = []
-                series.append((step, value, at))
+                    series = points[key] = ([], [], [])
+                series[0].append(step)
+                series[1].append(value)
+                series[2].append(at)
                 metrics_last[key] = value
                 self.point_count += 1
             else:
@@ -194,18 +221,68 @@ class LogWriter:
         if read is None:
             return False
         key, steps, values = read
-        times = [frame[1] for frame in frames]
-        start, count = 0, len(frames)
+        self._take_points(key, steps, values, [frame[1] for frame in frames], lambda index: frames[index][0])
+        return True
+
+    def _take_points(self, key: str, steps: list, values: list, times, cursor_of) -> None:
+        """One metric's points in order, flushing where a chunk fills; `cursor_of(i)`:
+        the cursor after the line of point i."""
+        start, count = 0, len(values)
         while start < count:
             stop = min(count, start + max(1, MAX_CHUNK_POINTS - self.point_count))
-            self.points.setdefault(key, []).extend(zip(steps[start:stop], values[start:stop], times[start:stop]))
+            series = self.points.get(key)
+            if series is None:
+                series = self.points[key] = ([], [], [])
+            series[0].extend(steps[start:stop])
+            series[1].extend(values[start:stop])
+            series[2].extend(times[start:stop])
             self.point_count += stop - start
             self.metrics_last[key] = values[stop - 1]
-            self.cursor = frames[stop - 1][0]
+            self.cursor = cursor_of(stop - 1)
             if self.point_count >= MAX_CHUNK_POINTS:
                 self.flush(wait=False)
                 if stop < count:
-                    self.first_unflushed_at = frames[stop][1] or 0.0
+                    self.first_unflushed_at = times[stop] or 0.0
+            start = stop
+
+    def _take_line_run(self, run: LineRun) -> bool:
+        """A LineRun taken whole, where it is the common case: plain ASCII lines under
+        the cap, no secrets to mask, nothing half-read before it on its stream; and
+        either none of them a report, or all the commonest report of one known metric
+        (reports.plain_metric_lines). False, taking nothing, for any other."""
+        data, count = run.data, run.count
+        if self.mask or run.stream in self.pending or not data.isascii():
+            return False
+        if len(data) > self.line_cap + 1 and max(map(len, data.split(b"\n"))) > self.line_cap:
+            return False  # a line past the cap: cut, with a marker (add)
+        report_start = reports.PREFIX.encode()
+        if data.startswith(report_start):
+            read = reports.plain_metric_lines(data, self.metric_keys)
+            if read is None or len(read[1]) != count:
+                return False
+            key, steps, values = read
+            self._take_points(key, steps, values, [run.time] * count, run.cursor_of)
+            return True
+        if b"\n" + report_start in data:
+            return False  # some lines are reports, some are not: each read alone
+        texts = data.decode("ascii").split("\n")
+        texts.pop()  # what follows the last newline
+        at, stream = round(run.time, 6), run.stream
+        start = 0
+        while start < count:
+            stop = min(count, start + max(1, MAX_CHUNK_LINES - len(self.lines)))
+            # Each line's size added to what the chunk holds: where it fills by size, it ends at that line.
+            sizes = list(accumulate(map(len, texts[start:stop]), initial=self.line_bytes))
+            if sizes[-1] >= MAX_CHUNK_BYTES:
+                stop = start + bisect_left(sizes, MAX_CHUNK_BYTES)
+            self.lines.extend([[at, stream, text] for text in texts[start:stop]])
+            self.line_bytes = sizes[stop - start]
+            self.cursor = run.cursor_of(stop - 1)
+            if (len(self.lines) >= MAX_CHUNK_LINES or self.point_count >= MAX_CHUNK_POINTS
+                    or self.line_bytes >= MAX_CHUNK_BYTES):
+                self.flush(wait=False)
+                if stop < count:
+                    self.first_unflushed_at = run.time or 0.0
             start = stop
         return True
 
@@ -259,15 +336,20 @@ class LogWriter:
         for key, value in metrics.items():
             series = points.get(key)
             if series is None:
-                series = points[key] = []
-            series.append((step, value, at))
+                series = points[key] = ([], [], [])
+            series[0].append(step)
+            series[1].append(value)
+            series[2].append(at)
         self.metrics_last.update(metrics)
         self.point_count += len(metrics)
 
     def add_system_metrics(self, at: float, metrics: dict[str, float]) -> None:
         """A reading of what the run uses (runs.system_metrics), stored with the next flush."""
         for key, value in metrics.items():
-            self.points.setdefault(key, []).append((None, value, at))
+            steps, values, times = self.points.setdefault(key, ([], [], []))
+            steps.append(None)
+            values.append(value)
+            times.append(at)
         self.point_count += len(metrics)
         if self.first_unflushed_at is None:
             self.first_unflushed_at = at
@@ -357,7 +439,7 @@ class LogWriter:
             if own:
                 # A statement a row: Django inserts several rows at once through arrays
                 # (UNNEST), which psycopg quotes value by value, slowly for these bytes.
-                MetricChunk.objects.bulk_create((metric_chunk(self.run_id, key, series) for key, series in own.items()),
+                MetricChunk.objects.bulk_create((metric_chunk_of(self.run_id, key, *series) for key, series in own.items()),
                                                 batch_size=1)
             opened = self._store_system_points(points)
         self.open_chunks.update(opened)
@@ -375,12 +457,12 @@ class LogWriter:
             if not is_system_key(key):
                 continue
             chunk = self.open_chunks.get(key)
-            if chunk is not None and chunk.count + len(series) <= SYSTEM_CHUNK_POINTS:
+            if chunk is not None and chunk.count + len(series[1]) <= SYSTEM_CHUNK_POINTS:
                 chunk = extended(MetricChunk(pk=chunk.pk, run_id=chunk.run_id, key=key, count=chunk.count,
-                                             steps=chunk.steps, values=chunk.values, times=chunk.times), series)
+                                             steps=chunk.steps, values=chunk.values, times=chunk.times), *series)
                 chunk.save(update_fields=["count", "steps", "values", "times"])
             else:
-                chunk = metric_chunk(self.run_id, key, series)
+                chunk = metric_chunk_of(self.run_id, key, *series)
                 chunk.save()
             stored[key] = chunk
         return stored

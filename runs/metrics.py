@@ -35,24 +35,30 @@ def _unpack(typecode: str, data) -> array:
 def metric_chunk(run_id: int, key: str, points: list[tuple]) -> MetricChunk:
     """A row holding (step or None, value, unix time) points of one metric."""
     # A column at a time: zip(*points) would unpack every point as an argument.
-    steps = [point[0] for point in points]
+    return metric_chunk_of(run_id, key, [point[0] for point in points], [point[1] for point in points],
+                           [point[2] for point in points])
+
+
+def metric_chunk_of(run_id: int, key: str, steps: list, values: list, times: list) -> MetricChunk:
+    """metric_chunk for points given as columns: steps (None where not given), values, times."""
     if None in steps:
         steps = [NO_STEP if step is None else step for step in steps]
-    steps, values, times = array("q", steps), array("d", [point[1] for point in points]), array("d", [point[2] for point in points])
-    chunk = MetricChunk(run_id=run_id, key=key, count=len(values),
-                        steps=_packed(steps), values=_packed(values), times=_packed(times))
+    chunk = MetricChunk(run_id=run_id, key=key, count=len(values), steps=_packed(array("q", steps)),
+                        values=_packed(array("d", values)), times=_packed(array("d", times)))
     _summarise(chunk, steps, values, times)
     return chunk
 
 
-def extended(chunk: MetricChunk, points: list[tuple]) -> MetricChunk:
-    """The same row (not saved) with `points` added after those it holds."""
-    more = metric_chunk(chunk.run_id, chunk.key, points)
+def extended(chunk: MetricChunk, steps: list, values: list, times: list) -> MetricChunk:
+    """The same row (not saved) with points added after those it holds, given as
+    metric_chunk_of takes them."""
+    more = metric_chunk_of(chunk.run_id, chunk.key, steps, values, times)
     chunk.count += more.count
     chunk.steps, chunk.values, chunk.times = (
         bytes(chunk.steps) + more.steps, bytes(chunk.values) + more.values, bytes(chunk.times) + more.times,
     )
-    _summarise(chunk, _unpack("q", chunk.steps), _unpack("d", chunk.values), _unpack("d", chunk.times))
+    _summarise(chunk, _unpack("q", chunk.steps).tolist(), _unpack("d", chunk.values).tolist(),
+               _unpack("d", chunk.times).tolist())
     return chunk
 
 
@@ -78,9 +84,10 @@ _SUMMARY_ARRAYS = (("low_values", "d"), ("high_values", "d"), ("low_steps", "q")
                    ("low_times", "d"), ("high_times", "d"), ("low_at", "q"), ("high_at", "q"))
 
 
-def _summarise(chunk: MetricChunk, steps: array, values: array, times: array) -> None:
-    """Set the chunk's summary fields from its points."""
-    listed = values.tolist()
+def _summarise(chunk: MetricChunk, steps: list[int], values: list[float], times: list[float]) -> None:
+    """Set the chunk's summary fields from its points (lists: an array makes an object
+    of each item it is asked for; NO_STEP where a point has no step)."""
+    listed = values
     low_at, high_at = array("q"), array("q")
     for start in range(0, len(listed), BLOCK):
         block = listed[start:start + BLOCK]
@@ -98,11 +105,11 @@ def _summarise(chunk: MetricChunk, steps: array, values: array, times: array) ->
     chunk.summary_coarse = _summary(COARSE, coarse_low, coarse_high, steps, values, times)
     chunk.stepless = NO_STEP in steps
     given = [step for step in steps if step != NO_STEP] if chunk.stepless else steps
-    chunk.step_low, chunk.step_high = (min(given), max(given)) if len(given) else (None, None)
-    chunk.time_low, chunk.time_high = (min(times), max(times)) if len(times) else (None, None)
+    chunk.step_low, chunk.step_high = (min(given), max(given)) if given else (None, None)
+    chunk.time_low, chunk.time_high = (min(times), max(times)) if times else (None, None)
 
 
-def _summary(block: int, low_at: array, high_at: array, steps: array, values: array, times: array) -> bytes:
+def _summary(block: int, low_at: array, high_at: array, steps: list, values: list, times: list) -> bytes:
     columns = {
         "low_values": array("d", [values[i] for i in low_at]), "high_values": array("d", [values[i] for i in high_at]),
         "low_steps": array("q", [steps[i] for i in low_at]), "high_steps": array("q", [steps[i] for i in high_at]),

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from runs.executors.base import Limits
+from runs.executors.base import LineRun, Limits, frames_in
 from runs.executors.docker import DockerExecutor, LogPosition, _AttachedEntries, _Dechunker, _docker_time, _FrameCutter
 from runs.services import create_run
 from tests.conftest import BUSYBOX, TEST_INSTANCE, wait_for
@@ -223,9 +223,27 @@ def test_attached_output_cut_anywhere_gives_the_same_entries(block_size):
     entries = _AttachedEntries()
     frames = []
     for at in range(0, len(wire), block_size):
-        frames += entries.frames(wire[at:at + block_size], 1.0)
+        frames += frames_in(entries.frames(wire[at:at + block_size], 1.0))
     frames += entries.end(2.0)
     assert _by_stream(frames, 0) == [b"a\n", b"bc\n", b"\n", b"\n", b"long-" + b"z" * 16379, b"z" * 16384, b"z" * (20000 + 13000 - 16379 - 16384) + b"\n", b"end\n"]
     assert _by_stream(frames, 1) == [b"e1\n", b"e2\n", b"w" * 16384, b"\n"]
     assert frames[-1].cursor == LogPosition.attached(8, 4)
     assert [LogPosition.decode(frame.cursor).stored for frame in frames[:2]] == [[1, 0], [2, 0]]
+
+
+def test_attached_short_lines_come_as_one_line_run():
+    # The usual output, many short lines in one read, comes as a LineRun (no Python
+    # object a line) whose frames are the entries one by one; a line with a \r, or one
+    # long enough to be cut, comes as frames.
+    lines = [b"step %d\n" % i for i in range(1000)]
+    wire = struct.pack(">BxxxL", 1, 4000) + b"".join(lines)[:4000]
+    wire += struct.pack(">BxxxL", 1, len(b"".join(lines)) - 4000) + b"".join(lines)[4000:]
+    wire += struct.pack(">BxxxL", 2, 5) + b"e\rr\n\n"
+    entries = _AttachedEntries()
+    batch = entries.frames(wire, 5.0)
+    assert type(batch[0]) is LineRun and batch[0].count == 1000 and len(batch) == 3
+    frames = list(frames_in(batch))
+    assert [frame.data for frame in frames] == lines + [b"e\rr\n", b"\n"]
+    assert [frame.cursor for frame in frames] == [LogPosition.attached(n, 0) for n in range(1, 1001)] + [
+        LogPosition.attached(1000, 1), LogPosition.attached(1000, 2)]
+    assert {frame.time for frame in frames} == {5.0}

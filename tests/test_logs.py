@@ -154,3 +154,70 @@ def test_a_batch_of_frames_stores_what_frames_one_by_one_store(alice, settings):
     assert last == {"loss": float((logstore.MAX_CHUNK_POINTS + 9) % 7), "acc": 1.0}
     assert points["loss"][0] == [1, 2, *range(3, logstore.MAX_CHUNK_POINTS + 10)]
     assert points["loss"][1][2:] == [float(step % 7) for step in range(3, logstore.MAX_CHUNK_POINTS + 10)]
+
+
+def test_line_runs_store_what_their_frames_store(alice, settings):
+    # An attach hands the collector runs of short lines as one LineRun each, taken whole
+    # where they are plain lines or one known metric's usual reports, else frame by
+    # frame. Either way the same is stored as the frames one by one store, and the
+    # chunks stay within their bounds of lines, points and bytes.
+    import yaml
+
+    from runs.executors.base import LineRun, LogFrame, frames_in
+    from runs.leases import take_lease
+    from runs.services import create_run
+
+    settings.RUNYARD_LOG_LINE_MAX_BYTES = 1000
+
+    def line_run(texts, stream=0, at=1000.0):
+        return [texts, stream, at]
+
+    runs = [
+        line_run([b"plain %d\n" % i for i in range(logstore.MAX_CHUNK_LINES + 5)]),  # a chunk full by lines
+        line_run([b"#runyard step=%d loss=%d\n" % (step, step % 7) for step in range(1, 6)]),  # unknown yet: alone
+        line_run([b"err %d\n" % i for i in range(3)], stream=1),
+        line_run([b"#runyard step=%d loss=%d\n" % (step, step % 7) for step in range(6, logstore.MAX_CHUNK_POINTS + 10)]),
+        line_run([b"#runyard step=1 acc=0.5\n", b"#runyard step=2 loss=0.25\n"]),  # two metrics: line by line
+        line_run([b"a plain line\n", b"#runyard step=3 loss=0.5\n", b"#runyard step=x\n"]),  # a mix, a malformed one
+        line_run([b"y" * 999 + b"\n"] * 1100, at=1001.5),  # a chunk full by bytes (1 MB) before 2,000 lines
+        line_run([b"x" * 1500 + b"\n", b"short\n"]),  # a line past the cap: cut, with its marker
+        line_run([b"caf\xc3\xa9\n", b"plain\n"]),  # not ASCII
+        line_run([b"#runyard step=%d loss=inf\n" % step for step in range(2)]),  # not finite: read alone, malformed
+    ]
+    cursor, batches = 0, []
+    for texts, stream, at in runs:
+        batches.append([LineRun(b"".join(texts), len(texts), cursor + 1, 1, at, stream)])
+        cursor += len(texts)
+    # A line begun on stdout (no newline yet) before a run of stdout lines: the run is not plain then.
+    batches.append([LogFrame(cursor + 1, 1002.0, 0, b"half "), LineRun(b"a line\nmore\n", 2, cursor + 2, 1, 1002.0, 0)])
+    stored = {}
+    for way in ("frames", "line runs"):
+        run = create_run(user=alice, source=yaml.safe_dump({"name": way, "image": "runyard/busybox:latest",
+                                                            "run": [{"command": "true"}]}), executor="local")
+        assert take_lease(run.pk, "collector")
+        writer = logstore.LogWriter(Run.objects.get(pk=run.pk), "collector")
+        for batch in batches:
+            if way == "line runs":
+                writer.add_frames(batch)
+                continue
+            for frame in frames_in(batch):
+                writer.add(frame)
+                if writer.due():
+                    writer.flush()
+        writer.flush()
+        run = Run.objects.get(pk=run.pk)
+        stored[way] = ([(line["n"], line["t"], line["stream"], line["text"]) for line in all_lines(run)],
+                       run.log_lines, run.log_cursor, run.reports_malformed, run.metrics_last,
+                       {key: metrics.columns(run, key) for key in metrics.keys(run)})
+        chunks = LogChunk.objects.filter(run=run)
+        assert max(chunk.line_count for chunk in chunks) <= logstore.MAX_CHUNK_LINES
+        assert max(sum(len(line[2]) for line in chunk.lines) for chunk in chunks) < logstore.MAX_CHUNK_BYTES + 1000
+        assert max(chunk.count for chunk in run.metric_chunks.all()) <= logstore.MAX_CHUNK_POINTS
+    assert stored["line runs"] == stored["frames"]
+    lines, count, cursor_after, malformed, last, points = stored["line runs"]
+    assert cursor_after == cursor + 3 and malformed == 3  # step=x, and the two infinite ones
+    assert points["loss"][0] == [*range(1, logstore.MAX_CHUNK_POINTS + 10), 2, 3]
+    assert last == {"loss": 0.5, "acc": 0.5}
+    texts = [line[3] for line in lines]
+    assert "x" * 1000 + "… [truncated 500 bytes]" in texts and "café" in texts and texts[-2:] == ["half a line", "more"]
+    assert texts.count("y" * 999) == 1100 and "#runyard step=1 loss=1" not in texts

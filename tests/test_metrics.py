@@ -237,7 +237,7 @@ def test_a_system_metric_chunk_that_grows_keeps_its_summary(alice):
     chunk = metrics.metric_chunk(run.pk, "sys/cpu", [(None, 1.0, 1_700_000_000.0)])
     chunk.save()
     grown = metrics.extended(MetricChunk(pk=chunk.pk, run_id=run.pk, key="sys/cpu", count=chunk.count, steps=chunk.steps,
-                                         values=chunk.values, times=chunk.times), [(None, 80.0, 1_700_000_060.0)])
+                                         values=chunk.values, times=chunk.times), [None], [80.0], [1_700_000_060.0])
     grown.save(update_fields=["count", "steps", "values", "times"])
     late = metrics.series(run, "sys/cpu", x="wall", x_min=1_700_000_030.0)
     assert late["y"] == [80.0] and late["x_axis"] == "wall"

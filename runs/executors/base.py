@@ -51,10 +51,43 @@ class LogFrame(NamedTuple):
     data: bytes
 
 
-def log_batches(executor, run, cursor: int) -> Iterator[list[LogFrame] | None]:
+class LineRun(NamedTuple):
+    """Many whole lines of one stream that came at one time, each an entry of its own:
+    what as many LogFrames would hold, in one piece. `data` is the lines joined, each
+    with its newline, none holding a \r; the first line's frame has the cursor
+    `first`, and each next one `step` more. A collector takes a million short lines
+    this way without a Python object a line (LogWriter.add_frames)."""
+
+    data: bytes
+    count: int
+    first: int
+    step: int
+    time: float
+    stream: int
+
+    def cursor_of(self, index: int) -> int:
+        """The cursor after the line at `index` (0: the first)."""
+        return self.first + index * self.step
+
+    def frames(self) -> list[LogFrame]:
+        lines = self.data.splitlines(keepends=True)  # at \n alone: there is no \r
+        cursors = range(self.first, self.first + len(lines) * self.step, self.step)
+        return [LogFrame(cursor, self.time, self.stream, line) for cursor, line in zip(cursors, lines)]
+
+
+def frames_in(batch: list) -> Iterator[LogFrame]:
+    """A batch's frames one by one, a LineRun's each."""
+    for item in batch:
+        if type(item) is LineRun:
+            yield from item.frames()
+        else:
+            yield item
+
+
+def log_batches(executor, run, cursor: int) -> Iterator[list[LogFrame | LineRun] | None]:
     """The executor's frames after `cursor` in lists of what was read at once (None
-    about once a second while there is nothing new): its follow_log_batches where it
-    has one, else its follow_logs a frame at a time."""
+    about once a second while there is nothing new), where a LineRun stands for many:
+    its follow_log_batches where it has one, else its follow_logs a frame at a time."""
     batches = getattr(executor, "follow_log_batches", None)
     if batches is not None:
         yield from batches(run, cursor)

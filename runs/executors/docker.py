@@ -40,8 +40,8 @@ from docker.types import DriverConfig, Mount
 from django.conf import settings
 
 from runs.executors.base import (
-    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, ImagePull, Limits, LogFrame, Sample,
-    script_for, with_reporter,
+    REPORTER_FILE, SHELL_COMMAND, TERMINAL_MARKER, AttachedInput, ExecutorError, ExitInfo, ImagePull, Limits, LineRun, LogFrame, Sample,
+    frames_in, script_for, with_reporter,
 )
 from runs.executors.static_relay import relay_tar
 from runs.executors.terminal_processes import can_see, kill_terminal_processes
@@ -389,11 +389,11 @@ class DockerExecutor:
                 if batch is None:
                     yield None
                 else:
-                    yield from batch
+                    yield from frames_in(batch)
         finally:
             batches.close()
 
-    def follow_log_batches(self, run, cursor: int) -> Iterator[list[LogFrame] | None]:
+    def follow_log_batches(self, run, cursor: int) -> Iterator[list[LogFrame | LineRun] | None]:
         """Every log entry in order, from `cursor` on (see LogPosition), in lists of
         what was read at once, each frame with the cursor just after it.
 
@@ -1020,10 +1020,11 @@ class _AttachedEntries:
         self.open = [b"", b""]  # per stream, a line begun, shorter than a piece
         self.counts = [0, 0]  # per stream, the entries so far
 
-    def frames(self, block: bytes, at: float) -> list[LogFrame]:
+    def frames(self, block: bytes, at: float) -> list[LogFrame | LineRun]:
+        """The entries `block` ends, the usual run of short lines as a LineRun."""
         buf = self.rest + block if self.rest else block
         end, pos = len(buf), 0
-        out: list[LogFrame] = []
+        out: list[LogFrame | LineRun] = []
         unpack, stream_of = _FRAME_HEADER.unpack_from, STREAM_OF_FRAME.get
         stream, parts = 0, []  # consecutive pieces of one stream are cut as one
         while end - pos >= 8:
@@ -1061,9 +1062,12 @@ class _AttachedEntries:
             lines = [line + b"\n" for line in data.split(b"\n")]
             tail = lines.pop()[:-1]
         if len(tail) < piece and (len(data) < piece or max(map(len, lines), default=0) <= piece):  # the usual: no line to cut
-            # Built in C: the frames' cursors counted up by `step`, the time and stream of each the same.
-            cursors = range(base + (count + 1) * step, base + (count + len(lines) + 1) * step, step)
-            out.extend(map(new_frame, repeat(LogFrame), zip(cursors, repeat(at), repeat(stream), lines)))
+            if lines and b"\r" not in data:  # one LineRun for them all, their cursors counted up by `step`
+                out.append(LineRun(data[:len(data) - len(tail)] if tail else data, len(lines),
+                                   base + (count + 1) * step, step, at, stream))
+            else:
+                cursors = range(base + (count + 1) * step, base + (count + len(lines) + 1) * step, step)
+                out.extend(map(new_frame, repeat(LogFrame), zip(cursors, repeat(at), repeat(stream), lines)))
             count += len(lines)
         else:
             lines = [line[:-1] for line in lines]

@@ -529,6 +529,8 @@ class DockerExecutor:
                         return
                     while added[0] - taken[0] > READ_AHEAD_BYTES and not attachment.closed:
                         time.sleep(0.01)  # the database is behind: the run's output waits for it
+                    if len(block) < READ_BLOCK_BYTES // 4:
+                        time.sleep(GATHER_SECONDS)  # a trickle: let more come, for one read of it all
             except Exception as exc:  # the reader dies with the connection; say why
                 outcome.append(exc)
             finally:

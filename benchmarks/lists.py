@@ -185,7 +185,7 @@ def _checkpoint() -> None:
         with connection.cursor() as cursor:
             cursor.execute("CHECKPOINT")
     except DatabaseError as exc:
-        print(f"   (no CHECKPOINT after seeding: {exc}".strip() + ")")
+        print(f"   (no CHECKPOINT after seeding: {str(exc).strip()})")
 
 
 def _p95(fn) -> float:

@@ -107,15 +107,38 @@ def test_a_killed_worker_loses_and_doubles_no_line(alice, executor, celery_worke
     assert points == [(i, float(i)) for i in range(10, count + 1, 10)]
 
 
+def _stored_by(alice, feed) -> tuple[Run, tuple]:
+    """A new run's collector writer fed by `feed(writer)`, then flushed: the run, and
+    what it stored (lines, counts, cursor, reports)."""
+    import yaml
+
+    from runs.leases import take_lease
+    from runs.services import create_run
+
+    run = create_run(user=alice, source=yaml.safe_dump({"name": "fed", "image": "runyard/busybox:latest",
+                                                        "run": [{"command": "true"}]}), executor="local")
+    assert take_lease(run.pk, "collector")
+    writer = logstore.LogWriter(Run.objects.get(pk=run.pk), "collector")
+    feed(writer)
+    writer.flush()
+    run = Run.objects.get(pk=run.pk)
+    return run, ([(line["n"], line["t"], line["stream"], line["text"]) for line in all_lines(run)],
+                 run.log_lines, run.log_cursor, run.reports_malformed, run.metrics_last,
+                 {key: metrics.columns(run, key) for key in metrics.keys(run)})
+
+
+def _add_one_by_one(writer, frames) -> None:
+    for frame in frames:
+        writer.add(frame)
+        if writer.due():
+            writer.flush()
+
+
 def test_a_batch_of_frames_stores_what_frames_one_by_one_store(alice, settings):
     # The collector takes what the executor read at once (LogWriter.add_frames): plain
     # lines on a fast path, any other through add(). Both ways store the same, and a
     # batch longer than a chunk is flushed chunk by chunk, numbered without a gap.
-    import yaml
-
     from runs.executors.base import LogFrame
-    from runs.leases import take_lease
-    from runs.services import create_run
 
     settings.RUNYARD_LOG_LINE_MAX_BYTES = 100
     texts = [b"plain %d\n" % i for i in range(logstore.MAX_CHUNK_LINES + 5)]
@@ -125,28 +148,14 @@ def test_a_batch_of_frames_stores_what_frames_one_by_one_store(alice, settings):
     texts += [b"#runyard step=%d loss=%d\n" % (step, step % 7) for step in range(3, logstore.MAX_CHUNK_POINTS + 10)]
     frames = [LogFrame(cursor=i + 1, time=1000.0 + i / 3, stream=i % 2 if i < 3 else 0, data=text)
               for i, text in enumerate(texts)]
-    stored = {}
-    for way in ("one by one", "batched"):
-        run = create_run(user=alice, source=yaml.safe_dump({"name": way, "image": "runyard/busybox:latest",
-                                                            "run": [{"command": "true"}]}), executor="local")
-        assert take_lease(run.pk, "collector")
-        writer = logstore.LogWriter(Run.objects.get(pk=run.pk), "collector")
-        if way == "batched":
-            reports_from = len(frames) - logstore.MAX_CHUNK_POINTS - 7
-            for batch in (frames[:7], frames[7:reports_from], frames[reports_from:]):
-                writer.add_frames(batch)
-        else:
-            for frame in frames:
-                writer.add(frame)
-                if writer.due():
-                    writer.flush()
-        writer.flush()
-        run = Run.objects.get(pk=run.pk)
-        stored[way] = ([(line["n"], line["t"], line["stream"], line["text"]) for line in all_lines(run)],
-                       run.log_lines, run.log_cursor, run.reports_malformed, run.metrics_last,
-                       {key: metrics.columns(run, key) for key in metrics.keys(run)})
-    assert stored["batched"] == stored["one by one"]
-    lines, count, cursor, malformed, last, points = stored["batched"]
+    def batched(writer):
+        reports_from = len(frames) - logstore.MAX_CHUNK_POINTS - 7
+        for batch in (frames[:7], frames[7:reports_from], frames[reports_from:]):
+            writer.add_frames(batch)
+
+    _, stored = _stored_by(alice, batched)
+    assert stored == _stored_by(alice, lambda writer: _add_one_by_one(writer, frames))[1]
+    lines, count, cursor, malformed, last, points = stored
     reported = logstore.MAX_CHUNK_POINTS + 7
     assert count == len(lines) == len(texts) - 3 - reported and cursor == len(texts) and malformed == 1
     assert [line[3] for line in lines[:9]] == ["plain 0", "plain 1", "plain 2", "#runyard step=x", "half a line",
@@ -161,11 +170,7 @@ def test_line_runs_store_what_their_frames_store(alice, settings):
     # where they are plain lines or one known metric's usual reports, else frame by
     # frame. Either way the same is stored as the frames one by one store, and the
     # chunks stay within their bounds of lines, points and bytes.
-    import yaml
-
     from runs.executors.base import LineRun, LogFrame, frames_in
-    from runs.leases import take_lease
-    from runs.services import create_run
 
     settings.RUNYARD_LOG_LINE_MAX_BYTES = 1000
 
@@ -190,31 +195,18 @@ def test_line_runs_store_what_their_frames_store(alice, settings):
         cursor += len(texts)
     # A line begun on stdout (no newline yet) before a run of stdout lines: the run is not plain then.
     batches.append([LogFrame(cursor + 1, 1002.0, 0, b"half "), LineRun(b"a line\nmore\n", 2, cursor + 2, 1, 1002.0, 0)])
-    stored = {}
-    for way in ("frames", "line runs"):
-        run = create_run(user=alice, source=yaml.safe_dump({"name": way, "image": "runyard/busybox:latest",
-                                                            "run": [{"command": "true"}]}), executor="local")
-        assert take_lease(run.pk, "collector")
-        writer = logstore.LogWriter(Run.objects.get(pk=run.pk), "collector")
+    def by_line_runs(writer):
         for batch in batches:
-            if way == "line runs":
-                writer.add_frames(batch)
-                continue
-            for frame in frames_in(batch):
-                writer.add(frame)
-                if writer.due():
-                    writer.flush()
-        writer.flush()
-        run = Run.objects.get(pk=run.pk)
-        stored[way] = ([(line["n"], line["t"], line["stream"], line["text"]) for line in all_lines(run)],
-                       run.log_lines, run.log_cursor, run.reports_malformed, run.metrics_last,
-                       {key: metrics.columns(run, key) for key in metrics.keys(run)})
-        chunks = LogChunk.objects.filter(run=run)
-        assert max(chunk.line_count for chunk in chunks) <= logstore.MAX_CHUNK_LINES
-        assert max(sum(len(line[2]) for line in chunk.lines) for chunk in chunks) < logstore.MAX_CHUNK_BYTES + 1000
-        assert max(chunk.count for chunk in run.metric_chunks.all()) <= logstore.MAX_CHUNK_POINTS
-    assert stored["line runs"] == stored["frames"]
-    lines, count, cursor_after, malformed, last, points = stored["line runs"]
+            writer.add_frames(batch)
+
+    run, stored = _stored_by(alice, by_line_runs)
+    frames = [frame for batch in batches for frame in frames_in(batch)]
+    assert stored == _stored_by(alice, lambda writer: _add_one_by_one(writer, frames))[1]
+    chunks = LogChunk.objects.filter(run=run)
+    assert max(chunk.line_count for chunk in chunks) <= logstore.MAX_CHUNK_LINES
+    assert max(sum(len(line[2]) for line in chunk.lines) for chunk in chunks) < logstore.MAX_CHUNK_BYTES + 1000
+    assert max(chunk.count for chunk in run.metric_chunks.all()) <= logstore.MAX_CHUNK_POINTS
+    lines, count, cursor_after, malformed, last, points = stored
     assert cursor_after == cursor + 3 and malformed == 3  # step=x, and the two infinite ones
     assert points["loss"][0] == [*range(1, logstore.MAX_CHUNK_POINTS + 10), 2, 3]
     assert last == {"loss": 0.5, "acc": 0.5}

@@ -40,6 +40,7 @@ FLUSH_SECONDS = 0.1  # a printed line reaches a watching browser within about th
 SYSTEM_CHUNK_POINTS = 720
 # Ends a line cut at RUNYARD_LOG_LINE_MAX_BYTES; the number is what was not kept.
 TRUNCATED_MARKER = "… [truncated {} bytes]"
+REPORT_START = reports.PREFIX.encode()  # a line that begins so may be a report
 STREAM_NAMES = ("stdout", "stderr")
 
 
@@ -139,8 +140,6 @@ class LogWriter:
         once; any other goes through add()."""
         if not batch:
             return
-        if self.first_unflushed_at is None:
-            self.first_unflushed_at = batch[0].time or 0.0
         if LineRun not in map(type, batch):
             self._add_frames(batch)
             return
@@ -163,13 +162,12 @@ class LogWriter:
         if self.first_unflushed_at is None:
             self.first_unflushed_at = frames[0].time or 0.0
         plain_max = self.line_cap if not self.mask else -1  # with secrets, every line is masked in add()
-        lines, pending, append = self.lines, self.pending, self.lines.append
-        points, metrics_last, metric_keys = self.points, self.metrics_last, self.metric_keys
-        report_start = reports.PREFIX.encode()
+        pending, append = self.pending, self.lines.append
+        metrics_last, metric_keys = self.metrics_last, self.metric_keys
         plain_metric = reports.plain_metric
         # Whether any frame may hold a \r or a byte past ASCII: asked of them all at once.
         clean = len(frames) > 1 and (blob := b"".join([frame[3] for frame in frames])).isascii() and b"\r" not in blob
-        if (clean and not pending and plain_max >= 0 and blob.startswith(report_start)
+        if (clean and not pending and plain_max >= 0 and blob.startswith(REPORT_START)
                 and self._take_plain_reports(frames, blob)):
             return
         cursor = self.cursor
@@ -179,18 +177,16 @@ class LogWriter:
             if (size > plain_max or not data.endswith(b"\n") or (pending and stream in pending)
                     or not (clean or (data.isascii() and b"\r" not in data))):
                 self.add(frame)
-                lines, append = self.lines, self.lines.append
-            elif not data.startswith(report_start):
+                append = self.lines.append
+            elif not data.startswith(REPORT_START):
                 append([round(at, 6), stream, data[:-1].decode("ascii")])
                 self.line_bytes += size
             elif (one := plain_metric(data, metric_keys)) is not None:
                 step, key, value = one  # the commonest report, one metric: _take_metrics, inline
-                series = points.get(key)
-                if series is None:
-                    series = points[key] = ([], [], [])
-                series[0].append(step)
-                series[1].append(value)
-                series[2].append(at)
+                steps, values, times = self._series(key)
+                steps.append(step)
+                values.append(value)
+                times.append(at)
                 metrics_last[key] = value
                 self.point_count += 1
             else:
@@ -200,11 +196,10 @@ class LogWriter:
                     self._store(at, stream, text, size, cut=False)
                 else:
                     self._take_metrics(at, *plain)
-            if (len(lines) >= MAX_CHUNK_LINES or self.point_count >= MAX_CHUNK_POINTS
-                    or self.line_bytes >= MAX_CHUNK_BYTES):
+            if self._full():
                 self.cursor = cursor
                 self.flush(wait=False)
-                lines, append, points = self.lines, self.lines.append, self.points
+                append = self.lines.append
                 if index + 1 < len(frames):
                     self.first_unflushed_at = frames[index + 1].time or 0.0
         self.cursor = cursor
@@ -230,12 +225,10 @@ class LogWriter:
         start, count = 0, len(values)
         while start < count:
             stop = min(count, start + max(1, MAX_CHUNK_POINTS - self.point_count))
-            series = self.points.get(key)
-            if series is None:
-                series = self.points[key] = ([], [], [])
-            series[0].extend(steps[start:stop])
-            series[1].extend(values[start:stop])
-            series[2].extend(times[start:stop])
+            taken_steps, taken_values, taken_times = self._series(key)
+            taken_steps.extend(steps[start:stop])
+            taken_values.extend(values[start:stop])
+            taken_times.extend(times[start:stop])
             self.point_count += stop - start
             self.metrics_last[key] = values[stop - 1]
             self.cursor = cursor_of(stop - 1)
@@ -255,15 +248,14 @@ class LogWriter:
             return False
         if len(data) > self.line_cap + 1 and max(map(len, data.split(b"\n"))) > self.line_cap:
             return False  # a line past the cap: cut, with a marker (add)
-        report_start = reports.PREFIX.encode()
-        if data.startswith(report_start):
+        if data.startswith(REPORT_START):
             read = reports.plain_metric_lines(data, self.metric_keys)
             if read is None or len(read[1]) != count:
                 return False
             key, steps, values = read
             self._take_points(key, steps, values, [run.time] * count, run.cursor_of)
             return True
-        if b"\n" + report_start in data:
+        if b"\n" + REPORT_START in data:
             return False  # some lines are reports, some are not: each read alone
         texts = data.decode("ascii").split("\n")
         texts.pop()  # what follows the last newline
@@ -278,8 +270,7 @@ class LogWriter:
             self.lines.extend([[at, stream, text] for text in texts[start:stop]])
             self.line_bytes = sizes[stop - start]
             self.cursor = run.cursor_of(stop - 1)
-            if (len(self.lines) >= MAX_CHUNK_LINES or self.point_count >= MAX_CHUNK_POINTS
-                    or self.line_bytes >= MAX_CHUNK_BYTES):
+            if self._full():
                 self.flush(wait=False)
                 if stop < count:
                     self.first_unflushed_at = run.time or 0.0
@@ -332,21 +323,18 @@ class LogWriter:
             self.progress_changed = True
 
     def _take_metrics(self, at: float, step: int | None, metrics: dict[str, float]) -> None:
-        points = self.points
         for key, value in metrics.items():
-            series = points.get(key)
-            if series is None:
-                series = points[key] = ([], [], [])
-            series[0].append(step)
-            series[1].append(value)
-            series[2].append(at)
+            steps, values, times = self._series(key)
+            steps.append(step)
+            values.append(value)
+            times.append(at)
         self.metrics_last.update(metrics)
         self.point_count += len(metrics)
 
     def add_system_metrics(self, at: float, metrics: dict[str, float]) -> None:
         """A reading of what the run uses (runs.system_metrics), stored with the next flush."""
         for key, value in metrics.items():
-            steps, values, times = self.points.setdefault(key, ([], [], []))
+            steps, values, times = self._series(key)
             steps.append(None)
             values.append(value)
             times.append(at)
@@ -354,15 +342,22 @@ class LogWriter:
         if self.first_unflushed_at is None:
             self.first_unflushed_at = at
 
+    def _series(self, key: str) -> tuple[list, list, list]:
+        """The steps, values and times of `key` taken since the last flush."""
+        series = self.points.get(key)
+        if series is None:
+            series = self.points[key] = ([], [], [])
+        return series
+
+    def _full(self) -> bool:
+        """Whether what was taken since the last flush fills a chunk."""
+        return (len(self.lines) >= MAX_CHUNK_LINES or self.point_count >= MAX_CHUNK_POINTS
+                or self.line_bytes >= MAX_CHUNK_BYTES)
+
     def due(self) -> bool:
         if not self.lines and self.first_unflushed_at is None:
             return False
-        return (
-            len(self.lines) >= MAX_CHUNK_LINES
-            or self.point_count >= MAX_CHUNK_POINTS
-            or self.line_bytes >= MAX_CHUNK_BYTES
-            or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
-        )
+        return self._full() or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
 
     def end_pending_lines(self) -> None:
         """The output ended: a last line without a newline is still a line."""

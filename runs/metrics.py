@@ -87,10 +87,9 @@ _SUMMARY_ARRAYS = (("low_values", "d"), ("high_values", "d"), ("low_steps", "q")
 def _summarise(chunk: MetricChunk, steps: list[int], values: list[float], times: list[float]) -> None:
     """Set the chunk's summary fields from its points (lists: an array makes an object
     of each item it is asked for; NO_STEP where a point has no step)."""
-    listed = values
     low_at, high_at = array("q"), array("q")
-    for start in range(0, len(listed), BLOCK):
-        block = listed[start:start + BLOCK]
+    for start in range(0, len(values), BLOCK):
+        block = values[start:start + BLOCK]
         low_at.append(start + block.index(min(block)))
         high_at.append(start + block.index(max(block)))
     chunk.summary = _summary(BLOCK, low_at, high_at, steps, values, times)
@@ -98,9 +97,9 @@ def _summarise(chunk: MetricChunk, steps: list[int], values: list[float], times:
     per = COARSE // BLOCK
     coarse_low, coarse_high = array("q"), array("q")
     for start in range(0, len(low_at), per):
-        lows = [listed[at] for at in low_at[start:start + per]]
+        lows = [values[at] for at in low_at[start:start + per]]
         coarse_low.append(low_at[start + lows.index(min(lows))])
-        highs = [listed[at] for at in high_at[start:start + per]]
+        highs = [values[at] for at in high_at[start:start + per]]
         coarse_high.append(high_at[start + highs.index(max(highs))])
     chunk.summary_coarse = _summary(COARSE, coarse_low, coarse_high, steps, values, times)
     chunk.stepless = NO_STEP in steps

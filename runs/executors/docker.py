@@ -1056,7 +1056,8 @@ class _AttachedEntries:
         count = self.counts[stream]
         new_frame = tuple.__new__  # a LogFrame without its Python-level __new__
         piece = ENGINE_PIECE_BYTES
-        if b"\r" not in data:
+        returns = b"\r" in data
+        if not returns:
             # Lines with their newlines, as the frames hold them (splitlines also splits at \r).
             lines = data.splitlines(keepends=True)
             tail = lines.pop() if lines and not data.endswith(b"\n") else b""
@@ -1064,7 +1065,7 @@ class _AttachedEntries:
             lines = [line + b"\n" for line in data.split(b"\n")]
             tail = lines.pop()[:-1]
         if len(tail) < piece and (len(data) < piece or max(map(len, lines), default=0) <= piece):  # the usual: no line to cut
-            if lines and b"\r" not in data:  # one LineRun for them all, their cursors counted up by `step`
+            if lines and not returns:  # one LineRun for them all, their cursors counted up by `step`
                 out.append(LineRun(data[:len(data) - len(tail)] if tail else data, len(lines),
                                    base + (count + 1) * step, step, at, stream))
             else:

@@ -195,6 +195,7 @@ def test_line_runs_store_what_their_frames_store(alice, settings):
         cursor += len(texts)
     # A line begun on stdout (no newline yet) before a run of stdout lines: the run is not plain then.
     batches.append([LogFrame(cursor + 1, 1002.0, 0, b"half "), LineRun(b"a line\nmore\n", 2, cursor + 2, 1, 1002.0, 0)])
+
     def by_line_runs(writer):
         for batch in batches:
             writer.add_frames(batch)

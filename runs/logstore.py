@@ -16,7 +16,7 @@ from itertools import accumulate
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import F
+from django.db.models import F, Max
 
 from runs import reports, team_secrets
 from runs.leases import LeaseLost, lease_expiry, release_lease, renew_lease, take_lease  # noqa: F401 (their old home)
@@ -578,6 +578,19 @@ def iter_text(run: Run) -> Iterator[str]:
         for chunk in chunks:
             yield "".join(text + "\n" for _, _, text in chunk.lines)
         last = chunks[-1].first_line
+
+
+def last_stored_time(run_id: int) -> float:
+    """When the latest output stored of a run was read (unix time; 0.0 for none): its
+    last line, half line or reported point. A collector that must go on by time
+    from there (the engine dropped the head of its log) takes what came after."""
+    lines = LogChunk.objects.filter(run_id=run_id).order_by("-first_line").values_list("lines", flat=True).first()
+    pending = Run.objects.filter(pk=run_id).values_list("log_pending", flat=True).first() or {}
+    points = (MetricChunk.objects.filter(run_id=run_id).exclude(key__startswith=reports.SYSTEM_PREFIX)
+              .aggregate(latest=Max("time_high"))["latest"])
+    times = [lines[-1][0]] if lines else []
+    times += [entry[0] for entry in pending.values()]
+    return max(times + [points or 0.0])
 
 
 def _iso(unix_time: float) -> str:

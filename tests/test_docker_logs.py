@@ -9,7 +9,10 @@ import time
 import pytest
 
 from runs.executors.base import LineRun, Limits, frames_in
-from runs.executors.docker import DockerExecutor, LogPosition, _AttachedEntries, _Dechunker, _docker_time, _FrameCutter
+from runs.executors import docker as docker_executor
+from runs.executors.docker import (LOST_NOTICE, DockerExecutor, LogPosition, _AttachedEntries, _Dechunker, _docker_time,
+                                  _FrameCutter)
+from runs.models import LogChunk
 from runs.services import create_run
 from tests.conftest import BUSYBOX, TEST_INSTANCE, wait_for
 
@@ -177,6 +180,55 @@ def test_an_attach_near_the_log_cap_hands_over_to_the_engine_log(alice, db, defa
         assert frames[0].cursor & LogPosition.ATTACH_BIT and not frames[-1].cursor & LogPosition.ATTACH_BIT
         numbers = [int(frame.data.split(b"-")[1]) for frame in frames]
         assert numbers == list(range(1, count + 1)), f"{count - len(set(numbers))} missing, {len(numbers) - len(set(numbers))} twice"
+    finally:
+        executor.remove(run)
+
+
+def test_a_follow_after_the_engine_dropped_the_log_head_says_lines_are_missing_and_skips_none_it_kept(
+        alice, db, defaults, docker_engine, settings, monkeypatch):
+    # A collector reads a run through its attach, stores its first 50 lines and dies.
+    # The run then prints about 4 MB, more than the engine keeps (2 files of 1 MB), so
+    # the engine drops the log's oldest file: the origin mark and those 50 lines with
+    # it. Counting 50 entries off what is left would skip 50 lines the engine still
+    # has; the next collector says lines are missing, then stores every one it kept.
+    settings.RUNYARD_DOCKER_LOG_MAX_SIZE_MB = 1
+    settings.RUNYARD_DOCKER_LOG_MAX_FILES = 2
+    monkeypatch.setattr(docker_executor, "ATTACH_SLACK_BYTES", 0)  # an attach may read up to 1 MB here
+    late = 40_000
+    run, executor = _started(alice, "i=0; while [ $i -lt 50 ]; do i=$((i+1)); echo early-$i; done; "
+                                    "while [ ! -e /tmp/go ]; do usleep 20000; done; "
+                                    f"awk 'BEGIN {{ for (i = 1; i <= {late}; i++) "
+                                    f"printf \"late-%d-%s\\n\", i, \"{'p' * 90}\" }}'; echo done")
+    try:
+        first = executor.follow_logs(run, 0)
+        early = []
+        for frame in first:
+            if frame is not None:
+                early.append(frame)
+            if len(early) == 50:
+                break
+        first.close()  # the collector dies; what it read was stored
+        assert [frame.data for frame in early] == [b"early-%d\n" % i for i in range(1, 51)]
+        assert early[-1].cursor & LogPosition.ATTACH_BIT
+        LogChunk.objects.create(run=run, first_line=1, line_count=50,
+                                lines=[[frame.time, frame.stream, frame.data.decode()[:-1]] for frame in early])
+        container = docker_engine.containers.get(executor.container_name(run))
+        container.exec_run(["touch", "/tmp/go"])
+        deadline = time.monotonic() + 60
+        while not container.logs(tail=1).startswith(b"done"):
+            assert time.monotonic() < deadline, "the run did not finish printing"
+            time.sleep(0.2)
+        kept = container.logs().splitlines()
+        assert kept[0].startswith(b"late-"), kept[0]  # the oldest file is gone, the origin mark with it
+        first_kept = int(kept[0].split(b"-")[1])
+
+        for cursor in (early[-1].cursor, 0):  # from the attach's counts; from the start, nothing stored
+            rest = _frames(executor, run, cursor)
+            assert rest[-1].data == b"done\n"
+            assert rest[0].data == LOST_NOTICE and rest[0].stream == 1
+            numbers = [int(frame.data.split(b"-")[1]) for frame in rest[1:-1]]
+            assert numbers == list(range(first_kept, late + 1)), (
+                cursor, numbers[:3], f"{late + 1 - first_kept - len(set(numbers))} missing")
     finally:
         executor.remove(run)
 

@@ -85,7 +85,34 @@ ENGINE_PIECE_BYTES = 16 * 1024
 # the script leaves a mark, so a later collector knows not to open it again.
 GATE_LABEL, GATE_STDIN = "runyard.gate", "stdin"
 BEGAN_FILE = "began"
-GATE_SCRIPT = f'IFS= read -r runyard_gate || :\n: 2>/dev/null >"$RUNYARD_DIR/{BEGAN_FILE}"\n'
+# Past the gate, before any command of the run, the script prints an origin mark on
+# stderr: the first entry of the engine's log. A collector never stores it; one that
+# resumes from an attach's counts finds it first, or knows the engine has dropped the
+# log's oldest files meanwhile (the counts would then skip lines: LogHeadLost). The
+# mark's token is the container's label, so a run cannot print it by chance.
+ORIGIN_LABEL = "runyard.log-origin"
+
+
+def gate_script(token: str) -> str:
+    return (f'IFS= read -r runyard_gate || :\necho \'{origin_line(token).decode()[:-1]}\' >&2\n'
+            f': 2>/dev/null >"$RUNYARD_DIR/{BEGAN_FILE}"\n')
+
+
+def origin_line(token: str) -> bytes:
+    return f"runyard: output begins {token}\n".encode()
+
+
+def _origin_of(container) -> bytes:
+    """The origin mark a run's container prints (b"" for one from before marks)."""
+    token = (container.labels or {}).get(ORIGIN_LABEL, "")
+    return origin_line(token) if token else b""
+
+
+# Where a follow resuming from an attach's counts found the engine's log cut short
+# (LogHeadLost), the lines between what was stored and what the engine kept are gone;
+# the log says so where they were.
+LOST_NOTICE = (b"[runyard] the engine dropped the oldest part of this run's output before Runyard stored it "
+               b"(it keeps only the newest entries of a run's log): lines are missing here\n")
 # What an entry of the `local` driver's file takes beyond its text (its time, stream,
 # framing; about 30 bytes): an attach estimates the engine's log size with it.
 ENTRY_BYTES = 40
@@ -117,6 +144,16 @@ class LogPosition:
         self.recent: dict[int, int] = {}  # whole second -> entries counted in it
         # From an attach cursor: each stream's entries stored already, and passed so far.
         self.stored, self.passed = (list(stored), [0, 0]) if stored and any(stored) else (None, [0, 0])
+        # After a lost head (LogHeadLost): entries stamped up to this (ns) are passed over,
+        # and LOST_NOTICE is owed before the first one taken.
+        self.after_ns, self.lost = 0, False
+
+    @classmethod
+    def after(cls, unix_time: float) -> "LogPosition":
+        """From the first entry stamped later than `unix_time`, behind LOST_NOTICE."""
+        position = cls(int(unix_time))
+        position.after_ns, position.lost = round(unix_time * 1e9), True
+        return position
 
     @classmethod
     def decode(cls, cursor: int) -> "LogPosition":
@@ -198,6 +235,11 @@ class StreamBroke(Exception):
     """A follow of a container's log ended without its end: the connection to the engine broke."""
 
 
+class LogHeadLost(Exception):
+    """A follow from an attach's counts found the log's first entry gone: the engine
+    dropped its oldest files, and the counts no longer say where to go on."""
+
+
 class _ChunkReader(io.RawIOBase):
     """A file object over the engine's chunked answer, for tarfile's stream mode."""
 
@@ -276,7 +318,8 @@ class DockerExecutor:
         # A list, not a dict keyed by volume: two paths may import the same content (one volume).
         mounts = [f"{self._reporter_volume(run)}:{REPORTER_DIR}:ro"]
         mounts += [f"{self._import_volume(run, item)}:{item.path.rstrip('/') or '/'}:ro" for item in imports]
-        script = GATE_SCRIPT + script_for(run.spec)
+        token = secrets.token_hex(8)
+        script = gate_script(token) + script_for(run.spec)
         memory = f"{limits.memory_mb}m"
         api = self.client.api
         try:
@@ -286,7 +329,8 @@ class DockerExecutor:
             config = api.create_container_config(
                 image=run.image_digest or run.image,
                 command=["/bin/sh", "-c", script],
-                labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk), GATE_LABEL: GATE_STDIN},
+                labels={"runyard.instance": self.instance_id, "runyard.run": str(run.pk), GATE_LABEL: GATE_STDIN,
+                        ORIGIN_LABEL: token},
                 environment={**with_reporter(env, REPORTER_DIR), "RUNYARD_DIR": RUNYARD_DIR, **SIGNAL_THE_GROUP},
                 stdin_open=True,  # for an attach (and the gate): a read waits for a line
                 tty=False,
@@ -397,7 +441,7 @@ class DockerExecutor:
         """Every log entry in order, from `cursor` on (see LogPosition), in lists of
         what was read at once, each frame with the cursor just after it.
 
-        A run that waits at its gate (GATE_SCRIPT) is read through an attach to its
+        A run that waits at its gate (gate_script) is read through an attach to its
         main process, as its output comes (_read_attached). Every other read, and
         one that an attach hands on, follows the engine's log.
 
@@ -406,13 +450,21 @@ class DockerExecutor:
         whole second a little behind the last entry read, skipping the entries of
         that stretch already read. A count within the stretch, not a time, because
         stdout and stderr entries can be written slightly out of time order.
+
+        A follow from an attach's counts first checks that the engine still keeps
+        the log's first entry, the run's origin mark (gate_script): a collector
+        that died, and a run that printed more than the log's cap before the next
+        one came, leave a log whose oldest files are gone. The read then goes on
+        by time, after the last output stored (or read here), behind a line that
+        says lines are missing (LOST_NOTICE).
         """
         position = LogPosition.decode(cursor)
         held = None  # an attach that holds the run's output until the follow has the log open
+        read_until = 0.0  # when this read last had output through an attach
         if cursor == 0:
             attachment = self._attach_at_gate(run)
             if attachment is not None:
-                entries = _AttachedEntries()
+                entries = _AttachedEntries(attachment.origin)
                 try:
                     ended = yield from self._read_attached(run, attachment, entries)
                 except BaseException:
@@ -426,6 +478,7 @@ class DockerExecutor:
                 else:
                     attachment.close()
                 position = LogPosition.decode(LogPosition.attached(*entries.counts))
+                read_until = entries.last_at
                 log.info("run %s: following the engine's log from %s", run.pk, position)
         try:
             while True:
@@ -435,12 +488,22 @@ class DockerExecutor:
                 # The engine may end a follow when the container stops before it sent
                 # the whole file; a read begun after the stop is complete.
                 ended_before_read = container.status not in ("running", "created", "restarting", "paused")
+                origin = _origin_of(container) if position.since == 0 else b""
                 try:
-                    for batch in self._read_logs(run, container.id, position, opened=held.close if held else None):
+                    for batch in self._read_logs(run, container.id, position, opened=held.close if held else None,
+                                                 origin=origin):
                         yield batch
                 except StreamBroke as exc:
                     log.warning("run %s: log stream broke (%s), reading on from %s", run.pk, exc, position)
                     time.sleep(1)
+                    continue
+                except LogHeadLost:
+                    from runs.logstore import last_stored_time
+
+                    after = max(last_stored_time(run.pk), read_until)
+                    log.warning("run %s: the engine dropped the start of its log before %s was read; "
+                                "reading on after %.6f", run.pk, position, after)
+                    position = LogPosition.after(after)
                     continue
                 if ended_before_read:
                     return
@@ -462,7 +525,7 @@ class DockerExecutor:
                 client.close()  # an earlier collector opened it: the engine's log has all since
                 return None
             sock = api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            attachment = _Attachment(client, sock, container.id, _log_cap_bytes(container.attrs))
+            attachment = _Attachment(client, sock, container.id, _log_cap_bytes(container.attrs), _origin_of(container))
             attachment.raw.sendall(b"\n")  # the gate's line
             return attachment
         except (APIError, DockerException, OSError) as exc:
@@ -578,10 +641,12 @@ class DockerExecutor:
                 return False
             time.sleep(0.02)
 
-    def _read_logs(self, run, container_id: str, start: "LogPosition", opened=None) -> Iterator[list[LogFrame] | None]:
+    def _read_logs(self, run, container_id: str, start: "LogPosition", opened=None,
+                   origin: bytes = b"") -> Iterator[list[LogFrame] | None]:
         """One follow from `start`, in lists of frames; `start` is advanced past every
         entry yielded. `opened` is called once the engine sends the log: it has its
-        files open then."""
+        files open then. `origin`: the run's origin mark, the log's first entry
+        (_FrameCutter)."""
         client = self.new_client()  # a connection of its own, held for as long as the run lasts
         params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"}
         if start.since:
@@ -621,7 +686,7 @@ class DockerExecutor:
         reader = threading.Thread(target=read, name=f"logs-run-{run.pk}", daemon=True)
         reader.start()
         start.restart()
-        cutter = _FrameCutter(start)
+        cutter = _FrameCutter(start, origin)
         try:
             while True:
                 if not arrived.wait(1.0):
@@ -990,8 +1055,9 @@ class _Attachment:
     socket, how much of the output it may read (_log_cap_bytes), and whether the
     output is held (read no further) for a follow to come."""
 
-    def __init__(self, client, sock, container_id: str, log_bytes: int):
+    def __init__(self, client, sock, container_id: str, log_bytes: int, origin: bytes = b""):
         self.client, self.sock, self.container_id, self.log_bytes = client, sock, container_id, log_bytes
+        self.origin = origin  # the run's origin mark (gate_script), its first output on stderr
         self.raw = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
         self.raw.settimeout(None)
         self.holding = False
@@ -1017,15 +1083,18 @@ class _AttachedEntries:
     cursor, the count of each stream's entries so far (LogPosition.attached), is
     also a place in the engine's log that a follow can go on from."""
 
-    def __init__(self):
+    def __init__(self, origin: bytes = b""):
         self.rest = b""  # a multiplexed frame not yet whole
         self.open = [b"", b""]  # per stream, a line begun, shorter than a piece
         self.counts = [0, 0]  # per stream, the entries so far
+        self.origin = origin  # the run's origin mark (gate_script): counted, not an entry to show
+        self.last_at = 0.0  # when the last block came
 
     def frames(self, block: bytes, at: float) -> list[LogFrame | LineRun]:
         """The entries `block` ends, the usual run of short lines as a LineRun."""
         buf = self.rest + block if self.rest else block
         end, pos = len(buf), 0
+        self.last_at = at
         out: list[LogFrame | LineRun] = []
         unpack, stream_of = _FRAME_HEADER.unpack_from, STREAM_OF_FRAME.get
         stream, parts = 0, []  # consecutive pieces of one stream are cut as one
@@ -1050,6 +1119,13 @@ class _AttachedEntries:
         data = b"".join(parts) if len(parts) > 1 else parts[0]
         if self.open[stream]:
             data = self.open[stream] + data
+        if stream == 1 and self.origin:
+            origin, self.origin = self.origin, b""
+            if self.counts[1] == 0 and data.startswith(origin):  # stderr's first entry, as in the engine's log
+                self.counts[1] = 1
+                data = data[len(origin):]
+                if not data:
+                    return
         other = self.counts[1 - stream]
         step, base = (1 << LogPosition.STREAM_BITS, LogPosition.ATTACH_BIT | other) if stream == 0 else (
             1, LogPosition.ATTACH_BIT | (other << LogPosition.STREAM_BITS))
@@ -1120,10 +1196,31 @@ class _FrameCutter:
     cursor after it; what a follow returned before (_RepeatFilter, LogPosition) is
     left out."""
 
-    def __init__(self, position: "LogPosition"):
+    def __init__(self, position: "LogPosition", origin: bytes = b""):
         self.position = position
         self.repeats = _RepeatFilter()
         self.rest = b""
+        self.origin = origin  # the run's origin mark, where this follow reads from the log's first entry
+
+    def _shown(self, nanoseconds: int, stream: int, text: bytes) -> bool:
+        """Whether an entry the position takes is shown: not the origin mark (the log's
+        first entry, which if missing means the engine dropped the log's head: raised,
+        for a position from an attach's counts; LOST_NOTICE owed, for one from the
+        start), nor one stamped no later than a lost head's resume time."""
+        position = self.position
+        if self.origin:
+            origin, self.origin = self.origin, b""
+            if stream == 1 and text == origin:
+                return False
+            if position.stored is not None:
+                raise LogHeadLost()
+            position.lost = True
+        if position.after_ns:
+            if nanoseconds <= position.after_ns:
+                return False
+            if nanoseconds > position.after_ns + LogPosition.MARGIN_SECONDS * 1_000_000_000:
+                position.after_ns = 0  # well past it: the entries of both streams are in order again
+        return True
 
     def frames(self, block: bytes) -> list[LogFrame]:
         buf = self.rest + block if self.rest else block
@@ -1140,6 +1237,7 @@ class _FrameCutter:
         # put back before a call of take() and at the end.
         since, count, skip, recent = position.since, position.count, position.skip, position.recent
         owing = position.stored is not None  # passing over what an attach stored (LogPosition)
+        screening = bool(self.origin or position.after_ns or position.lost)  # _shown asks of each entry
         while end - pos >= 8:
             kind, length = unpack(buf, pos)
             after = pos + 8 + length
@@ -1162,13 +1260,19 @@ class _FrameCutter:
                 last_at[stream], texts_at[stream] = nanoseconds, [text]
             elif repeats.seen_at(stream, nanoseconds, text):
                 continue  # the engine sent it again (it does, following across a rotation)
-            if skip or owing or second < since or second - margin > since:
+            if skip or owing or screening or second < since or second - margin > since:
                 position.count = count
+                shown = self._shown(nanoseconds, stream, text) if screening else True
+                before = position.encode() if position.lost else 0
                 taken = position.take(second, stream)
                 since, count, skip, recent = position.since, position.count, position.skip, position.recent
                 owing = position.stored is not None
-                if not taken:
-                    continue  # read before this follow began, or stored from an attach
+                if not (taken and shown):
+                    continue  # read before this follow began, stored from an attach, or not the run's
+                if position.lost:  # the first entry after a lost head: say so, where the lines are missing
+                    position.lost = False
+                    append(new_frame(LogFrame, (before, at, 1, LOST_NOTICE)))
+                screening = bool(position.after_ns)
             else:  # LogPosition.take of an entry within the resume stretch, not a replay
                 count += 1
                 recent[second] = recent.get(second, 0) + 1

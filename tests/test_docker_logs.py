@@ -4,6 +4,7 @@ an attach to its main process, entry for entry as the engine logs it, and the
 engine's log takes over from an attach's cursor without a gap or a line twice."""
 
 import struct
+import threading
 import time
 
 import pytest
@@ -229,6 +230,25 @@ def test_a_follow_after_the_engine_dropped_the_log_head_says_lines_are_missing_a
             numbers = [int(frame.data.split(b"-")[1]) for frame in rest[1:-1]]
             assert numbers == list(range(first_kept, late + 1)), (
                 cursor, numbers[:3], f"{late + 1 - first_kept - len(set(numbers))} missing")
+    finally:
+        executor.remove(run)
+
+
+def test_a_follow_of_a_quiet_run_closes_at_once(alice, db, defaults, docker_engine):
+    # A collector that lets go of a run (its lease lost, an error) closes its follow
+    # while the run prints nothing: the follow's reader then waits in a read that held
+    # the lock closing the response takes, and the collector's thread hung for good.
+    run, executor = _started(alice, "echo a; echo b; sleep 600")
+    try:
+        attached = executor.follow_logs(run, 0)
+        assert next(attached).data == b"a\n"
+        attached.close()
+        follow = executor.follow_logs(run, 0)  # past the gate: the engine's log
+        assert [next(follow).data, next(follow).data] == [b"a\n", b"b\n"]
+        assert next(follow) is None  # a second with nothing: the reader waits in its read
+        closed = threading.Event()
+        threading.Thread(target=lambda: (follow.close(), closed.set()), daemon=True).start()
+        assert closed.wait(20), "closing the follow of a quiet run hangs"
     finally:
         executor.remove(run)
 

@@ -708,6 +708,11 @@ class DockerExecutor:
                         raise StreamBroke(outcome[0])
                     return
         finally:
+            # The reader may wait in a read of a quiet run's log, holding the buffer's lock
+            # that closing the response takes: the socket shut first, that read returns.
+            with contextlib.suppress(Exception):
+                raw = client.api._get_raw_response_socket(response)
+                getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)  # docker-py gives a SocketIO for a unix socket
             response.close()
             client.close()
 

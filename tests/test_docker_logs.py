@@ -11,8 +11,8 @@ import pytest
 
 from runs.executors.base import LineRun, Limits, frames_in
 from runs.executors import docker as docker_executor
-from runs.executors.docker import (LOST_NOTICE, DockerExecutor, LogPosition, _AttachedEntries, _Dechunker, _docker_time,
-                                  _FrameCutter)
+from runs.executors.docker import (LOST_NOTICE, DockerExecutor, LogHeadLost, LogPosition, _AttachedEntries, _Dechunker,
+                                  _docker_time, _FrameCutter, origin_line)
 from runs.models import LogChunk
 from runs.services import create_run
 from tests.conftest import BUSYBOX, TEST_INSTANCE, wait_for
@@ -118,6 +118,52 @@ def test_frames_cut_across_read_blocks_are_the_same_as_read_whole():
     resumed.position.restart()
     again = [entry for entry in entries if int(_docker_time(entry[8:].split(b" ")[0])) >= resumed.position.since]
     assert [frame.data for frame in resumed.frames(b"".join(again))] == [frame.data for frame in whole[10:]]
+
+
+MARK = origin_line("0123456789abcdef")
+
+
+def _cut(position: LogPosition, entries: list[tuple[int, int, bytes]]) -> list:
+    """What a follow from `position` gives of a log of (stream kind, tenth of a second, text) entries."""
+    wire = b"".join(_entry(kind, f"2026-11-25T22:05:{10 + tenth // 10:02d}.{tenth % 10}Z", text)
+                    for kind, tenth, text in entries)
+    position.restart()
+    return _FrameCutter(position, MARK).frames(wire)
+
+
+def test_the_origin_marks_are_counted_and_never_shown():
+    # Each stream's first entry is the run's origin mark (gate_script); the engine may
+    # write a stream's first lines before the other stream's mark.
+    log = [(1, 0, MARK), (1, 1, b"out-1\n"), (2, 2, MARK), (1, 3, b"out-2\n"), (2, 4, b"err-1\n")]
+    shown = _cut(LogPosition(), log)
+    assert [(frame.stream, frame.data) for frame in shown] == [(0, b"out-1\n"), (0, b"out-2\n"), (1, b"err-1\n")]
+    # Each frame's cursor goes on with what came after it.
+    for index, frame in enumerate(shown):
+        assert [f.data for f in _cut(LogPosition.decode(frame.cursor), log)] == [f.data for f in shown[index + 1:]]
+    # An attach takes them off its streams as well, counting them as the engine's log does.
+    wire = b"".join(struct.pack(">BxxxL", kind, len(data)) + data
+                    for kind, data in [(1, MARK + b"out-1\n"), (2, MARK), (2, b"err-1\n"), (1, b"out-2\n")])
+    attached = list(frames_in(_AttachedEntries(MARK).frames(wire, 1.0)))
+    assert [frame.data for frame in attached] == [b"out-1\n", b"err-1\n", b"out-2\n"]
+    assert [frame.cursor for frame in attached] == [LogPosition.attached(2, 0), LogPosition.attached(2, 2),
+                                                     LogPosition.attached(3, 2)]
+    # The engine's log from the attach's cursor after err-1: out-2 alone is left.
+    assert [frame.data for frame in _cut(LogPosition.decode(attached[1].cursor), log)] == [b"out-2\n"]
+
+
+def test_a_log_that_lost_its_head_is_told_not_counted_off():
+    # The engine dropped the log's oldest file, both marks in it: the first entry kept is a run's line.
+    kept = [(1, 50, b"out-900\n"), (2, 51, b"err-40\n"), (1, 52, b"out-901\n"), (1, 70, b"out-902\n")]
+    with pytest.raises(LogHeadLost):  # from an attach's counts, which no longer say where to go on
+        _cut(LogPosition.decode(LogPosition.attached(2, 1)), kept)
+    from_start = _cut(LogPosition(), kept)  # nothing stored yet: all that is kept, behind the notice
+    assert [frame.data for frame in from_start] == [LOST_NOTICE, b"out-900\n", b"err-40\n", b"out-901\n", b"out-902\n"]
+    # By time, after the last output stored: what came later, behind the notice, which
+    # has the cursor of where it stands (a collector dying after storing it goes on from there).
+    stored_until = _docker_time(b"2026-11-25T22:05:15.1Z")
+    after = _cut(LogPosition.after(stored_until), kept)
+    assert [frame.data for frame in after] == [LOST_NOTICE, b"out-901\n", b"out-902\n"]
+    assert [frame.data for frame in _cut(LogPosition.decode(after[0].cursor), kept)] == [b"out-901\n", b"out-902\n"]
 
 
 # stdout and stderr interleaved, a line of 40,000 bytes (three pieces in the engine's

@@ -86,16 +86,18 @@ ENGINE_PIECE_BYTES = 16 * 1024
 GATE_LABEL, GATE_STDIN = "runyard.gate", "stdin"
 BEGAN_FILE = "began"
 # Past the gate, before any command of the run, the script prints an origin mark on
-# stderr: the first entry of the engine's log. A collector never stores it; one that
-# resumes from an attach's counts finds it first, or knows the engine has dropped the
-# log's oldest files meanwhile (the counts would then skip lines: LogHeadLost). The
-# mark's token is the container's label, so a run cannot print it by chance.
+# stdout and on stderr. Each stream's entries reach the engine's log in order, so
+# the log's first entry is one of the two marks, whichever stream the engine wrote
+# first. A collector never stores them; one that resumes from an attach's counts
+# finds a mark first, or knows the engine has dropped the log's oldest files
+# meanwhile (the counts would then skip lines: LogHeadLost). The mark's token is the
+# container's label, so a run cannot print it by chance.
 ORIGIN_LABEL = "runyard.log-origin"
 
 
 def gate_script(token: str) -> str:
-    return (f'IFS= read -r runyard_gate || :\necho \'{origin_line(token).decode()[:-1]}\' >&2\n'
-            f': 2>/dev/null >"$RUNYARD_DIR/{BEGAN_FILE}"\n')
+    mark = origin_line(token).decode()[:-1]
+    return f'IFS= read -r runyard_gate || :\necho \'{mark}\'; echo \'{mark}\' >&2\n: 2>/dev/null >"$RUNYARD_DIR/{BEGAN_FILE}"\n'
 
 
 def origin_line(token: str) -> bytes:
@@ -452,9 +454,9 @@ class DockerExecutor:
         stdout and stderr entries can be written slightly out of time order.
 
         A follow from an attach's counts first checks that the engine still keeps
-        the log's first entry, the run's origin mark (gate_script): a collector
-        that died, and a run that printed more than the log's cap before the next
-        one came, leave a log whose oldest files are gone. The read then goes on
+        the log's first entry, one of the run's origin marks (gate_script): a
+        collector that died, and a run that printed more than the log's cap before
+        the next one came, leave a log whose oldest files are gone. The read then goes on
         by time, after the last output stored (or read here), behind a line that
         says lines are missing (LOST_NOTICE).
         """
@@ -488,10 +490,9 @@ class DockerExecutor:
                 # The engine may end a follow when the container stops before it sent
                 # the whole file; a read begun after the stop is complete.
                 ended_before_read = container.status not in ("running", "created", "restarting", "paused")
-                origin = _origin_of(container) if position.since == 0 else b""
                 try:
                     for batch in self._read_logs(run, container.id, position, opened=held.close if held else None,
-                                                 origin=origin):
+                                                 origin=_origin_of(container)):
                         yield batch
                 except StreamBroke as exc:
                     log.warning("run %s: log stream broke (%s), reading on from %s", run.pk, exc, position)
@@ -645,8 +646,7 @@ class DockerExecutor:
                    origin: bytes = b"") -> Iterator[list[LogFrame] | None]:
         """One follow from `start`, in lists of frames; `start` is advanced past every
         entry yielded. `opened` is called once the engine sends the log: it has its
-        files open then. `origin`: the run's origin mark, the log's first entry
-        (_FrameCutter)."""
+        files open then. `origin`: the run's origin mark (_FrameCutter)."""
         client = self.new_client()  # a connection of its own, held for as long as the run lasts
         params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1, "tail": "all"}
         if start.since:
@@ -1062,7 +1062,7 @@ class _Attachment:
 
     def __init__(self, client, sock, container_id: str, log_bytes: int, origin: bytes = b""):
         self.client, self.sock, self.container_id, self.log_bytes = client, sock, container_id, log_bytes
-        self.origin = origin  # the run's origin mark (gate_script), its first output on stderr
+        self.origin = origin  # the run's origin mark (gate_script), its first output on each stream
         self.raw = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
         self.raw.settimeout(None)
         self.holding = False
@@ -1092,7 +1092,7 @@ class _AttachedEntries:
         self.rest = b""  # a multiplexed frame not yet whole
         self.open = [b"", b""]  # per stream, a line begun, shorter than a piece
         self.counts = [0, 0]  # per stream, the entries so far
-        self.origin = origin  # the run's origin mark (gate_script): counted, not an entry to show
+        self.marks = [origin, origin]  # per stream, the origin mark (gate_script) still to come: counted, not shown
         self.last_at = 0.0  # when the last block came
 
     def frames(self, block: bytes, at: float) -> list[LogFrame | LineRun]:
@@ -1124,11 +1124,12 @@ class _AttachedEntries:
         data = b"".join(parts) if len(parts) > 1 else parts[0]
         if self.open[stream]:
             data = self.open[stream] + data
-        if stream == 1 and self.origin:
-            origin, self.origin = self.origin, b""
-            if self.counts[1] == 0 and data.startswith(origin):  # stderr's first entry, as in the engine's log
-                self.counts[1] = 1
-                data = data[len(origin):]
+        mark = self.marks[stream]
+        if mark:
+            self.marks[stream] = b""
+            if self.counts[stream] == 0 and data.startswith(mark):  # the stream's first entry, as in the engine's log
+                self.counts[stream] = 1
+                data = data[len(mark):]
                 if not data:
                     return
         other = self.counts[1 - stream]
@@ -1205,21 +1206,35 @@ class _FrameCutter:
         self.position = position
         self.repeats = _RepeatFilter()
         self.rest = b""
-        self.origin = origin  # the run's origin mark, where this follow reads from the log's first entry
+        # The run's origin mark; whether the log's first entry, one of the two marks, is
+        # yet to come (a follow from the start); the streams whose mark may yet come, and
+        # until when (ns): a mark is printed before any of the run's lines, so it comes
+        # within MARGIN_SECONDS of the first line this follow sees.
+        self.origin, self.first = origin, bool(origin) and position.since == 0
+        self.marks, self.marks_by = ({0, 1} if origin else set()), 0
 
     def _shown(self, nanoseconds: int, stream: int, text: bytes) -> bool:
-        """Whether an entry the position takes is shown: not the origin mark (the log's
-        first entry, which if missing means the engine dropped the log's head: raised,
-        for a position from an attach's counts; LOST_NOTICE owed, for one from the
-        start), nor one stamped no later than a lost head's resume time."""
+        """Whether an entry the position takes is shown: not an origin mark, nor one
+        stamped no later than a lost head's resume time. The log's first entry not a
+        mark means the engine dropped the log's head: raised, for a position from an
+        attach's counts; LOST_NOTICE owed, for one from the start."""
         position = self.position
-        if self.origin:
-            origin, self.origin = self.origin, b""
-            if stream == 1 and text == origin:
-                return False
-            if position.stored is not None:
-                raise LogHeadLost()
-            position.lost = True
+        if self.first:
+            self.first = False
+            if text != self.origin:
+                if position.stored is not None:
+                    raise LogHeadLost()
+                position.lost = True
+                self.marks.clear()
+        if self.marks:
+            if stream in self.marks:
+                self.marks.discard(stream)
+                if text == self.origin:
+                    return False
+            if not self.marks_by:
+                self.marks_by = nanoseconds + LogPosition.MARGIN_SECONDS * 1_000_000_000
+            elif nanoseconds > self.marks_by:
+                self.marks.clear()
         if position.after_ns:
             if nanoseconds <= position.after_ns:
                 return False
@@ -1242,7 +1257,7 @@ class _FrameCutter:
         # put back before a call of take() and at the end.
         since, count, skip, recent = position.since, position.count, position.skip, position.recent
         owing = position.stored is not None  # passing over what an attach stored (LogPosition)
-        screening = bool(self.origin or position.after_ns or position.lost)  # _shown asks of each entry
+        screening = bool(self.marks or position.after_ns or position.lost)  # _shown asks of each entry
         while end - pos >= 8:
             kind, length = unpack(buf, pos)
             after = pos + 8 + length
@@ -1277,7 +1292,7 @@ class _FrameCutter:
                 if position.lost:  # the first entry after a lost head: say so, where the lines are missing
                     position.lost = False
                     append(new_frame(LogFrame, (before, at, 1, LOST_NOTICE)))
-                screening = bool(position.after_ns)
+                screening = bool(self.marks or position.after_ns)
             else:  # LogPosition.take of an entry within the resume stretch, not a replay
                 count += 1
                 recent[second] = recent.get(second, 0) + 1

@@ -112,9 +112,9 @@ class NodeEngine(DockerExecutor):
         self.node = node
         self.connection_broke = False  # a follow of a container's log lost its engine mid-stream
 
-    def _read_logs(self, run, container_id, start, opened=None):
+    def _read_logs(self, run, container_id, start, opened=None, origin=b""):
         try:
-            yield from super()._read_logs(run, container_id, start, opened)
+            yield from super()._read_logs(run, container_id, start, opened, origin)
         except StreamBroke:
             self.connection_broke = True
             raise

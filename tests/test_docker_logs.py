@@ -164,6 +164,12 @@ def test_a_log_that_lost_its_head_is_told_not_counted_off():
     after = _cut(LogPosition.after(stored_until), kept)
     assert [frame.data for frame in after] == [LOST_NOTICE, b"out-901\n", b"out-902\n"]
     assert [frame.data for frame in _cut(LogPosition.decode(after[0].cursor), kept)] == [b"out-901\n", b"out-902\n"]
+    # A follow resumed by time owes the entries it read, stamped within two seconds of
+    # its second: where the first entry kept is later, they are gone, and none is skipped.
+    second_10 = int(_docker_time(b"2026-11-25T22:05:10Z"))
+    assert [frame.data for frame in _cut(LogPosition(second_10, 2), kept)] == [
+        LOST_NOTICE, b"out-900\n", b"err-40\n", b"out-901\n", b"out-902\n"]
+    assert [frame.data for frame in _cut(LogPosition(second_10 + 4, 1), kept)] == [b"err-40\n", b"out-901\n", b"out-902\n"]
 
 
 # stdout and stderr interleaved, a line of 40,000 bytes (three pieces in the engine's

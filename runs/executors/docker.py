@@ -1212,13 +1212,22 @@ class _FrameCutter:
         # within MARGIN_SECONDS of the first line this follow sees.
         self.origin, self.first = origin, bool(origin) and position.since == 0
         self.marks, self.marks_by = ({0, 1} if origin else set()), 0
+        # A follow resumed by time owes `skip` entries read before, all stamped within
+        # MARGIN_SECONDS of `since` (LogPosition.take): its first entry stamped later
+        # means the engine dropped them (and maybe more) meanwhile.
+        self.resumed = position.stored is None and position.since > 0 and position.skip > 0
 
     def _shown(self, nanoseconds: int, stream: int, text: bytes) -> bool:
         """Whether an entry the position takes is shown: not an origin mark, nor one
         stamped no later than a lost head's resume time. The log's first entry not a
         mark means the engine dropped the log's head: raised, for a position from an
-        attach's counts; LOST_NOTICE owed, for one from the start."""
+        attach's counts; LOST_NOTICE owed, for one from the start. So is it owed where
+        a follow resumed by time finds the entries it owes gone (none is skipped)."""
         position = self.position
+        if self.resumed:
+            self.resumed = False
+            if nanoseconds // 1_000_000_000 > position.since + LogPosition.MARGIN_SECONDS:
+                position.skip, position.lost = 0, True
         if self.first:
             self.first = False
             if text != self.origin:
@@ -1257,7 +1266,7 @@ class _FrameCutter:
         # put back before a call of take() and at the end.
         since, count, skip, recent = position.since, position.count, position.skip, position.recent
         owing = position.stored is not None  # passing over what an attach stored (LogPosition)
-        screening = bool(self.marks or position.after_ns or position.lost)  # _shown asks of each entry
+        screening = bool(self.marks or self.resumed or position.after_ns or position.lost)  # _shown asks of each entry
         while end - pos >= 8:
             kind, length = unpack(buf, pos)
             after = pos + 8 + length

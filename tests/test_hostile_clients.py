@@ -7,12 +7,10 @@ The API tables hold the cases a fuzz loop over every endpoint found (and the hol
 the issue reports); each row is a body or parameters a client could send.
 """
 
-import base64
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client, RequestFactory
 
 from dashboard.asgi import application
+from dashboard.port_streams import BINARY
 from runs import api as runs_api
 from runs.executors import get_executor
 from runs.models import Run, TeamSecret
@@ -36,6 +35,7 @@ from tests.test_api import assert_error, complete, launch, signed_in_with_csrf, 
 from tests.test_engine import launch as launch_run
 from tests.test_live import ORIGIN, collect, session_cookie
 from tests.test_terminal import Conversation, running
+from tests.websocket_client import WebSocket
 
 
 @pytest.fixture(params=["docker", "local"])
@@ -600,53 +600,6 @@ def test_a_dropped_shell_is_gone_once_its_run_ends(alice, executor):
     assert sessions.find_session(session_id, run_id=run.pk, user_id=alice.pk) is None
 
 
-class RawWebsocket:
-    """Just enough of a websocket client (RFC 6455) to talk to a real Daphne from a test."""
-
-    def __init__(self, port: int, path: str, cookie: bytes):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n"
-            f"Cookie: {cookie.decode()}\r\n\r\n".encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += self.sock.recv(1)
-        assert b" 101 " in head.split(b"\r\n")[0], head
-        self.output = b""
-
-    def _exactly(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            assert chunk, "the server closed the connection"
-            data += chunk
-        return data
-
-    def send(self, data: bytes, text: bool = False) -> None:
-        mask = os.urandom(4)
-        length = len(data)
-        size = bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + struct.pack(">H", length)
-        self.sock.sendall(bytes([0x80 | (1 if text else 2)]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
-
-    def receive(self) -> tuple[int, bytes]:
-        first, second = self._exactly(2)
-        length = second & 0x7F
-        if length == 126:
-            length = struct.unpack(">H", self._exactly(2))[0]
-        elif length == 127:
-            length = struct.unpack(">Q", self._exactly(8))[0]
-        return first & 0x0F, self._exactly(length)
-
-    def until(self, text: bytes) -> None:
-        while text not in self.output:
-            opcode, data = self.receive()
-            if opcode == 2:
-                self.output += data
-
-
 @pytest.fixture
 def own_console(worker_env, tmp_path):
     """A Daphne of this test's own, to be stopped as an operator would stop it."""
@@ -676,10 +629,11 @@ def own_console(worker_env, tmp_path):
 def test_shells_end_when_the_server_stops(alice, executor, own_console):
     port, daphne = own_console
     run = running(alice, executor)
-    shell = RawWebsocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(alice))
+    shell = WebSocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(alice))
+    assert shell.status == 101, shell.headers
     _, hello = shell.receive()
     assert json.loads(hello)["type"] == "session"
-    shell.send(b"(trap '' HUP; exec sleep 1000) & echo pids-$((1 + 1))-$$-$!.\n")
+    shell.send(BINARY, b"(trap '' HUP; exec sleep 1000) & echo pids-$((1 + 1))-$$-$!.\n")
     shell.until(b"pids-2-")
     shell.until(b".\r\n")
     pids = [int(p) for p in shell.output.decode().split("pids-2-")[-1].split(".")[0].split("-")]

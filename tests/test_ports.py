@@ -2,7 +2,6 @@
 through the real console (Daphne) to the run's team and to no one else, while the run
 itself still reaches nothing outside it."""
 
-import base64
 import fcntl
 import hashlib
 import http.client
@@ -16,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboard.port_streams import frame
 from runs.executors import executor_for
 from runs.executors.base import ExecutorError
 from runs.executors.static_relay import is_static_program
@@ -27,6 +25,7 @@ from runs.spec import SpecError
 from tests.conftest import BUSYBOX, SCREENSHOTS, wait_for, wait_until
 from tests.test_live import session_cookie
 from tests.test_pages import expect_text
+from tests.websocket_client import WebSocket
 
 APP = (Path(__file__).parent / "port_app.py").read_text()
 PYTHON = "runyard/python:3.11"
@@ -72,43 +71,6 @@ class Console:
         return wait_until(lambda: (a := self.get(path)).status != 502 and a, 30, f"the app at {path} answering")
 
 
-class WebSocket:
-    """A websocket client on a plain socket: the handshake, masked frames out, frames in."""
-
-    def __init__(self, console_url: str, path: str, cookie: str, origin: str, protocols: str = ""):
-        host, port = console_url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=20)
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
-                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", f"Origin: {origin}", f"Cookie: {cookie}"]
-        if protocols:
-            lines.append(f"Sec-WebSocket-Protocol: {protocols}")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self.file = self.sock.makefile("rb")
-        self.status = int(self.file.readline().split()[1])
-        self.headers = {}
-        while (line := self.file.readline().strip()):
-            name, _, value = line.decode().partition(":")
-            self.headers[name.lower()] = value.strip()
-        expected = base64.b64encode(hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
-        assert self.status != 101 or self.headers["sec-websocket-accept"] == expected
-
-    def send(self, opcode: int, payload: bytes):
-        self.sock.sendall(frame(opcode, payload))
-
-    def receive(self) -> tuple[int, bytes]:
-        start = self.file.read(2)
-        length = start[1] & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", self.file.read(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", self.file.read(8))[0]
-        return start[0] & 0x0F, self.file.read(length)
-
-    def close(self):
-        self.sock.close()
-
-
 def test_a_member_reaches_the_app_and_its_websocket_through_the_console(alice, bob, console_url, docker_engine, engine):
     run = serving(alice)
     prefix = f"/runs/{run.pk}/ports/web/"
@@ -151,7 +113,7 @@ def test_a_member_reaches_the_app_and_its_websocket_through_the_console(alice, b
     assert member.get(f"/runs/{run.pk}/ports/web").getheader("Location") == prefix
 
     # The websocket, through the console: text and binary echoed, a ping from the app answered.
-    socket_ = WebSocket(console_url, prefix + "echo", member.cookie, f"http://{member.address}", protocols="chat, other")
+    socket_ = WebSocket(console_url, prefix + "echo", member.cookie, protocols="chat, other")
     assert socket_.status == 101 and socket_.headers["sec-websocket-protocol"] == "other"
     socket_.send(0x1, "héllo".encode())
     assert socket_.receive() == (0x1, "echo: héllo".encode())
@@ -187,8 +149,7 @@ def test_only_the_runs_team_reaches_its_ports(alice, bob, charlie, viola, consol
     assert undeclared.status == 404 and b"it declares web (8000, http)" in undeclared.body
 
     for who, expected in ((charlie, 403), (viola, 403), (None, 403)):
-        refused = WebSocket(console_url, prefix + "echo", session_cookie(who).decode() if who else "",
-                            f"http://{console_url.removeprefix('http://')}")
+        refused = WebSocket(console_url, prefix + "echo", session_cookie(who) if who else "")
         assert refused.status == expected
         refused.close()
 
@@ -280,7 +241,7 @@ def test_a_local_run_serves_its_port_too(alice, console_url, engine):
     member = Console(console_url, alice)
     answer = member.until_served(f"/runs/{run.pk}/ports/web/")
     assert answer.status == 200 and f"Hello from run {run.pk}".encode() in answer.body
-    socket_ = WebSocket(console_url, f"/runs/{run.pk}/ports/web/echo", member.cookie, f"http://{member.address}")
+    socket_ = WebSocket(console_url, f"/runs/{run.pk}/ports/web/echo", member.cookie)
     socket_.send(0x1, b"local")
     assert socket_.receive() == (0x1, b"echo: local")
     socket_.close()

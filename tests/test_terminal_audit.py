@@ -15,6 +15,7 @@ from tests.conftest import ENGINE_EXECUTORS, in_thread, sign_in, use_executor, w
 from tests.test_admin import make_run
 from tests.test_live import session_cookie
 from tests.test_terminal import Conversation, running
+from tests.websocket_client import WebSocket
 
 
 @pytest.fixture(params=ENGINE_EXECUTORS)
@@ -186,51 +187,6 @@ def test_a_team_admin_reads_the_sessions_in_the_browser(alice, tina, chromium, c
 # -- a console killed outright ---------------------------------------------------------
 
 
-class RawWebsocket:
-    """A websocket client on a plain socket (RFC 6455, text frames read, nothing sent):
-    enough to open a terminal in a console of the test's own, which it then kills."""
-
-    def __init__(self, port: int, path: str, cookie: bytes):
-        import base64
-        import os
-        import socket
-
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n".encode()
-            + b"Cookie: " + cookie + b"\r\n\r\n"
-        )
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += self.exactly(1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-
-    def exactly(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            assert chunk, "the console closed the connection"
-            data += chunk
-        return data
-
-    def next_text(self) -> dict:
-        while True:
-            first, second = self.exactly(2)
-            length = second & 0x7F
-            if length == 126:
-                length = int.from_bytes(self.exactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(self.exactly(8), "big")
-            payload = self.exactly(length)
-            if first & 0x0F == 1:  # a text frame; binary ones are the terminal's bytes
-                return json.loads(payload)
-
-    def close(self):
-        self.sock.close()
-
-
 def test_the_sessions_of_a_killed_console_end_on_record(alice, tina, engine, docker_engine, worker_env, tmp_path):
     import os
     import signal
@@ -255,8 +211,9 @@ def test_the_sessions_of_a_killed_console_end_on_record(alice, tina, engine, doc
     )
     try:
         wait_until(lambda: _answers(urllib.request, port), 60, "the console")
-        shell = RawWebsocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(alice))
-        hello = shell.next_text()
+        shell = WebSocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(alice))
+        assert shell.status == 101, shell.headers
+        hello = shell.next_json()
         assert hello["type"] == "session"
         record = TerminalSessionRecord.objects.get(session_key=hello["id"])
         assert record.ended_at is None and record.console.split(":")[1] == str(console.pid)

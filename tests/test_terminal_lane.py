@@ -16,9 +16,9 @@ from dashboard.port_streams import BINARY, CLOSE, PING, TEXT, frame
 from runs.services import terminate_run
 from terminal.lane import server_frame, small_binary_frames
 from tests.conftest import wait_for, wait_until
-from tests.test_hostile_clients import RawWebsocket
 from tests.test_live import session_cookie
 from tests.test_terminal import running
+from tests.websocket_client import WebSocket
 
 
 @pytest.fixture(params=["docker", "local"])
@@ -38,9 +38,10 @@ def lane_counts(console_url, session_id: str) -> tuple[int, int, int]:
     return wait_until(logged, timeout=30, what="the terminal's closing line in the console's log")
 
 
-def opened(console_url, run, user) -> tuple[RawWebsocket, str]:
+def opened(console_url, run, user) -> tuple[WebSocket, str]:
     port = int(console_url.rsplit(":", 1)[1])
-    shell = RawWebsocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(user))
+    shell = WebSocket(port, f"/ws/runs/{run.pk}/terminal/?mode=shell", session_cookie(user))
+    assert shell.status == 101, shell.headers
     opcode, hello = shell.receive()
     assert opcode == 1 and json.loads(hello)["type"] == "session", hello
     return shell, json.loads(hello)["id"]
@@ -54,7 +55,7 @@ def test_typed_bytes_reach_the_shell_whole_and_in_order_however_the_frames_come(
     run = running(alice, executor)
     shell, session_id = opened(console_url, run, alice)
     typed = f"/tmp/typed-{uuid.uuid4().hex}.txt".encode()
-    shell.send(b"stty -echo; echo ready-$((1 + 1)); cat > %s; echo sum-$(sha256sum < %s)-done; rm %s\r" % (typed, typed, typed))
+    shell.send(BINARY, b"stty -echo; echo ready-$((1 + 1)); cat > %s; echo sum-$(sha256sum < %s)-done; rm %s\r" % (typed, typed, typed))
     shell.until(b"ready-2")
 
     sent = b""
@@ -75,7 +76,7 @@ def test_typed_bytes_reach_the_shell_whole_and_in_order_however_the_frames_come(
     paste = typed_lines(60, 50, "b")  # 3,000 bytes in one frame: autobahn's way, into Daphne's queue
     raw(paste, frame(BINARY, paste))
     keys(typed_lines(2, 30, "c"))  # behind the paste, in line: never before it
-    shell.send(json.dumps({"type": "resize", "cols": 100, "rows": 30}).encode(), text=True)
+    shell.send(TEXT, json.dumps({"type": "resize", "cols": 100, "rows": 30}).encode())
     keys(typed_lines(2, 30, "d"))
     burst = [b"e%03d" % n for n in range(40)] + [b"\r"]
     raw(b"".join(burst), *(frame(BINARY, piece) for piece in burst))  # many frames in one read
@@ -94,7 +95,7 @@ def test_typed_bytes_reach_the_shell_whole_and_in_order_however_the_frames_come(
         shell.output += data if opcode == 2 else b""
     assert said.group(1).decode() == expected, "the shell got other bytes, or the same in another order"
 
-    shell.send(json.dumps({"type": "close"}).encode(), text=True)
+    shell.send(TEXT, json.dumps({"type": "close"}).encode())
     shell.sock.close()
     taken, messages, _ = lane_counts(console_url, session_id)
     if executor == "docker":  # a shell's plain socket takes keystrokes on the loop: the lane carries most of them
@@ -108,17 +109,17 @@ def test_typed_bytes_reach_the_shell_whole_and_in_order_however_the_frames_come(
 def test_a_flood_of_output_reaches_a_slow_reader_whole_and_in_order(alice, executor, console_url):
     run = running(alice, executor)
     shell, session_id = opened(console_url, run, alice)
-    shell.send(b"seq 1 60000; echo flood-$((2 + 3))-over\r")
+    shell.send(BINARY, b"seq 1 60000; echo flood-$((2 + 3))-over\r")
     time.sleep(2)  # a reader that falls behind: the socket fills, and the rest waits in Twisted's buffer
     shell.until(b"flood-5-over")
     printed = shell.output.split(b"flood-$((2 + 3))-over\r\n", 1)[-1].split(b"flood-5-over")[0]
     plain = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", printed).replace(b"\r", b"")  # a shell's own escapes
     numbers = [int(line) for line in plain.split(b"\n") if line.isdigit()]
     assert numbers == list(range(1, 60001)), "lines went missing or came out of order"
-    shell.send(b"echo still-$((6 * 7))\r")  # the socket is whole after it
+    shell.send(BINARY, b"echo still-$((6 * 7))\r")  # the socket is whole after it
     shell.until(b"still-42")
 
-    shell.send(json.dumps({"type": "close"}).encode(), text=True)
+    shell.send(TEXT, json.dumps({"type": "close"}).encode())
     shell.sock.close()
     _, _, frames = lane_counts(console_url, session_id)
     assert frames > 0

@@ -113,8 +113,8 @@ def _origin_of(container) -> bytes:
 # Where a follow resuming from an attach's counts found the engine's log cut short
 # (LogHeadLost), the lines between what was stored and what the engine kept are gone;
 # the log says so where they were.
-LOST_NOTICE = (b"[runyard] the engine dropped the oldest part of this run's output before Runyard stored it "
-               b"(it keeps only the newest entries of a run's log): lines are missing here\n")
+LOST_NOTICE = (b"[runyard] lines are missing here: the engine dropped the oldest part of this run's output "
+               b"before Runyard stored it (it keeps only the newest entries of a run's log)\n")
 # What an entry of the `local` driver's file takes beyond its text (its time, stream,
 # framing; about 30 bytes): an attach estimates the engine's log size with it.
 ENTRY_BYTES = 40

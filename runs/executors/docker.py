@@ -104,6 +104,11 @@ def origin_line(token: str) -> bytes:
     return f"runyard: output begins {token}\n".encode()
 
 
+def plain_socket(sock) -> socket.socket:
+    """The socket itself: docker-py hands a unix socket's connection over wrapped in a SocketIO."""
+    return getattr(sock, "_sock", sock)
+
+
 def _origin_of(container) -> bytes:
     """The origin mark a run's container prints (b"" for one from before marks)."""
     token = (container.labels or {}).get(ORIGIN_LABEL, "")
@@ -138,6 +143,7 @@ class LogPosition:
 
     COUNT_BITS = 24
     MARGIN_SECONDS = 2  # how far behind the newest entry the resume point stays
+    MARGIN_NS = MARGIN_SECONDS * 1_000_000_000
     ATTACH_BIT = 1 << 62
     STREAM_BITS = 31
 
@@ -710,9 +716,8 @@ class DockerExecutor:
         finally:
             # The reader may wait in a read of a quiet run's log, holding the buffer's lock
             # that closing the response takes: the socket shut first, that read returns.
-            with contextlib.suppress(Exception):
-                raw = client.api._get_raw_response_socket(response)
-                getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)  # docker-py gives a SocketIO for a unix socket
+            with contextlib.suppress(Exception):  # a response that has no socket left has nothing to wake
+                plain_socket(client.api._get_raw_response_socket(response)).shutdown(socket.SHUT_RDWR)
             response.close()
             client.close()
 
@@ -873,7 +878,7 @@ class DockerPortStream:
 
     def __init__(self, client, sock):
         self.client = client
-        self.sock = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
+        self.sock = plain_socket(sock)
         self.sock.settimeout(None)
         self.left = 0  # bytes of the current stdout frame not read yet
         self.said = bytearray()  # the relay's stderr, the first KiB
@@ -1063,7 +1068,7 @@ class _Attachment:
     def __init__(self, client, sock, container_id: str, log_bytes: int, origin: bytes = b""):
         self.client, self.sock, self.container_id, self.log_bytes = client, sock, container_id, log_bytes
         self.origin = origin  # the run's origin mark (gate_script), its first output on each stream
-        self.raw = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
+        self.raw = plain_socket(sock)
         self.raw.settimeout(None)
         self.holding = False
         self.closed = False
@@ -1241,13 +1246,13 @@ class _FrameCutter:
                 if text == self.origin:
                     return False
             if not self.marks_by:
-                self.marks_by = nanoseconds + LogPosition.MARGIN_SECONDS * 1_000_000_000
+                self.marks_by = nanoseconds + LogPosition.MARGIN_NS
             elif nanoseconds > self.marks_by:
                 self.marks.clear()
         if position.after_ns:
             if nanoseconds <= position.after_ns:
                 return False
-            if nanoseconds > position.after_ns + LogPosition.MARGIN_SECONDS * 1_000_000_000:
+            if nanoseconds > position.after_ns + LogPosition.MARGIN_NS:
                 position.after_ns = 0  # well past it: the entries of both streams are in order again
         return True
 
@@ -1409,7 +1414,7 @@ class DockerTerminal:
 
     def __init__(self, client, sock, exec_id: str | None, marker: str = "", container_id: str = ""):
         self.client, self.exec_id, self.marker, self.container_id = client, exec_id, marker, container_id
-        self.sock = getattr(sock, "_sock", sock)  # docker-py wraps the socket in a SocketIO
+        self.sock = plain_socket(sock)
         self.sock.settimeout(None)
         self.keyboard = AttachedInput() if exec_id is None else None
         self.ended_with: int | None = None  # the shell's exit code, read at close
